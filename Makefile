@@ -1,0 +1,19 @@
+# Developer shortcuts. `make dev` builds the compiled core into the source tree (no pip), so
+# several work trees can build and test side by side: run tests with `make test`.
+PY ?= python
+BUILD ?= build/dev
+CUDA ?= OFF
+
+.PHONY: dev test lint
+dev:
+	cmake -S . -B $(BUILD) -G Ninja -DPYCONCEPTS_CUDA=$(CUDA) \
+	  -Dpybind11_DIR=$$($(PY) -m pybind11 --cmakedir) -DPython_EXECUTABLE=$$(which $(PY))
+	cmake --build $(BUILD)
+	cp $(BUILD)/_core*.so $(BUILD)/_build_info.json pyconcepts/
+	-cp $(BUILD)/_core_cuda*.so pyconcepts/ 2>/dev/null
+
+test:
+	PYTHONPATH=$(CURDIR) $(PY) -m pytest -q
+
+lint:
+	ruff check . && ruff format --check . && mypy

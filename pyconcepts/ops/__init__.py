@@ -1,0 +1,38 @@
+"""Public kernel API. Each op validates its arguments, picks a backend (cuda / cpu / reference)
+and calls the compiled core; ``pyconcepts.reference`` holds the pure-torch twin of each op.
+
+Imports are lazy so that ``import pyconcepts.ops`` does not load every op module.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "resolve_backend": "pyconcepts.ops._dispatch",
+    "concept_maps": "pyconcepts.ops.concept_maps",
+    "concept_map_stats": "pyconcepts.ops.concept_maps",
+    "semihard_triplet_loss": "pyconcepts.ops.triplet",
+    "semihard_triplets": "pyconcepts.ops.triplet",
+    "nnls": "pyconcepts.ops.nnls",
+    "greedy_nnls_basis": "pyconcepts.ops.nnls",
+    "BasisFit": "pyconcepts.ops.nnls",
+    "frequent_itemsets": "pyconcepts.ops.itemsets",
+    "itemset_support": "pyconcepts.ops.itemsets",
+    "association_rules": "pyconcepts.ops.itemsets",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'pyconcepts.ops' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

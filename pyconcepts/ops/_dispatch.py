@@ -1,0 +1,51 @@
+"""Backend selection: the one rule every op uses to pick cuda, cpu or the reference twin."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import torch
+
+from pyconcepts import _backends
+
+Backend = Literal["cuda", "cpu", "reference"]
+_COMPILED_DTYPES = (torch.float32, torch.float64)
+
+
+def resolve_backend(tensor: torch.Tensor, backend: Optional[str] = None) -> Backend:
+    """Pick the backend for an op whose main input is ``tensor``.
+
+    Default: ``cuda`` when the tensor is on a CUDA device and ``_core_cuda`` loaded, ``cpu`` for
+    float32/float64 CPU tensors when ``_core`` loaded, else ``reference`` (pure torch). An
+    explicit ``backend`` is honoured or refused with a clear error, never silently replaced.
+    """
+    if backend is not None:
+        if backend not in ("cuda", "cpu", "reference"):
+            raise ValueError(
+                f"backend: expected one of 'cuda', 'cpu', 'reference' or None, got {backend!r}"
+            )
+        if backend == "cpu":
+            if tensor.device.type != "cpu":
+                raise ValueError(f"backend='cpu' needs CPU tensors, got device {tensor.device}")
+            if _backends.core() is None:
+                raise RuntimeError(f"backend='cpu' is not available: {_backends.backends()['cpu']}")
+        if backend == "cuda":
+            if tensor.device.type != "cuda":
+                raise ValueError(f"backend='cuda' needs CUDA tensors, got device {tensor.device}")
+            if _backends.core_cuda() is None:
+                raise RuntimeError(
+                    f"backend='cuda' is not available: {_backends.backends()['cuda']}"
+                )
+        if backend != "reference" and tensor.dtype not in _COMPILED_DTYPES:
+            raise TypeError(
+                f"backend={backend!r} supports float32 and float64, got {tensor.dtype}; "
+                "use backend='reference' for other dtypes"
+            )
+        return backend  # type: ignore[return-value]
+    if tensor.dtype not in _COMPILED_DTYPES:
+        return "reference"
+    if tensor.device.type == "cuda" and _backends.core_cuda() is not None:
+        return "cuda"
+    if tensor.device.type == "cpu" and _backends.core() is not None:
+        return "cpu"
+    return "reference"
