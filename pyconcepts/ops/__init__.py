@@ -29,9 +29,14 @@ __all__ = list(_LAZY)
 def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module 'pyconcepts.ops' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value
-    return value
+    source = _LAZY[name]
+    module = importlib.import_module(source)
+    # Importing pyconcepts.ops.<op> binds the submodule as an attribute of this package, which
+    # would shadow a function of the same name (concept_maps, nnls): bind all of its exports now.
+    for exported, where in _LAZY.items():
+        if where == source:
+            globals()[exported] = getattr(module, exported)
+    return globals()[name]
 
 
 def __dir__() -> list[str]:

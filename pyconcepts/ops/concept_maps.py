@@ -36,10 +36,14 @@ def _validate(
     _checks.floating("x", x)
     if x.shape[1] < 1:
         raise ValueError(f"x: expected at least one channel (D >= 1), got shape {tuple(x.shape)}")
+    if weight.shape[0] < 1:
+        raise ValueError(
+            "weight: expected at least one concept vector (M >= 1), "
+            f"got shape {tuple(weight.shape)}"
+        )
     if weight.shape[1] != x.shape[1]:
         raise ValueError(
-            f"weight: expected shape [M, {x.shape[1]}] (D = x.shape[1]), "
-            f"got {tuple(weight.shape)}"
+            f"weight: expected shape [M, {x.shape[1]}] (D = x.shape[1]), got {tuple(weight.shape)}"
         )
     if bias is not None:
         bias = _checks.tensor("bias", bias)
@@ -70,7 +74,7 @@ def _positions_view(x: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
 
 class _ConceptMaps(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
     ) -> torch.Tensor:
         batch, channels, height, width = x.shape
@@ -94,9 +98,7 @@ class _ConceptMaps(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(  # type: ignore[override]
-        ctx: Any, grad_out: torch.Tensor
-    ) -> tuple[Optional[torch.Tensor], ...]:
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
         xv, weight, out = ctx.saved_tensors
         batch, channels, height, width = ctx.x_shape
         n_maps = weight.shape[0]
@@ -136,7 +138,7 @@ def concept_maps(
     Returns:
         ``[B, M, H, W]`` contiguous, differentiable in ``x``, ``weight`` and ``bias`` (once:
         no double backward on the compiled backends). ``B = 0`` or ``H*W = 0`` give an empty
-        result; ``M = 0`` gives ``[B, 0, H, W]``.
+        result (``D >= 1`` and ``M >= 1`` are required, as for ``conv2d``).
     """
     x, weight, bias = _validate(x, weight, bias)
     if resolve_backend(x, backend) == "reference":
