@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "common/checks.h"
@@ -28,7 +29,7 @@ using i64 = std::int64_t;
 
 #if defined(__AVX512F__)
 constexpr int kVecBytes = 64;
-constexpr int kTileRows = 8;  // 16 accumulators of 32 zmm registers
+constexpr int kTileRows = 12;  // 24 accumulators of 32 zmm registers
 #elif defined(__AVX__)
 constexpr int kVecBytes = 32;
 constexpr int kTileRows = 6;  // 12 accumulators of 16 ymm registers
@@ -38,8 +39,8 @@ constexpr int kTileRows = 6;
 #endif
 
 constexpr i64 kL2Budget = 512 * 1024;  // bytes of packed B per column chunk
-constexpr i64 kGradWDepth = 128;       // k-block of the grad_W GEMM (B panel ~16 KiB, in L1)
-constexpr i64 kGradWRows = 64;         // rows of G packed per grad_W block
+constexpr i64 kGradWDepth = 512;       // k-block of the grad_W GEMM (B panel ~16 KiB, in L1)
+constexpr i64 kGradWRows = 144;         // rows of G packed per grad_W block
 
 // Vector types (V) and same-width integer vectors for comparison results (Mask).
 template <typename T>
@@ -172,37 +173,40 @@ struct MaskedGradColumns {
   }
 };
 
+// Calls fn(image, position, j0, len) for each run of columns [col0+j0, col0+j0+len) inside one
+// image (consecutive positions of one image are evenly strided in memory).
+template <typename Fn>
+inline void for_each_image_run(i64 col0, i64 n_cols, i64 n_positions, const Fn& fn) {
+  for (i64 j0 = 0; j0 < n_cols;) {
+    const i64 c = col0 + j0;
+    const i64 p = c % n_positions;
+    const i64 len = std::min<i64>(n_cols - j0, n_positions - p);
+    fn(c / n_positions, p, j0, len);
+    j0 += len;
+  }
+}
+
 // Packs columns [c0, c0+n_cols) of src (depth rows) into panels packed[j][k][NR], zero padded.
+// Within one image consecutive columns are evenly strided, so each image run is a strided copy.
 template <typename T, typename Src>
-void pack_columns(const Src& src, i64 c0, i64 n_cols, i64 depth, i64 n_positions, i64* bases,
-                  T* packed) {
+void pack_columns(const Src& src, i64 c0, i64 n_cols, i64 depth, i64 n_positions, T* packed) {
   constexpr int NR = Tile<T>::NR;
+  const i64 cs = src.col_stride();
   for (i64 j0 = 0; j0 < n_cols; j0 += NR) {
     T* dst = packed + (j0 / NR) * depth * NR;
-    const int n = static_cast<int>(std::min<i64>(NR, n_cols - j0));
-    const i64 first = c0 + j0;
-    if (src.col_stride() == 1 && first / n_positions == (first + n - 1) / n_positions) {
-      const i64 b0 = src.base(first);  // one image, unit column stride: contiguous rows
-      for (i64 k = 0; k < depth; ++k) {
-        T* d = dst + k * NR;
-        for (int j = 0; j < n; ++j) d[j] = src.at(b0 + j, k);
-        for (int j = n; j < NR; ++j) d[j] = T(0);
+    const i64 n = std::min<i64>(NR, n_cols - j0);
+    for_each_image_run(c0 + j0, n, n_positions, [&](i64, i64, i64 r0, i64 len) {
+      const i64 b0 = src.base(c0 + j0 + r0);
+      if (src.k_stride() == 1) {  // e.g. channels_last x: each column is contiguous in k
+        for (i64 j = 0; j < len; ++j)
+          for (i64 k = 0; k < depth; ++k) dst[k * NR + r0 + j] = src.at(b0 + j * cs, k);
+      } else {
+        for (i64 k = 0; k < depth; ++k)
+          for (i64 j = 0; j < len; ++j) dst[k * NR + r0 + j] = src.at(b0 + j * cs, k);
       }
-      continue;
-    }
-    for (int j = 0; j < n; ++j) bases[j] = src.base(first + j);
-    if (src.k_stride() == 1) {  // e.g. channels_last x: each column is contiguous in k
-      for (int j = 0; j < n; ++j)
-        for (i64 k = 0; k < depth; ++k) dst[k * NR + j] = src.at(bases[j], k);
-      for (i64 k = 0; k < depth; ++k)
-        for (int j = n; j < NR; ++j) dst[k * NR + j] = T(0);
-    } else {
-      for (i64 k = 0; k < depth; ++k) {
-        T* d = dst + k * NR;
-        for (int j = 0; j < n; ++j) d[j] = src.at(bases[j], k);
-        for (int j = n; j < NR; ++j) d[j] = T(0);
-      }
-    }
+    });
+    if (n < NR)
+      for (i64 k = 0; k < depth; ++k) std::fill(dst + k * NR + n, dst + (k + 1) * NR, T(0));
   }
 }
 
@@ -247,7 +251,6 @@ void column_gemm(const T* a_packed, i64 n_rows, i64 depth, const Src& src, i64 b
   const i64 panels_per_split = ceil_div(row_panels, row_splits);
   parallel_for(n_col_ranges * row_splits, 1, [&](i64 it0, i64 it1) {
     Scratch<T> b_packed(chunk * std::max<i64>(depth, 1));
-    std::vector<i64> bases(C::NR);
     alignas(64) T tile[C::MR * C::NR];
     for (i64 it = it0; it < it1; ++it) {
       const Range cr = cols[static_cast<std::size_t>(it / row_splits)];
@@ -255,7 +258,7 @@ void column_gemm(const T* a_packed, i64 n_rows, i64 depth, const Src& src, i64 b
       const i64 rp1 = std::min(row_panels, rp0 + panels_per_split);
       for (i64 c = cr.begin; c < cr.end; c += chunk) {
         const i64 n = std::min(chunk, cr.end - c);
-        pack_columns(src, c, n, depth, n_positions, bases.data(), b_packed.get());
+        pack_columns(src, c, n, depth, n_positions, b_packed.get());
         for (i64 rp = rp0; rp < rp1; ++rp) {
           const int rows = static_cast<int>(std::min<i64>(C::MR, n_rows - rp * C::MR));
           for (i64 j0 = 0; j0 < n; j0 += C::NR) {
@@ -269,18 +272,6 @@ void column_gemm(const T* a_packed, i64 n_rows, i64 depth, const Src& src, i64 b
   });
 }
 
-// Calls fn(image, position, j0, len) for each run of tile columns [j0, j0+len) inside one image.
-template <typename Fn>
-inline void for_each_image_run(i64 col0, int n_cols, i64 n_positions, const Fn& fn) {
-  for (int j0 = 0; j0 < n_cols;) {
-    const i64 c = col0 + j0;
-    const i64 p = c % n_positions;
-    const int len = static_cast<int>(std::min<i64>(n_cols - j0, n_positions - p));
-    fn(c / n_positions, p, j0, len);
-    j0 += len;
-  }
-}
-
 // Writes tile (+ bias, ReLU) to dst laid out [B, n_rows_total, P].
 template <typename T, bool kRelu>
 struct StoreEpilogue {
@@ -289,7 +280,7 @@ struct StoreEpilogue {
   i64 n_rows_total, n_positions;
   void operator()(const T* tile, i64 row0, int n_rows, i64 col0, int n_cols) const {
     constexpr int NR = Tile<T>::NR;
-    for_each_image_run(col0, n_cols, n_positions, [&](i64 b, i64 p, int j0, int len) {
+    for_each_image_run(col0, n_cols, n_positions, [&](i64 b, i64 p, i64 j0, i64 len) {
       for (int i = 0; i < n_rows; ++i) {
         T* d = dst + (b * n_rows_total + row0 + i) * n_positions + p;
         const T* t = tile + i * NR + j0;
@@ -319,11 +310,13 @@ struct StatsEpilogue {
     M lane;
     for (int l = 0; l < C::kLanes; ++l) lane[l] = l;
     const V zero = V{};
-    for_each_image_run(col0, n_cols, n_positions, [&](i64 b, i64, int j0, int len) {
+    for_each_image_run(col0, n_cols, n_positions, [&](i64 b, i64, i64 j0, i64 len) {
+      using Lane = std::remove_reference_t<decltype(lane[0])>;
+      const Lane first = static_cast<Lane>(j0), last = static_cast<Lane>(j0 + len);
       M valid[C::kVecs];
       for (int v = 0; v < C::kVecs; ++v) {
-        const M idx = lane + v * C::kLanes;
-        valid[v] = (idx >= j0) & (idx < j0 + len);
+        const M idx = lane + static_cast<Lane>(v * C::kLanes);
+        valid[v] = (idx >= first) & (idx < last);
       }
       for (int i = 0; i < n_rows; ++i) {
         const T bi = bias ? bias[row0 + i] : T(0);
@@ -364,7 +357,7 @@ void check_common(const T* x, const T* weight, i64 batch, i64 n_channels, i64 n_
 // walks all N in k-blocks, packing Xᵀ[kb, d-range] once per block and G[m-block, kb] per m-block.
 template <typename T>
 void grad_weight_gemm(const XColumns<T>& xs, const MaskedGradColumns<T>& gs, i64 n_cols, i64 n_maps,
-                      i64 n_channels, T* grad_w, T* grad_b) {
+                      i64 n_channels, i64 n_positions, T* grad_w, T* grad_b) {
   using C = Tile<T>;
   const int threads = max_threads();
   const i64 d_panels = ceil_div(n_channels, C::NR);
@@ -375,7 +368,6 @@ void grad_weight_gemm(const XColumns<T>& xs, const MaskedGradColumns<T>& gs, i64
   parallel_for(ceil_div(d_panels, panels_per_item), 1, [&](i64 it0, i64 it1) {
     Scratch<T> b_packed(kb * panels_per_item * C::NR);
     Scratch<T> a_packed(kb * mb);
-    std::vector<i64> xbase(static_cast<std::size_t>(kb)), gbase(static_cast<std::size_t>(kb));
     alignas(64) T tile[C::MR * C::NR];
     for (i64 it = it0; it < it1; ++it) {
       const i64 d0 = it * panels_per_item * C::NR;
@@ -383,21 +375,22 @@ void grad_weight_gemm(const XColumns<T>& xs, const MaskedGradColumns<T>& gs, i64
       const bool with_bias = grad_b != nullptr && it == 0;
       for (i64 k0 = 0; k0 < n_cols; k0 += kb) {
         const i64 depth = std::min(kb, n_cols - k0);
-        for (i64 k = 0; k < depth; ++k) {
-          xbase[k] = xs.base(k0 + k);
-          gbase[k] = gs.base(k0 + k);
-        }
-        // Xᵀ block: packed[j][k][NR] with element (k, d) = x at column k0+k, channel d.
+        // Xᵀ block: packed[j][k][NR], element (k, d) = x at column k0+k, channel d.
         for (i64 dj = d0; dj < d1; dj += C::NR) {
           T* dst = b_packed.get() + ((dj - d0) / C::NR) * depth * C::NR;
-          const int n = static_cast<int>(std::min<i64>(C::NR, d1 - dj));
-          if (xs.k_stride() == 1) {  // channels_last: channels contiguous per column
-            for (i64 k = 0; k < depth; ++k)
-              for (int j = 0; j < C::NR; ++j) dst[k * C::NR + j] = j < n ? xs.at(xbase[k], dj + j) : T(0);
-          } else {
-            for (int j = 0; j < C::NR; ++j)
-              for (i64 k = 0; k < depth; ++k) dst[k * C::NR + j] = j < n ? xs.at(xbase[k], dj + j) : T(0);
-          }
+          const i64 n = std::min<i64>(C::NR, d1 - dj);
+          for_each_image_run(k0, depth, n_positions, [&](i64, i64, i64 t0, i64 len) {
+            const i64 base = xs.base(k0 + t0);
+            if (xs.sxd == 1) {  // channels_last: the channels of one column are contiguous
+              for (i64 t = 0; t < len; ++t)
+                for (i64 j = 0; j < n; ++j) dst[(t0 + t) * C::NR + j] = xs.at(base + t * xs.sxp, dj + j);
+            } else {
+              for (i64 j = 0; j < n; ++j)
+                for (i64 t = 0; t < len; ++t) dst[(t0 + t) * C::NR + j] = xs.at(base + t * xs.sxp, dj + j);
+            }
+          });
+          if (n < C::NR)
+            for (i64 k = 0; k < depth; ++k) std::fill(dst + k * C::NR + n, dst + (k + 1) * C::NR, T(0));
         }
         for (i64 m0 = 0; m0 < n_maps; m0 += mb) {
           const i64 m1 = std::min(n_maps, m0 + mb);
@@ -411,11 +404,14 @@ void grad_weight_gemm(const XColumns<T>& xs, const MaskedGradColumns<T>& gs, i64
                 continue;
               }
               T row_sum = T(0);
-              for (i64 k = 0; k < depth; ++k) {
-                const T g = gs.at(gbase[k], m);
-                dst[k * C::MR + i] = g;
-                row_sum += g;
-              }
+              for_each_image_run(k0, depth, n_positions, [&](i64, i64, i64 t0, i64 len) {
+                const i64 base = gs.base(k0 + t0);
+                for (i64 t = 0; t < len; ++t) {
+                  const T g = gs.at(base + t, m);
+                  dst[(t0 + t) * C::MR + i] = g;
+                  row_sum += g;
+                }
+              });
               if (with_bias) grad_b[m] += row_sum;
             }
           }
@@ -477,7 +473,7 @@ void concept_maps_backward(const T* x, i64 sxb, i64 sxd, i64 sxp, const T* weigh
   }
   if (n_cols == 0 || n_maps == 0) return;
   if (grad_weight && n_channels > 0) {
-    grad_weight_gemm(xs, gs, n_cols, n_maps, n_channels, grad_weight, grad_bias);
+    grad_weight_gemm(xs, gs, n_cols, n_maps, n_channels, n_positions, grad_weight, grad_bias);
   } else if (grad_bias) {
     parallel_for(n_maps, 8, [&](i64 m0, i64 m1) {
       for (i64 m = m0; m < m1; ++m) {

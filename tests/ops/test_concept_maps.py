@@ -20,7 +20,6 @@ from pyconcepts.ops import concept_map_stats, concept_maps
 from pyconcepts.reference import concept_maps as reference
 
 needs_cpu = pytest.mark.skipif(_backends.core() is None, reason="compiled CPU core not built")
-needs_cuda = pytest.mark.skipif(not _backends.cuda_usable(), reason="no usable CUDA device")
 
 LAYOUTS = ("contiguous", "channels_last", "transposed", "channel_slice")
 
@@ -309,10 +308,9 @@ def test_bad_stats_arguments():
         concept_maps(x, weight, backend="gpu")
 
 
-# ---- CUDA (skipped without a GPU) ----
+# ---- CUDA (the cuda marker skips these without a usable GPU: see tests/conftest.py) ----
 
 
-@needs_cuda
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -346,7 +344,6 @@ def test_cuda_forward_backward_stats(dtype, layout, shape):
         torch.testing.assert_close(got.cpu(), want, **tol)
 
 
-@needs_cuda
 @pytest.mark.cuda
 def test_cuda_gradcheck_and_frac():
     gen = torch.Generator().manual_seed(6)
