@@ -1,0 +1,226 @@
+"""concept_maps and concept_map_stats: ours vs torch conv2d + relu (oneDNN on CPU, cuDNN on GPU).
+
+Rows, on the same float32 inputs in one process (agreement is checked first):
+- ``forward``: ``concept_maps(x, W, b)`` vs ``relu(conv2d(x, W[:, :, None, None], b))``.
+- ``forward+backward``: the same plus ``.backward(g)`` for x, W and b.
+- ``stats``: ``concept_map_stats(x, W, b, t)`` vs torch conv + relu + amax / mean /
+  (> t).mean, with the peak extra memory of each (resident-set growth on CPU, sampled every
+  2 ms; ``torch.cuda.max_memory_allocated`` growth on GPU).
+- ``matmul``: a plain float32 ``torch.matmul`` of the same GEMM (``[M, D] @ [D, B*H*W]``, no
+  bias, no ReLU), the GFLOP/s ceiling that torch's BLAS reaches on this machine in this run.
+
+Time: median of ``--repeats`` interleaved runs after one warm-up. GFLOP/s counts 2·B·D·M·H·W per
+GEMM (three GEMMs for forward+backward). Run: ``python -m bench.concept_maps [--cases small]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from pyconcepts.ops import concept_map_stats, concept_maps
+from pyconcepts.reference import concept_maps as reference
+
+CASES = {"small": ((64, 512, 14, 14), 100), "large": ((256, 2048, 7, 7), 1000)}
+THRESHOLD = 0.1
+RESULTS = Path(__file__).resolve().parent / "results" / "concept_maps.json"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_extra_bytes(fn: Callable[[], object], device: torch.device) -> int:
+    """Peak memory growth while ``fn`` runs (the result is freed after the measurement)."""
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        _sync(device)
+        return int(torch.cuda.max_memory_allocated(device) - base)
+    base, peak, done = _rss(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss() - base)
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        sampler.join()
+    return max(peak[0], _rss() - base)
+
+
+def _torch_stats(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    maps = reference.concept_maps(x, w, b)
+    return maps.amax((2, 3)), maps.mean((2, 3)), (maps > THRESHOLD).to(x.dtype).mean((2, 3))
+
+
+def _fwd_bwd(
+    fn: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor,
+    g: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    leaves = [t.detach().requires_grad_() for t in (x, w, b)]
+    fn(*leaves).backward(g)
+    return tuple(t.grad for t in leaves)  # type: ignore[misc]
+
+
+def check_agreement(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, g: torch.Tensor) -> dict:
+    """Max abs differences ours vs torch; raises if any exceeds the float32 tolerance."""
+    d = x.shape[1]
+    tol = {"rtol": 1e-4, "atol": 1e-5 * d**0.5}
+    diffs = {}
+    ours, theirs = concept_maps(x, w, b), reference.concept_maps(x, w, b)
+    torch.testing.assert_close(ours, theirs, **tol)
+    diffs["forward"] = float((ours - theirs).abs().max())
+    del ours, theirs
+    for name, got, want in zip(
+        ("grad_x", "grad_w", "grad_b"),
+        _fwd_bwd(concept_maps, x, w, b, g),
+        _fwd_bwd(reference.concept_maps, x, w, b, g),
+    ):
+        scale = float(want.abs().max()) + 1.0
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * scale)
+        diffs[name] = float((got - want).abs().max())
+    with torch.no_grad():
+        got_stats = concept_map_stats(x, w, b, THRESHOLD)
+        want_stats = _torch_stats(x, w, b)
+    for name, got, want in zip(("max", "mean"), got_stats[:2], want_stats[:2]):
+        torch.testing.assert_close(got, want, **tol)
+        diffs[name] = float((got - want).abs().max())
+    # frac may differ by positions within rounding of the threshold: bound it, do not hide it
+    diffs["frac_above"] = float((got_stats.frac_above - want_stats[2]).abs().max())
+    if diffs["frac_above"] > 0.02:
+        raise AssertionError(f"frac_above differs by {diffs['frac_above']}")
+    return diffs
+
+
+def time_median(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict:
+    """Median seconds of each fn, runs interleaved so machine load hits all of them alike."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():  # warm-up
+        fn()
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def run_case(name: str, repeats: int, device: torch.device) -> list[dict]:
+    (batch, channels, height, width), n_maps = CASES[name]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, channels, height, width, generator=gen).to(device)
+    w = (torch.randn(n_maps, channels, generator=gen) / channels**0.5).to(device)
+    b = (0.1 * torch.randn(n_maps, generator=gen)).to(device)
+    g = torch.randn(batch, n_maps, height, width, generator=gen).to(device)
+    diffs = check_agreement(x, w, b, g)
+    a_mat, b_mat = w, torch.randn(channels, batch * height * width, generator=gen).to(device)
+
+    def stats_ours() -> object:
+        with torch.no_grad():
+            return concept_map_stats(x, w, b, THRESHOLD)
+
+    def stats_torch() -> object:
+        with torch.no_grad():
+            return _torch_stats(x, w, b)
+
+    fns = {
+        "forward/ours": lambda: concept_maps(x, w, b),
+        "forward/torch": lambda: reference.concept_maps(x, w, b),
+        "forward+backward/ours": lambda: _fwd_bwd(concept_maps, x, w, b, g),
+        "forward+backward/torch": lambda: _fwd_bwd(reference.concept_maps, x, w, b, g),
+        "stats/ours": stats_ours,
+        "stats/torch": stats_torch,
+        "matmul/torch": lambda: torch.matmul(a_mat, b_mat),
+    }
+    with torch.no_grad():
+        secs = time_median({k: v for k, v in fns.items() if "backward" not in k}, repeats, device)
+    secs.update(time_median({k: v for k, v in fns.items() if "backward" in k}, repeats, device))
+    memory = {
+        "stats/ours": peak_extra_bytes(stats_ours, device),
+        "stats/torch": peak_extra_bytes(stats_torch, device),
+    }
+    gemm_flops = 2 * batch * channels * n_maps * height * width
+    rows = []
+    for key, sec in secs.items():
+        task, impl = key.split("/")
+        flops = gemm_flops * (3 if task == "forward+backward" else 1)
+        torch_sec = secs.get(f"{task}/torch", sec)
+        rows.append(
+            {
+                "case": name,
+                "shape": f"x [{batch},{channels},{height},{width}], M={n_maps}",
+                "task": task,
+                "impl": impl,
+                "ms": 1e3 * sec,
+                "gflops": flops / sec / 1e9,
+                "speedup_vs_torch": torch_sec / sec,
+                "vs_matmul_gflops": (flops / sec) / (gemm_flops / secs["matmul/torch"]),
+                "peak_extra_mib": memory[key] / 2**20 if key in memory else None,
+                "max_abs_diff": diffs,
+            }
+        )
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| case | task | impl | ms | GFLOP/s | × torch | of matmul GFLOP/s | peak extra MiB |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        mem = "" if r["peak_extra_mib"] is None else f"{r['peak_extra_mib']:.1f}"
+        lines.append(
+            f"| {r['shape']} | {r['task']} | {r['impl']} | {r['ms']:.1f} | {r['gflops']:.1f} | "
+            f"{r['speedup_vs_torch']:.2f} | {100 * r['vs_matmul_gflops']:.0f}% | {mem} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.concept_maps", description=__doc__)
+    parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=["small", "large"])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    rows = [row for case in args.cases for row in run_case(case, args.repeats, device)]
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
+    print(f"device: {where}\n")
+    print(markdown(rows))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"device": where, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
