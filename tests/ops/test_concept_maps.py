@@ -327,11 +327,9 @@ def test_cuda_forward_backward_stats(dtype, layout, shape):
         tol = {"rtol": 1e-4, "atol": 1e-5 * channels}
     results = {}
     for device in ("cuda", "cpu"):
-        x = x_cpu.to(device).requires_grad_()
-        if layout == "channels_last":
-            x = x_cpu.to(device).to(memory_format=torch.channels_last).detach().requires_grad_()
-        weight = weight_cpu.to(device).requires_grad_()
-        bias = bias_cpu.to(device).requires_grad_()
+        x, weight, bias = (
+            t.to(device, copy=True).requires_grad_() for t in (x_cpu, weight_cpu, bias_cpu)
+        )
         fn = concept_maps if device == "cuda" else reference.concept_maps
         out = fn(x, weight, bias)
         out.backward(grad_cpu.to(device))
