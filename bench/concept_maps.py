@@ -95,25 +95,38 @@ def check_agreement(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, g: torch.
     ours, theirs = concept_maps(x, w, b), reference.concept_maps(x, w, b)
     torch.testing.assert_close(ours, theirs, **tol)
     diffs["forward"] = float((ours - theirs).abs().max())
+    # Gradients: against torch given our output's ReLU mask. Pre-activations within rounding of
+    # 0 may land on the other side of the kink in torch's forward, which changes whole gradient
+    # rows there; those flips are counted, not compared.
+    diffs["relu_kink_flips"] = int(((ours > 0) != (theirs > 0)).sum())
+    masked = g * (ours > 0).to(g.dtype)
     del ours, theirs
-    for name, got, want in zip(
-        ("grad_x", "grad_w", "grad_b"),
-        _fwd_bwd(concept_maps, x, w, b, g),
-        _fwd_bwd(reference.concept_maps, x, w, b, g),
+    want = (
+        torch.einsum("bmhw,md->bdhw", masked, w),
+        torch.einsum("bmhw,bdhw->md", masked, x),
+        masked.sum((0, 2, 3)),
+    )
+    for name, got, expect in zip(
+        ("grad_x", "grad_w", "grad_b"), _fwd_bwd(concept_maps, x, w, b, g), want
     ):
-        scale = float(want.abs().max()) + 1.0
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * scale)
-        diffs[name] = float((got - want).abs().max())
+        scale = float(expect.abs().max()) + 1.0
+        torch.testing.assert_close(got, expect, rtol=1e-4, atol=1e-5 * scale)
+        diffs[name] = float((got - expect).abs().max())
     with torch.no_grad():
         got_stats = concept_map_stats(x, w, b, THRESHOLD)
         want_stats = _torch_stats(x, w, b)
-    for name, got, want in zip(("max", "mean"), got_stats[:2], want_stats[:2]):
-        torch.testing.assert_close(got, want, **tol)
-        diffs[name] = float((got - want).abs().max())
-    # frac may differ by positions within rounding of the threshold: bound it, do not hide it
-    diffs["frac_above"] = float((got_stats.frac_above - want_stats[2]).abs().max())
-    if diffs["frac_above"] > 0.02:
-        raise AssertionError(f"frac_above differs by {diffs['frac_above']}")
+    for name, got, expect in zip(("max", "mean"), got_stats[:2], want_stats[:2]):
+        torch.testing.assert_close(got, expect, **tol)
+        diffs[name] = float((got - expect).abs().max())
+    # frac may differ only by positions within rounding of the threshold
+    with torch.no_grad():
+        maps = reference.concept_maps(x, w, b)
+        near = ((maps - THRESHOLD).abs() <= tol["atol"] + tol["rtol"] * THRESHOLD).to(x.dtype)
+        slack = near.mean((2, 3))
+    frac_diff = (got_stats.frac_above - want_stats[2]).abs()
+    diffs["frac_above"] = float(frac_diff.max())
+    if bool((frac_diff > slack + 1e-6).any()):
+        raise AssertionError(f"frac_above differs by {diffs['frac_above']} beyond rounding")
     return diffs
 
 

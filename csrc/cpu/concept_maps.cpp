@@ -39,7 +39,8 @@ constexpr int kTileRows = 6;
 #endif
 
 constexpr i64 kL2Budget = 512 * 1024;  // bytes of packed B per column chunk
-constexpr i64 kGradWDepth = 512;       // k-block of the grad_W GEMM (B panel ~16 KiB, in L1)
+constexpr i64 kTransposeBlock = 64;    // rows per block when packing transposes a strided source
+constexpr i64 kGradWDepth = 512;       // k-block of the grad_W GEMM (one pass over grad_W each)
 constexpr i64 kGradWRows = 144;         // rows of G packed per grad_W block
 
 // Vector types (V) and same-width integer vectors for comparison results (Mask).
@@ -198,8 +199,10 @@ void pack_columns(const Src& src, i64 c0, i64 n_cols, i64 depth, i64 n_positions
     for_each_image_run(c0 + j0, n, n_positions, [&](i64, i64, i64 r0, i64 len) {
       const i64 b0 = src.base(c0 + j0 + r0);
       if (src.k_stride() == 1) {  // e.g. channels_last x: each column is contiguous in k
-        for (i64 j = 0; j < len; ++j)
-          for (i64 k = 0; k < depth; ++k) dst[k * NR + r0 + j] = src.at(b0 + j * cs, k);
+        for (i64 kc = 0; kc < depth; kc += kTransposeBlock)  // keep the written rows in L1
+          for (i64 j = 0; j < len; ++j)
+            for (i64 k = kc; k < std::min(depth, kc + kTransposeBlock); ++k)
+              dst[k * NR + r0 + j] = src.at(b0 + j * cs, k);
       } else {
         for (i64 k = 0; k < depth; ++k)
           for (i64 j = 0; j < len; ++j) dst[k * NR + r0 + j] = src.at(b0 + j * cs, k);
@@ -353,15 +356,17 @@ void check_common(const T* x, const T* weight, i64 batch, i64 n_channels, i64 n_
 }
 
 // grad_W[M, D] += G[M, N] · Xᵀ[N, D]; grad_bias[M] += row sums of G (when not null).
-// Work items are column ranges of grad_W (so no two threads write the same element); each item
-// walks all N in k-blocks, packing Xᵀ[kb, d-range] once per block and G[m-block, kb] per m-block.
+// Work items are column ranges of grad_W (so no two threads write the same element), one per
+// thread because each item packs all of G (a masked transpose, the costly part at small M); each
+// item walks all N in k-blocks, packing Xᵀ[kb, d-range] once per block and G[m-block, kb] per
+// m-block.
 template <typename T>
 void grad_weight_gemm(const XColumns<T>& xs, const MaskedGradColumns<T>& gs, i64 n_cols, i64 n_maps,
                       i64 n_channels, i64 n_positions, T* grad_w, T* grad_b) {
   using C = Tile<T>;
   const int threads = max_threads();
   const i64 d_panels = ceil_div(n_channels, C::NR);
-  const i64 n_items = std::min<i64>(d_panels, 2 * threads);
+  const i64 n_items = std::min<i64>(d_panels, threads);  // each item repacks all of G: few items
   const i64 panels_per_item = ceil_div(d_panels, n_items);
   const i64 kb = kGradWDepth;
   const i64 mb = ceil_div(kGradWRows, C::MR) * C::MR;
@@ -385,8 +390,10 @@ void grad_weight_gemm(const XColumns<T>& xs, const MaskedGradColumns<T>& gs, i64
               for (i64 t = 0; t < len; ++t)
                 for (i64 j = 0; j < n; ++j) dst[(t0 + t) * C::NR + j] = xs.at(base + t * xs.sxp, dj + j);
             } else {
-              for (i64 j = 0; j < n; ++j)
-                for (i64 t = 0; t < len; ++t) dst[(t0 + t) * C::NR + j] = xs.at(base + t * xs.sxp, dj + j);
+              for (i64 tc = 0; tc < len; tc += kTransposeBlock)  // keep the written rows in L1
+                for (i64 j = 0; j < n; ++j)
+                  for (i64 t = tc; t < std::min(len, tc + kTransposeBlock); ++t)
+                    dst[(t0 + t) * C::NR + j] = xs.at(base + t * xs.sxp, dj + j);
             }
           });
           if (n < C::NR)

@@ -13,6 +13,7 @@ _LAZY = {
     "resolve_backend": "pyconcepts.ops._dispatch",
     "concept_maps": "pyconcepts.ops.concept_maps",
     "concept_map_stats": "pyconcepts.ops.concept_maps",
+    "ConceptMapStats": "pyconcepts.ops.concept_maps",
     "semihard_triplet_loss": "pyconcepts.ops.triplet",
     "semihard_triplets": "pyconcepts.ops.triplet",
     "nnls": "pyconcepts.ops.nnls",
