@@ -4,8 +4,8 @@ Rows, on the same float32 inputs in one process (agreement is checked first):
 - ``forward``: ``concept_maps(x, W, b)`` vs ``relu(conv2d(x, W[:, :, None, None], b))``.
 - ``forward+backward``: the same plus ``.backward(g)`` for x, W and b.
 - ``stats``: ``concept_map_stats(x, W, b, t)`` vs torch conv + relu + amax / mean /
-  (> t).mean, with the peak extra memory of each (resident-set growth on CPU, sampled every
-  2 ms; ``torch.cuda.max_memory_allocated`` growth on GPU).
+  (> t).mean, with the peak extra memory of each call (on CPU the peak resident-set growth of
+  a fresh process running just that call; on GPU the ``torch.cuda.max_memory_allocated`` growth).
 - ``matmul``: a plain float32 ``torch.matmul`` of the same GEMM (``[M, D] @ [D, B*H*W]``, no
   bias, no ReLU), the GFLOP/s ceiling that torch's BLAS reaches on this machine in this run.
 
@@ -18,8 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
-import threading
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -39,35 +41,53 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _inputs(name: str, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """x, W, b, grad_out of a case, seeded, allocated in their final shape (no temporaries)."""
+    (batch, channels, height, width), n_maps = CASES[name]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, channels, height, width, generator=gen).to(device)
+    w = torch.randn(n_maps, channels, generator=gen).div_(channels**0.5).to(device)
+    b = torch.randn(n_maps, generator=gen).mul_(0.1).to(device)
+    g = torch.randn(batch, n_maps, height, width, generator=gen).to(device)
+    return x, w, b, g
 
 
-def peak_extra_bytes(fn: Callable[[], object], device: torch.device) -> int:
-    """Peak memory growth while ``fn`` runs (the result is freed after the measurement)."""
+def _stats_fn(impl: str, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> Callable[[], object]:
+    def run() -> object:
+        with torch.no_grad():
+            if impl == "ours":
+                return concept_map_stats(x, w, b, THRESHOLD)
+            return _torch_stats(x, w, b)
+
+    return run
+
+
+def _memory_probe(name: str, impl: str) -> None:
+    """Child process: print the peak resident-set growth (bytes) of one CPU stats call."""
+    x, w, b, _ = _inputs(name, torch.device("cpu"))
+    _stats_fn(impl, x[:1, :, :1, :1], w, b)()  # imports, thread pools, kernel selection
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    _stats_fn(impl, x, w, b)()
+    print(1024 * (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before))
+
+
+def peak_extra_bytes(name: str, impl: str, device: torch.device) -> int:
+    """Peak memory growth of one stats call: CUDA allocator peak, or on CPU the growth of the
+    peak resident set of a fresh process (so memory freed earlier in this one cannot hide it).
+    """
     if device.type == "cuda":
+        x, w, b, _ = _inputs(name, device)
         _sync(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
-        fn()
+        _stats_fn(impl, x, w, b)()
         _sync(device)
         return int(torch.cuda.max_memory_allocated(device) - base)
-    base, peak, done = _rss(), [0], threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss() - base)
-            time.sleep(0.002)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
-        fn()
-    finally:
-        done.set()
-        sampler.join()
-    return max(peak[0], _rss() - base)
+    probe = [sys.executable, "-m", "bench.concept_maps", "--memory-probe", name, impl]
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(probe, capture_output=True, text=True, check=True, cwd=root, env=env)
+    return int(done.stdout.split()[-1])
 
 
 def _torch_stats(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -147,21 +167,11 @@ def time_median(fns: dict[str, Callable[[], object]], repeats: int, device: torc
 
 def run_case(name: str, repeats: int, device: torch.device) -> list[dict]:
     (batch, channels, height, width), n_maps = CASES[name]
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, channels, height, width, generator=gen).to(device)
-    w = (torch.randn(n_maps, channels, generator=gen) / channels**0.5).to(device)
-    b = (0.1 * torch.randn(n_maps, generator=gen)).to(device)
-    g = torch.randn(batch, n_maps, height, width, generator=gen).to(device)
+    x, w, b, g = _inputs(name, device)
     diffs = check_agreement(x, w, b, g)
-    a_mat, b_mat = w, torch.randn(channels, batch * height * width, generator=gen).to(device)
-
-    def stats_ours() -> object:
-        with torch.no_grad():
-            return concept_map_stats(x, w, b, THRESHOLD)
-
-    def stats_torch() -> object:
-        with torch.no_grad():
-            return _torch_stats(x, w, b)
+    gen = torch.Generator().manual_seed(1)
+    b_mat = torch.randn(channels, batch * height * width, generator=gen).to(device)
+    stats_ours, stats_torch = _stats_fn("ours", x, w, b), _stats_fn("torch", x, w, b)
 
     fns = {
         "forward/ours": lambda: concept_maps(x, w, b),
@@ -170,14 +180,14 @@ def run_case(name: str, repeats: int, device: torch.device) -> list[dict]:
         "forward+backward/torch": lambda: _fwd_bwd(reference.concept_maps, x, w, b, g),
         "stats/ours": stats_ours,
         "stats/torch": stats_torch,
-        "matmul/torch": lambda: torch.matmul(a_mat, b_mat),
+        "matmul/torch": lambda: torch.matmul(w, b_mat),
     }
     with torch.no_grad():
         secs = time_median({k: v for k, v in fns.items() if "backward" not in k}, repeats, device)
     secs.update(time_median({k: v for k, v in fns.items() if "backward" in k}, repeats, device))
     memory = {
-        "stats/ours": peak_extra_bytes(stats_ours, device),
-        "stats/torch": peak_extra_bytes(stats_torch, device),
+        "stats/ours": peak_extra_bytes(name, "ours", device),
+        "stats/torch": peak_extra_bytes(name, "torch", device),
     }
     gemm_flops = 2 * batch * channels * n_maps * height * width
     rows = []
@@ -221,7 +231,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=["small", "large"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--memory-probe", nargs=2, metavar=("CASE", "IMPL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.memory_probe:
+        _memory_probe(*args.memory_probe)
+        return
     device = torch.device(args.device)
     rows = [row for case in args.cases for row in run_case(case, args.repeats, device)]
     where = (
