@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -62,13 +61,20 @@ def _stats_fn(impl: str, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> C
     return run
 
 
+def _peak_rss() -> int:
+    """This process's peak resident set (VmHWM; unlike ru_maxrss it is not inherited over exec)."""
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith("VmHWM:"))
+    return 1024 * int(line.split()[1])
+
+
 def _memory_probe(name: str, impl: str) -> None:
     """Child process: print the peak resident-set growth (bytes) of one CPU stats call."""
     x, w, b, _ = _inputs(name, torch.device("cpu"))
     _stats_fn(impl, x[:1, :, :1, :1], w, b)()  # imports, thread pools, kernel selection
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _peak_rss()
     _stats_fn(impl, x, w, b)()
-    print(1024 * (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before))
+    print(_peak_rss() - before)
 
 
 def peak_extra_bytes(name: str, impl: str, device: torch.device) -> int:
@@ -150,7 +156,12 @@ def check_agreement(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, g: torch.
     return diffs
 
 
-def time_median(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict:
+def time_median(
+    fns: dict[str, Callable[[], object]],
+    repeats: int,
+    device: torch.device,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict:
     """Median seconds of each fn, runs interleaved so machine load hits all of them alike."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     for fn in fns.values():  # warm-up
@@ -158,14 +169,16 @@ def time_median(fns: dict[str, Callable[[], object]], repeats: int, device: torc
     for _ in range(repeats):
         for name, fn in fns.items():
             _sync(device)
-            start = time.perf_counter()
+            start = clock()
             fn()
             _sync(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def run_case(name: str, repeats: int, device: torch.device) -> list[dict]:
+def run_case(
+    name: str, repeats: int, device: torch.device, clock: Callable[[], float] = time.perf_counter
+) -> list[dict]:
     (batch, channels, height, width), n_maps = CASES[name]
     x, w, b, g = _inputs(name, device)
     diffs = check_agreement(x, w, b, g)
@@ -183,8 +196,12 @@ def run_case(name: str, repeats: int, device: torch.device) -> list[dict]:
         "matmul/torch": lambda: torch.matmul(w, b_mat),
     }
     with torch.no_grad():
-        secs = time_median({k: v for k, v in fns.items() if "backward" not in k}, repeats, device)
-    secs.update(time_median({k: v for k, v in fns.items() if "backward" in k}, repeats, device))
+        secs = time_median(
+            {k: v for k, v in fns.items() if "backward" not in k}, repeats, device, clock
+        )
+    secs.update(
+        time_median({k: v for k, v in fns.items() if "backward" in k}, repeats, device, clock)
+    )
     memory = {
         "stats/ours": peak_extra_bytes(name, "ours", device),
         "stats/torch": peak_extra_bytes(name, "torch", device),
@@ -231,22 +248,30 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=["small", "large"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time with the process's CPU seconds (all threads) instead of wall time: steadier "
+        "on a machine loaded by others; GFLOP/s then read per CPU-second",
+    )
     parser.add_argument("--memory-probe", nargs=2, metavar=("CASE", "IMPL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_probe:
         _memory_probe(*args.memory_probe)
         return
     device = torch.device(args.device)
-    rows = [row for case in args.cases for row in run_case(case, args.repeats, device)]
+    clock = time.process_time if args.cpu_time else time.perf_counter
+    rows = [row for case in args.cases for row in run_case(case, args.repeats, device, clock)]
     where = (
         torch.cuda.get_device_name(device)
         if device.type == "cuda"
         else f"CPU, {torch.get_num_threads()} threads"
     )
-    print(f"device: {where}\n")
+    timing = "CPU seconds of this process" if args.cpu_time else "wall time"
+    print(f"device: {where}; timing: {timing}\n")
     print(markdown(rows))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"device": where, "rows": rows}, indent=2))
+    RESULTS.write_text(json.dumps({"device": where, "timing": timing, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":
