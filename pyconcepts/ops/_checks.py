@@ -1,4 +1,4 @@
-"""Argument validation shared by the ops: errors name the argument, the expectation and the value."""
+"""Argument validation shared by the ops: errors name the argument, what was expected, what came."""
 
 from __future__ import annotations
 
