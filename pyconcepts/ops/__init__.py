@@ -7,7 +7,12 @@ Imports are lazy so that ``import pyconcepts.ops`` does not load every op module
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # type checkers see the functions, not the same-named submodules
+    from pyconcepts.ops.concept_maps import ConceptMapStats as ConceptMapStats
+    from pyconcepts.ops.concept_maps import concept_map_stats as concept_map_stats
+    from pyconcepts.ops.concept_maps import concept_maps as concept_maps
 
 _LAZY = {
     "resolve_backend": "pyconcepts.ops._dispatch",

@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from pyconcepts import _backends
@@ -61,7 +61,6 @@ shapes = st.tuples(
 
 
 @needs_cpu
-@settings(max_examples=40, deadline=None)
 @given(
     shape=shapes,
     dtype=st.sampled_from([torch.float32, torch.float64]),
@@ -114,7 +113,6 @@ def assert_stats_close(got, x, weight, bias, threshold):
 
 
 @needs_cpu
-@settings(max_examples=40, deadline=None)
 @given(
     shape=shapes,
     dtype=st.sampled_from([torch.float32, torch.float64]),
