@@ -225,8 +225,10 @@ std::vector<Range> column_ranges(i64 batch, i64 n_positions, i64 chunk, bool who
   const i64 n_cols = batch * n_positions;
   if (n_cols == 0) return ranges;
   if (whole_images) {
-    const i64 per_group = std::clamp<i64>(std::max<i64>(batch / (4 * threads), 1), 1,
-                                          std::max<i64>(ceil_div(chunk, n_positions), 1));
+    // A range is packed chunk by chunk and only its last panel is padded: groups of about 8
+    // chunks keep that waste small, unless the batch is needed to keep every thread busy.
+    const i64 per_group = std::clamp<i64>(ceil_div(8 * chunk, n_positions), 1,
+                                          std::max<i64>(batch / (4 * threads), 1));
     for (i64 b = 0; b < batch; b += per_group)
       ranges.push_back({b * n_positions, std::min(batch, b + per_group) * n_positions});
   } else {
