@@ -7,6 +7,8 @@ Imports are lazy so that ``import pyconcepts.ops`` does not load every op module
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 _LAZY = {
@@ -36,3 +38,16 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(__all__)
+
+
+class _OpsModule(types.ModuleType):
+    """Keeps ``pyconcepts.ops.nnls`` the function when the submodule of the same name is imported
+    (the import system would otherwise bind the submodule over the lazily exported function)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _LAZY.get(name) == value.__name__:
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _OpsModule
