@@ -323,14 +323,23 @@ class IBD(ConceptExplainer):
 
     # ---- explaining --------------------------------------------------------------------------
     def explain(
-        self, images: torch.Tensor, targets: Optional[torch.Tensor] = None, **kwargs: Any
+        self,
+        images: torch.Tensor,
+        targets: Optional[torch.Tensor] = None,
+        per_image: bool = False,
+        **kwargs: Any,
     ) -> IBDExplanation:
-        """Decompose the score of ``targets`` (default: the predicted classes) of each image."""
+        """Decompose the score of ``targets`` (default: the predicted classes) of each image.
+
+        In CAM mode the class bases are fixed; ``per_image=True`` (always so in Grad-CAM mode)
+        decomposes each image's pooled gradient ``w_k(a)`` instead (eq. 12), the whole batch in
+        one :func:`~pyconcepts.ops.greedy_nnls_basis` call.
+        """
         _no_extra("explain", kwargs)
         self._check_fitted()
         images = self._check_images(images)
         Q = self.concept_vectors_
-        if self.mode_ == "cam":
+        if self.mode_ == "cam" and not per_image:
             acts, logits = self._features(images)
             acts, logits = acts.cpu(), logits.cpu()
             if targets is None:

@@ -83,6 +83,12 @@ def test_explain_given_targets(fitted: IBD, world: ConceptWorld) -> None:
     assert torch.equal(result.extras["basis_indices"], fitted.basis_indices_[:3])
     with pytest.raises(ValueError, match="targets"):
         fitted.explain(images, targets=torch.tensor([0, 1, 99]))
+    # GAP + linear head: the pooled gradient w_k(a) is w_k / (h w), so the per-image Grad-CAM
+    # decomposition picks the class basis, with coefficients and score scaled by 1 / (h w)
+    per_image = fitted.explain(images, targets=torch.tensor([0, 1, 2]), per_image=True)
+    assert torch.equal(per_image.extras["basis_indices"], fitted.basis_indices_[:3])
+    hw = 64.0  # layer3 is 8x8 at 64 px
+    assert torch.allclose(per_image.extras["basis_coefs"] * hw, fitted.basis_coefs_[:3], atol=1e-5)
 
 
 def test_gradcam_mode_decomposes_per_image(world: ConceptWorld) -> None:
