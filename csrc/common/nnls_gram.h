@@ -140,7 +140,10 @@ PYC_HD int solve(const double* G, int64_t ldg, const double* h, double bb, int n
     x[j] = 0.0;
     state[j] = 0;
   }
+  // A NaN or inf anywhere in A or b makes bb, a diagonal entry of G or an entry of h non-finite.
   if (!isfinite(bb)) return kNonFinite;
+  for (int j = 0; j < n; ++j)
+    if (!isfinite(G[static_cast<int64_t>(j) * ldg + j]) || !isfinite(h[j])) return kNonFinite;
   while (true) {
     int jbest = -1;
     double wbest = 0.0;

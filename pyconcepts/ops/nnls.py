@@ -41,11 +41,17 @@ def _max_iter(max_iter: Optional[int], n: int) -> int:
 
 
 def _raise_on_info(info: torch.Tensor, batch_shape: torch.Size, max_iter: int) -> None:
+    """Turn the kernels' per-problem status (1: iteration cap, 2: NaN/inf input) into errors;
+    the kernels detect non-finite input from the Gram products, saving a pass over A."""
     bad = torch.nonzero(info != 0)
     if bad.numel() == 0:
         return
     flat = int(bad[0, 0])
     where = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), batch_shape))
+    if int(info[flat]) == 2:
+        raise ValueError(
+            f"A, b: expected finite values, got NaN or inf (first at batch index {where})"
+        )
     raise RuntimeError(
         f"nnls: {bad.shape[0]} problem(s) did not converge within max_iter={max_iter} column "
         f"additions (first at batch index {where}); pass a larger max_iter, or check that A "
@@ -83,14 +89,14 @@ def nnls(
             f"b: expected shape {tuple(A.shape[:-1])} (A's shape without its last dim), "
             f"got {tuple(b.shape)}"
         )
-    _checks.finite("A", A)
-    _checks.finite("b", b)
     m, n = A.shape[-2], A.shape[-1]
     iters = _max_iter(max_iter, n)
     which = resolve_backend(A, backend)
     if which == "reference":
         from pyconcepts.reference.nnls import nnls as nnls_reference
 
+        _checks.finite("A", A)
+        _checks.finite("b", b)
         return nnls_reference(A, b, max_iter=iters)
     batch_shape = A.shape[:-2]
     batch = batch_shape.numel()

@@ -159,8 +159,12 @@ def test_nnls_bad_inputs() -> None:
         nnls(torch.ones(4, 3, dtype=torch.int64), torch.ones(4, dtype=torch.int64))
     with pytest.raises(TypeError, match="dtype"):
         nnls(A, torch.randn(4, dtype=torch.float64))
-    with pytest.raises(ValueError, match="NaN"):
-        nnls(A, torch.tensor([1.0, float("nan"), 0.0, 0.0]))
+    for backend in BACKENDS:
+        with pytest.raises(ValueError, match="NaN"):
+            nnls(A, torch.tensor([1.0, float("nan"), 0.0, 0.0]), backend=backend)
+        with pytest.raises(ValueError, match="NaN or inf"):
+            nnls(A.index_put((torch.tensor(2), torch.tensor(1)), torch.tensor(float("inf"))),
+                 torch.ones(4), backend=backend)  # fmt: skip
     with pytest.raises(ValueError, match="max_iter"):
         nnls(A, torch.randn(4), max_iter=-1)
     with pytest.raises(ValueError, match="backend"):
