@@ -71,7 +71,7 @@ def problems(draw: st.DrawFn) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(problems())
 def test_nnls_matches_scipy(backend: str, prob: tuple[torch.Tensor, torch.Tensor]) -> None:
     A, b = prob
@@ -190,7 +190,7 @@ def basis_problems(draw: st.DrawFn) -> tuple[torch.Tensor, torch.Tensor, int]:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(basis_problems())
 def test_greedy_basis_matches_scipy_loop(
     backend: str, prob: tuple[torch.Tensor, torch.Tensor, int]
