@@ -53,13 +53,13 @@ void support(std::uintptr_t indptr, std::uintptr_t indices, std::int64_t n_trans
 std::string type_name(PyObject* o) { return Py_TYPE(o)->tp_name; }
 
 // One item as a 64-bit integer (Python ints and anything with __index__, e.g. numpy integers).
-std::int64_t item_value(PyObject* x, std::int64_t tx) {
+std::int64_t item_value(PyObject* x, const std::string& name, std::int64_t tx) {
   py::object owned;
   if (!PyLong_Check(x)) {
     PyObject* index = PyNumber_Index(x);
     if (index == nullptr) {
       PyErr_Clear();
-      throw py::type_error(pyconcepts::concat("transactions[", tx, "]: expected integer items, got ",
+      throw py::type_error(pyconcepts::concat(name, "[", tx, "]: expected integer items, got ",
                                               type_name(x)));
     }
     owned = py::reinterpret_steal<py::object>(index);
@@ -68,7 +68,7 @@ std::int64_t item_value(PyObject* x, std::int64_t tx) {
   int overflow = 0;
   const long long v = PyLong_AsLongLongAndOverflow(x, &overflow);
   if (overflow != 0) {
-    throw py::value_error(pyconcepts::concat("transactions[", tx, "]: item ",
+    throw py::value_error(pyconcepts::concat(name, "[", tx, "]: item ",
                                              py::str(x).cast<std::string>(),
                                              " does not fit in a signed 64-bit integer"));
   }
@@ -76,12 +76,12 @@ std::int64_t item_value(PyObject* x, std::int64_t tx) {
 }
 
 // A sequence of iterables of integers -> (indptr int64 [n+1], indices int64 [nnz]).
-py::tuple transactions_to_csr(py::handle transactions) {
-  PyObject* seq = PySequence_Fast(transactions.ptr(), "transactions: expected a sequence");
+py::tuple transactions_to_csr(py::handle transactions, const std::string& name) {
+  PyObject* seq = PySequence_Fast(transactions.ptr(), "");
   if (seq == nullptr) {
     PyErr_Clear();
-    throw py::type_error("transactions: expected a sequence of iterables of integers or a CSR "
-                         "pair (indptr, indices), got " + type_name(transactions.ptr()));
+    throw py::type_error(name + ": expected a sequence of iterables of integers, got " +
+                         type_name(transactions.ptr()));
   }
   const py::object seq_owner = py::reinterpret_steal<py::object>(seq);
   const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
@@ -92,14 +92,14 @@ py::tuple transactions_to_csr(py::handle transactions) {
     PyObject* row = PySequence_Fast(rows[i], "");
     if (row == nullptr) {
       PyErr_Clear();
-      throw py::type_error(pyconcepts::concat("transactions[", i,
+      throw py::type_error(pyconcepts::concat(name, "[", i,
                                               "]: expected an iterable of integers, got ",
                                               type_name(rows[i])));
     }
     const py::object row_owner = py::reinterpret_steal<py::object>(row);
     const Py_ssize_t k = PySequence_Fast_GET_SIZE(row);
     PyObject** items = PySequence_Fast_ITEMS(row);
-    for (Py_ssize_t j = 0; j < k; ++j) indices.push_back(item_value(items[j], i));
+    for (Py_ssize_t j = 0; j < k; ++j) indices.push_back(item_value(items[j], name, i));
     indptr[i + 1] = static_cast<std::int64_t>(indices.size());
   }
   return py::make_tuple(to_numpy(std::move(indptr)), to_numpy(std::move(indices)));
@@ -119,5 +119,5 @@ PYCONCEPTS_BINDINGS(bind_itemsets) {
         "(indptr, indices, n_transactions, query_offsets, query_items, n_queries, counts)",
         py::call_guard<py::gil_scoped_release>());
   m.def("transactions_to_csr", &transactions_to_csr,
-        "Python sequence of iterables of ints -> (indptr int64, indices int64) numpy arrays");
+        "(sequence of iterables of ints, name for errors) -> (indptr int64, indices int64)");
 }
