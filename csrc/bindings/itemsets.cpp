@@ -25,9 +25,11 @@ py::array_t<T> to_numpy(std::vector<T>&& v) {
                         owner);
 }
 
+// Mines without the GIL, then builds the [(items_tuple, count), ...] list from the flat table
+// (the Python objects are made here, after the kernel, not inside it).
 template <typename Index>
-py::tuple mine(std::uintptr_t indptr, std::uintptr_t indices, std::int64_t n_transactions,
-               std::int64_t min_count, std::int64_t max_len) {
+py::list mine(std::uintptr_t indptr, std::uintptr_t indices, std::int64_t n_transactions,
+              std::int64_t min_count, std::int64_t max_len) {
   pyconcepts::ItemsetTable table;
   {
     py::gil_scoped_release release;
@@ -35,8 +37,17 @@ py::tuple mine(std::uintptr_t indptr, std::uintptr_t indices, std::int64_t n_tra
                                           pyconcepts::as_ptr<const Index>(indices), n_transactions,
                                           min_count, max_len);
   }
-  return py::make_tuple(to_numpy(std::move(table.offsets)), to_numpy(std::move(table.items)),
-                        to_numpy(std::move(table.counts)));
+  const std::size_t n_sets = table.counts.size();
+  py::list result(n_sets);
+  for (std::size_t k = 0; k < n_sets; ++k) {
+    const std::int64_t begin = table.offsets[k], end = table.offsets[k + 1];
+    py::tuple items(end - begin);
+    for (std::int64_t i = begin; i < end; ++i) {
+      PyTuple_SET_ITEM(items.ptr(), i - begin, PyLong_FromLongLong(table.items[i]));
+    }
+    PyList_SET_ITEM(result.ptr(), k, py::make_tuple(std::move(items), table.counts[k]).release().ptr());
+  }
+  return result;
 }
 
 template <typename Index>
@@ -109,9 +120,9 @@ py::tuple transactions_to_csr(py::handle transactions, const std::string& name) 
 
 PYCONCEPTS_BINDINGS(bind_itemsets) {
   m.def("frequent_itemsets_i32", &mine<std::int32_t>,
-        "(indptr, indices, n_transactions, min_count, max_len) -> (offsets, items, counts)");
+        "(indptr, indices, n_transactions, min_count, max_len) -> [(items, count)]");
   m.def("frequent_itemsets_i64", &mine<std::int64_t>,
-        "(indptr, indices, n_transactions, min_count, max_len) -> (offsets, items, counts)");
+        "(indptr, indices, n_transactions, min_count, max_len) -> [(items, count)]");
   m.def("itemset_support_i32", &support<std::int32_t>,
         "(indptr, indices, n_transactions, query_offsets, query_items, n_queries, counts)",
         py::call_guard<py::gil_scoped_release>());

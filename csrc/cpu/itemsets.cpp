@@ -18,6 +18,11 @@ namespace {
 
 using Word = std::uint64_t;
 
+// Below these sizes the work runs on one thread: thread start-up and barriers cost more than they
+// save (and far more on a loaded machine, where a spinning barrier waits for a descheduled thread).
+constexpr std::int64_t kParallelEntries = 1 << 18;  // (transaction, item) entries
+constexpr std::int64_t kRowGrain = 1 << 16;         // transactions per parallel chunk
+
 inline std::int64_t n_words(std::int64_t bits) { return (bits + 63) / 64; }
 inline std::int64_t popcount(Word w) { return __builtin_popcountll(w); }
 
@@ -85,7 +90,7 @@ std::vector<std::int64_t> item_supports(const std::int64_t* indptr, const Index*
                                         std::int64_t n_transactions, const IdMap& map) {
   const std::int64_t n_items = map.size();
   std::vector<std::vector<std::int64_t>> partial(max_threads());
-#pragma omp parallel
+#pragma omp parallel if (indptr[n_transactions] >= kParallelEntries)
   {
     std::vector<std::int64_t>& support = partial[omp_get_thread_num()];
     support.assign(n_items, 0);
@@ -143,7 +148,7 @@ RankedDatabase rank_database(const std::int64_t* indptr, const Index* indices,
                              const std::vector<std::int64_t>& support_of_rank) {
   RankedDatabase db;
   std::vector<std::int64_t> row(n_transactions + 1, 0);
-  parallel_for(n_transactions, 4096, [&](std::int64_t begin, std::int64_t end) {
+  parallel_for(n_transactions, kRowGrain, [&](std::int64_t begin, std::int64_t end) {
     for (std::int64_t t = begin; t < end; ++t) {
       std::int64_t k = 1;
       for (std::int64_t j = indptr[t]; j < indptr[t + 1]; ++j) k += rank_of_dense[map(indices[j])] >= 0;
@@ -155,7 +160,7 @@ RankedDatabase rank_database(const std::int64_t* indptr, const Index* indices,
         "frequent_itemsets: at most 2^32-1 occurrences of frequent items are supported, got ",
         row[n_transactions]);
   db.h.resize(row[n_transactions]);
-  parallel_for(n_transactions, 4096, [&](std::int64_t begin, std::int64_t end) {
+  parallel_for(n_transactions, kRowGrain, [&](std::int64_t begin, std::int64_t end) {
     for (std::int64_t t = begin; t < end; ++t) {
       std::int32_t* out = db.h.data() + row[t];
       std::int64_t k = 0;
@@ -426,7 +431,7 @@ ItemsetTable frequent_itemsets(const std::int64_t* indptr, const Index* indices,
       rank_database(indptr, indices, n_transactions, map, rank_of_dense, support_of_rank);
 
   std::vector<BranchOut> branches(n_ranks);
-#pragma omp parallel if (n_ranks > 1)
+#pragma omp parallel if (n_ranks > 1 && indptr[n_transactions] >= kParallelEntries)
   {
     Miner miner(db, n_ranks, min_count, max_len);
 #pragma omp for schedule(dynamic, 1)
@@ -453,7 +458,7 @@ void itemset_support(const std::int64_t* indptr, const Index* indices, std::int6
   const std::int64_t n_blocks = (n_transactions + block - 1) / block;
   const std::int64_t w_max = block / 64;
   std::vector<std::vector<std::int64_t>> partial(n_threads);
-#pragma omp parallel if (n_blocks > 1)
+#pragma omp parallel if (n_blocks > 1 && indptr[n_transactions] >= kParallelEntries)
   {
     std::vector<std::int64_t>& local = partial[omp_get_thread_num()];
     local.assign(n_queries, 0);

@@ -162,9 +162,3 @@ def split(offsets: np.ndarray, items: np.ndarray) -> list[tuple[int, ...]]:
     flat, off = items.tolist(), offsets.tolist()
     return [tuple(flat[off[k] : off[k + 1]]) for k in range(len(off) - 1)]
 
-
-def to_list(
-    offsets: np.ndarray, items: np.ndarray, counts: np.ndarray
-) -> list[tuple[tuple[int, ...], int]]:
-    """Flat itemset arrays -> ``[(items_tuple, count), ...]``."""
-    return list(zip(split(offsets, items), counts.tolist()))

@@ -79,7 +79,7 @@ def frequent_itemsets(
         from pyconcepts.reference import itemsets as reference
 
         return reference.frequent_itemsets((indptr, indices), count, max_len)
-    offsets, items, counts = _bridge.call(
+    result: list[tuple[Itemset, int]] = _bridge.call(
         f"frequent_itemsets_{_index_suffix(indices)}",
         torch.from_numpy(indptr),
         torch.from_numpy(indices),
@@ -89,7 +89,7 @@ def frequent_itemsets(
         dtype=torch.int64,
         device=_CPU,
     )
-    return _tx.to_list(offsets, items, counts)
+    return result
 
 
 def itemset_support(

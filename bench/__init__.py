@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks of pyconcepts against existing tools (python -m bench.<op>)."""
