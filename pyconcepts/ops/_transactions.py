@@ -161,4 +161,3 @@ def split(offsets: np.ndarray, items: np.ndarray) -> list[tuple[int, ...]]:
     """Flat itemset arrays -> ``[items_tuple, ...]``."""
     flat, off = items.tolist(), offsets.tolist()
     return [tuple(flat[off[k] : off[k + 1]]) for k in range(len(off) - 1)]
-
