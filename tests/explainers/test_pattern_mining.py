@@ -23,7 +23,7 @@ def fitted(small_world):
     model = cw_vgg().eval()
     images, labels = small_world.tensors()
     explainer = FilterPatterns(model, "features.relu4", tau_support=0.3, **FAST)
-    return explainer.fit((images[:24], labels[:24])), images[:24], labels[:24]
+    return explainer.fit((images[:16], labels[:16])), images[:16], labels[:16]
 
 
 def test_candidate_patches_follow_the_heatmap_and_do_not_repeat():
