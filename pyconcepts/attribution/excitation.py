@@ -81,16 +81,16 @@ class _Node:
 
     def positive_op(self, x: torch.Tensor, sign: float) -> torch.Tensor:
         """The layer with only its excitatory (sign=+1) or inhibitory (sign=-1) weights, no bias."""
-        m = self.module
+        m: Any = self.module
         if isinstance(m, _AVG_POOL):
             return m.forward(x)  # not m(x): that would run the excitation hooks again
-        weight = m.weight
+        weight: torch.Tensor = m.weight
         if self.scale is not None:
             weight = weight * self.scale.reshape(-1, *([1] * (weight.dim() - 1)))
         weight = (sign * weight).clamp(min=0)
         if isinstance(m, nn.Linear):
             return F.linear(x, weight)
-        return m._conv_forward(x, weight, None)  # type: ignore[operator]
+        return m._conv_forward(x, weight, None)
 
 
 def _winning(

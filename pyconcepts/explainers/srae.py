@@ -114,7 +114,10 @@ class GroupedAutoencoder(nn.Module):
 
     def encode(self, z: torch.Tensor) -> torch.Tensor:
         """x-features ``[K, B, n]`` of features z ``[B, D]``."""
-        h = torch.einsum("bd,kde->kbe", z, self.encoder_weights[0]) + self.encoder_biases[0][:, None]
+        h = (
+            torch.einsum("bd,kde->kbe", z, self.encoder_weights[0])
+            + self.encoder_biases[0][:, None]
+        )
         last = len(self.encoder_weights) - 1
         for i in range(1, last + 1):
             h = torch.baddbmm(self.encoder_biases[i][:, None], F.relu(h), self.encoder_weights[i])
@@ -265,10 +268,9 @@ def train_grouped(
         running = torch.zeros(k)
         for s in range(0, n, batch_size):
             idx = order[s : s + batch_size]
-            m = mask[:, idx]
-            if not bool((m.sum(1) > 0).any()):
-                continue
-            losses = srae_losses(module, z[idx], target[:, idx], m, weight[:, idx], config)
+            losses = srae_losses(
+                module, z[idx], target[:, idx], mask[:, idx], weight[:, idx], config
+            )
             opt.zero_grad(set_to_none=True)
             losses["total"].backward()
             opt.step()
@@ -373,6 +375,10 @@ class _ThroughLayer(nn.Module):
 
 class _OnnxHead(nn.Module):
     """images → (logits, contributions v·E of the predicted class, E of every class, ȳ)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    classes: torch.Tensor
 
     def __init__(self, explainer: SRAE) -> None:
         super().__init__()
@@ -527,7 +533,7 @@ class SRAE(ConceptExplainer):
         )
         mask, weight = mask.to(z.device), weight.to(z.device)
         perm = torch.randperm(z.shape[0], generator=gen).to(z.device)
-        n_val = int(round(self.val_fraction * z.shape[0]))
+        n_val = round(self.val_fraction * z.shape[0])
         val_idx, tr_idx = perm[:n_val], perm[n_val:]
         val = None
         if n_val > 0:
@@ -577,7 +583,11 @@ class SRAE(ConceptExplainer):
         return normalise_maps(maps)
 
     def explain(
-        self, images: torch.Tensor, targets: Optional[torch.Tensor] = None, heatmaps: bool = True
+        self,
+        images: torch.Tensor,
+        targets: Optional[torch.Tensor] = None,
+        heatmaps: bool = True,
+        **kwargs: Any,
     ) -> Explanation:
         """x-feature contributions ``v_i E_i`` (concept_scores), ȳ and heatmaps for the target
         class of each image (default: the prediction, which must be an explained class)."""

@@ -87,10 +87,12 @@ def compare(
     lasso_alpha: float = 0.5,
     progress: bool = False,
     **srae_kwargs: Any,
-) -> dict[str, dict[str, float]]:
-    """Train every method on ``train`` and score it; returns ``{method: {row: value}}`` with
-    rows named ``"F_reg Training"`` … (see :data:`ROWS`). ``n_eval`` positive test images per
-    class get heatmaps; ``srae_kwargs`` go to every :class:`SRAE` (e.g. epochs, hidden)."""
+) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """Train every method on ``train`` and score it.
+
+    Returns ``{method: {row: value}}`` (rows named ``"F_reg Training"`` …, see :data:`ROWS`)
+    and the fitted explainers by method. ``n_eval`` positive test images per class get
+    heatmaps; ``srae_kwargs`` go to every :class:`SRAE` (e.g. epochs, hidden)."""
     images_tr, labels_tr = train.tensors()
     images_te, labels_te = test.tensors()
     explainers: dict[str, Any] = {}
@@ -146,7 +148,7 @@ def compare(
                 add(name, "O2 Positive", o2)
     result = {m: {row: sum(v) / len(v) for row, v in rows.items()} for m, rows in acc.items()}
     result["Lasso"]["selected features"] = sum(lasso.n_selected) / len(lasso.n_selected)
-    return result
+    return result, explainers
 
 
 def table_markdown(results: dict[str, dict[str, float]]) -> str:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import math
+
 import torch
 
 
@@ -100,9 +101,7 @@ def part_distribution(
     return parts.mean(0)
 
 
-def locality(
-    heatmaps: torch.Tensor, masks: torch.Tensor, context: bool = True
-) -> torch.Tensor:
+def locality(heatmaps: torch.Tensor, masks: torch.Tensor, context: bool = True) -> torch.Tensor:
     """Entropy H_n (nats) of each map's normalised part histogram S̄_n ``[n]``."""
     dist = part_distribution(heatmaps, masks, context)
     p = dist / dist.sum(-1, keepdim=True).clamp_min(1e-300)
@@ -142,4 +141,3 @@ def concept_concentration(
         "chance": float(uniform.max(1).values.mean()),
         "coverage": float(best.unique().numel() / int(defining.sum())),
     }
-
