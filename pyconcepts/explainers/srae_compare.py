@@ -33,13 +33,14 @@ ROWS = (
 
 
 def concept_world_locality(maps: torch.Tensor, concept_masks: torch.Tensor) -> float:
-    """Mean over maps and over the three concept kinds of the locality entropy (nats)."""
+    """Mean over maps and over the three concept kinds of the locality entropy (nats); maps
+    with no mass (e.g. a dead unit of Z) are left out."""
     kinds = (
         slice(0, len(SHAPES)),
         slice(len(SHAPES), len(SHAPES) + len(COLOURS)),
         slice(len(SHAPES) + len(COLOURS), concept_masks.shape[1]),
     )
-    return float(torch.stack([locality(maps, concept_masks[:, k]) for k in kinds]).mean())
+    return float(torch.stack([locality(maps, concept_masks[:, k]) for k in kinds]).nanmean())
 
 
 class _LassoExplainer:
@@ -146,7 +147,10 @@ def compare(
                 o1, o2 = orthogonality(maps)
                 add(name, "O1 Positive", o1)
                 add(name, "O2 Positive", o2)
-    result = {m: {row: sum(v) / len(v) for row, v in rows.items()} for m, rows in acc.items()}
+    result = {
+        m: {row: float(torch.tensor(v).nanmean()) for row, v in rows.items()}
+        for m, rows in acc.items()
+    }
     result["Lasso"]["selected features"] = sum(lasso.n_selected) / len(lasso.n_selected)
     return result, explainers
 

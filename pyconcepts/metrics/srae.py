@@ -68,6 +68,15 @@ def orthogonality(heatmaps: torch.Tensor, ridge: float = 1e-6) -> tuple[float, f
     return o1, o2
 
 
+def _probabilities(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """S = C / Σ C per image and map ``[M, n, H, W]`` and the number of images in which each map
+    has any mass ``[n]`` (all-zero maps have no distribution and are left out of averages)."""
+    h = heatmaps.double().clamp_min(0)
+    total = h.flatten(2).sum(-1)
+    s = torch.where(total[..., None, None] > 0, h / total[..., None, None].clamp_min(1e-300), 0.0)
+    return s, (total > 0).sum(0).double()
+
+
 def part_distribution(
     heatmaps: torch.Tensor, masks: torch.Tensor, context: bool = True
 ) -> torch.Tensor:
@@ -76,7 +85,8 @@ def part_distribution(
     ``S = C / Σ C`` per image and map; a pixel's mass is shared equally by the parts whose masks
     cover it (masks may overlap or be soft), and mass on pixels of no part goes to a last
     *context* column when ``context`` (the paper's 16th part), else is dropped. heatmaps
-    ``[M, n, H, W]``, masks ``[M, P, H, W]``.
+    ``[M, n, H, W]``, masks ``[M, P, H, W]``. Images where a map is all zero are not averaged
+    in; a map that is zero everywhere gets an all-zero row.
     """
     if heatmaps.dim() != 4 or masks.dim() != 4:
         raise ValueError(
@@ -88,9 +98,7 @@ def part_distribution(
             f"masks: expected [{heatmaps.shape[0]}, P, {heatmaps.shape[2]}, {heatmaps.shape[3]}], "
             f"got {tuple(masks.shape)}"
         )
-    h = heatmaps.double().clamp_min(0)
-    total = h.flatten(2).sum(-1)[..., None, None]
-    s = torch.where(total > 0, h / total.clamp_min(1e-300), torch.zeros_like(h))
+    s, active = _probabilities(heatmaps)
     m = masks.double()
     cover = m.sum(1, keepdim=True)
     share = torch.where(cover > 0, m / cover.clamp_min(1e-300), torch.zeros_like(m))
@@ -98,14 +106,17 @@ def part_distribution(
     if context:
         ctx = (s * (cover == 0).double()).flatten(2).sum(-1)
         parts = torch.cat([parts, ctx[..., None]], dim=-1)
-    return parts.mean(0)
+    return parts.sum(0) / active.clamp_min(1.0)[:, None]
 
 
 def locality(heatmaps: torch.Tensor, masks: torch.Tensor, context: bool = True) -> torch.Tensor:
-    """Entropy H_n (nats) of each map's normalised part histogram S̄_n ``[n]``."""
+    """Entropy H_n (nats) of each map's normalised part histogram S̄_n ``[n]``; NaN for a map
+    with no mass anywhere (it has no locality)."""
     dist = part_distribution(heatmaps, masks, context)
-    p = dist / dist.sum(-1, keepdim=True).clamp_min(1e-300)
-    return -(torch.where(p > 0, p * p.clamp_min(1e-300).log(), torch.zeros_like(p))).sum(-1)
+    total = dist.sum(-1, keepdim=True)
+    p = dist / total.clamp_min(1e-300)
+    h = -(torch.where(p > 0, p * p.clamp_min(1e-300).log(), torch.zeros_like(p))).sum(-1)
+    return torch.where(total[:, 0] > 0, h, torch.full_like(h, math.nan))
 
 
 def concept_concentration(
@@ -117,7 +128,7 @@ def concept_concentration(
     map l and concept c, ``share[l, c]`` = average fraction of the map's mass on pixels
     carrying c. Returns ``share`` = mean over maps of max over defining concepts (1 = every map
     lies on one defining concept), ``chance`` = the same for uniform maps, and ``coverage`` =
-    fraction of defining concepts that are some map's best one.
+    fraction of defining concepts that are some map's best one. All-zero maps are left out.
     """
     if defining.dtype != torch.bool or defining.shape != concept_masks.shape[1:2]:
         raise ValueError(
@@ -128,13 +139,14 @@ def concept_concentration(
         raise ValueError("defining: expected at least one defining concept")
 
     def shares(maps: torch.Tensor) -> torch.Tensor:
-        h = maps.double().clamp_min(0)
-        total = h.flatten(2).sum(-1)[..., None, None]
-        s = torch.where(total > 0, h / total.clamp_min(1e-300), torch.zeros_like(h))
-        return torch.einsum("mnhw,mkhw->nk", s, concept_masks.double()) / maps.shape[0]
+        s, active = _probabilities(maps)
+        found = torch.einsum("mnhw,mkhw->nk", s, concept_masks.double())
+        return (found / active.clamp_min(1.0)[:, None])[active > 0]
 
-    share = shares(heatmaps)[:, defining]  # [n, D]
+    share = shares(heatmaps)[:, defining]  # [n active, D]
     uniform = shares(torch.ones_like(heatmaps[:, :1]))[:, defining]
+    if share.shape[0] == 0:
+        return {"share": math.nan, "chance": float(uniform.max(1).values.mean()), "coverage": 0.0}
     best = share.argmax(1)
     return {
         "share": float(share.max(1).values.mean()),

@@ -60,6 +60,12 @@ def test_locality_entropy() -> None:
     # overlapping masks share a pixel's mass
     overlap = torch.ones(1, 2, 2, 2)
     assert float(locality(torch.ones(1, 1, 2, 2), overlap)) == pytest.approx(math.log(2))
+    # an all-zero map has no locality; zero images of a map are not averaged in
+    dead = torch.zeros(2, 1, 4, 4)
+    assert math.isnan(float(locality(dead, masks)))
+    mixed = on_one.clone()
+    mixed[1] = 0
+    assert float(locality(mixed, masks)) == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ValueError, match="masks"):
         locality(uniform, torch.zeros(2, 2, 5, 5))
 
