@@ -12,14 +12,14 @@ from pyconcepts.explainers.srae import SRAE
 from pyconcepts.explainers.srae_compare import compare, table_markdown
 
 # Sizes that keep the step to minutes on 2 CPU cores (the paper's architecture, fewer epochs).
-TRAINING: dict[str, Any] = {"epochs": 20, "patience": 4, "batch_size": 256}
+TRAINING: dict[str, Any] = {"epochs": 15, "patience": 3, "batch_size": 256}
 
 
 def run(ctx: DemoContext) -> dict[str, Any]:
     model = ctx.model("cw-vgg")
     folder = ctx.step_dir("srae")
     results, explainers = compare(
-        model, ctx.train, ctx.test, n_eval=8, progress=ctx.progress, **TRAINING
+        model, ctx.train, ctx.test, n_eval=6, n_z_units=8, progress=ctx.progress, **TRAINING
     )
     table = table_markdown(results)
     (folder / "table.md").write_text(table + "\n")
