@@ -40,4 +40,5 @@ def run(ctx: DemoContext) -> dict[str, Any]:
         "srae_locality": round(srae["Locality Positive"], 4),
         "srae_gt_share": round(srae["GT share Positive"], 4),
         "excitation_bp_locality": round(results["ExcitationBP"]["Locality Positive"], 4),
+        "lasso_selected_features": round(results["Lasso"]["selected features"], 1),
     }
