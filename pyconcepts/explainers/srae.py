@@ -513,7 +513,7 @@ class SRAE(ConceptExplainer):
         config = self._loss_config()
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction: expected a value in [0, 1), got {self.val_fraction}")
-        z, logits, labels, first = self.features(data, kwargs.get("feature_batch_size", 256))
+        z, logits, labels, first = self.features(data, self.batch_size)
         n_classes = logits.shape[1]
         classes = list(range(n_classes)) if self.classes is None else [int(c) for c in self.classes]
         bad = [c for c in classes if not 0 <= c < n_classes]
