@@ -43,6 +43,7 @@ from pyconcepts.data.batches import iter_batches
 from pyconcepts.explainers.base import ConceptExplainer, class_names_of
 from pyconcepts.explainers.result import Explanation
 from pyconcepts.models.features import resolve_layer
+from pyconcepts.reference.excitation import GatheredLinear, chain_of, excitation_backprop_chain
 
 VARIANTS = ("srae", "nn", "sae", "cae")
 
@@ -374,40 +375,79 @@ class _ThroughLayer(nn.Module):
 
 
 class _OnnxHead(nn.Module):
-    """images → (logits, contributions v·E of the predicted class, E of every class, ȳ)."""
+    """images → (logits, contributions v·E of the predicted class, c-MWP heatmaps of its
+    x-features, E of every class, ȳ of every class), heatmaps by the forward-only twin of
+    excitation backprop (the model must be a chain of supported layers)."""
 
-    mean: torch.Tensor
-    std: torch.Tensor
     classes: torch.Tensor
 
     def __init__(self, explainer: SRAE) -> None:
         super().__init__()
-        self.model = explainer.model
-        self.ae = explainer.autoencoder_
-        self.register_buffer("mean", explainer.z_mean_)
-        self.register_buffer("std", explainer.z_std_)
+        example = torch.rand(1, explainer.n_features_in_, *explainer.input_size_)
+        example = example.to(explainer._model_device())
+        chain = chain_of(explainer.model, example)
+        names = [name for name, _ in chain]
+        z_name, _ = resolve_layer(explainer.model, explainer.layer)
+        if z_name not in names:
+            raise ValueError(f"layer: {z_name!r} must be a leaf layer of the model for ONNX export")
+        self.z_index = names.index(z_name)
+        self.stop: Optional[int] = None
+        if explainer.heatmap_layer is not None:
+            stop_name, _ = resolve_layer(explainer.model, explainer.heatmap_layer)
+            if stop_name not in names[: self.z_index + 1]:
+                raise ValueError(f"heatmap_layer: {stop_name!r} must be a leaf layer below Z")
+            self.stop = names.index(stop_name)
+        self.model_chain = nn.ModuleList([m for _, m in chain])
+        ae = explainer.autoencoder_
+        mean, std = explainer.z_mean_, explainer.z_std_
+        head: list[nn.Module] = [nn.Flatten()]
+        n_layers = len(ae.encoder_weights)
+        for i in range(n_layers):
+            w, b = ae.encoder_weights[i].detach(), ae.encoder_biases[i].detach()
+            if i == 0:  # standardisation folded in: the head takes raw, non-negative Z
+                b = b - torch.einsum("d,kdo->ko", mean / std, w)
+                w = w / std[None, :, None]
+            head.append(GatheredLinear(w, b))
+            if i < n_layers - 1 or ae.x_activation == "relu":
+                head.append(nn.ReLU())
+        self.head = nn.ModuleList(head)
+        self.readout_weight = nn.Parameter(ae.readout_weight.detach().clone(), requires_grad=False)
+        self.readout_bias = nn.Parameter(ae.readout_bias.detach().clone(), requires_grad=False)
         self.register_buffer("classes", torch.tensor(explainer.classes_, dtype=torch.long))
-        self._layer = [resolve_layer(explainer.model, explainer.layer)[1]]
+        self.n_features = explainer.n_features
 
-    def forward(
-        self, images: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        store: dict[str, torch.Tensor] = {}
-        handle = self._layer[0].register_forward_hook(
-            lambda _m, _a, out: store.setdefault("z", out)
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        acts = [images]
+        for link in self.model_chain:
+            acts.append(link(acts[-1]))
+        logits, z = acts[-1], acts[self.z_index + 1].flatten(1)
+        k = self.classes.shape[0]
+        # x-features of every class: the head with each class's weights
+        e_all = []
+        for group in range(k):
+            h = z
+            for link in self.head:
+                if isinstance(link, GatheredLinear):
+                    link.select(torch.full_like(logits[:, 0], group, dtype=torch.long))
+                h = link(h)
+            e_all.append(h)
+        e = torch.stack(e_all, 1)  # [B, K, n]
+        approx = (e * self.readout_weight[None]).sum(-1) + self.readout_bias[None]
+        hit = logits.argmax(1)[:, None] == self.classes[None, :]  # [B, K]
+        row = (hit.long() * torch.arange(k, device=hit.device)[None]).sum(1)
+        scores = (e * self.readout_weight[None] * hit[..., None].to(e.dtype)).sum(1)
+        for link in self.head:
+            if isinstance(link, GatheredLinear):
+                link.select(row)
+        targets = torch.arange(self.n_features, device=images.device)[None].expand(
+            images.shape[0], -1
         )
-        try:
-            logits = self.model(images)
-        finally:
-            handle.remove()
-        z = (store["z"].flatten(1) - self.mean) / self.std
-        e = self.ae.encode(z)  # [K, B, n]
-        approx = self.ae.readout(e).t()  # [B, K]
-        contrib = (e * self.ae.readout_weight[:, None, :]).transpose(0, 1)  # [B, K, n]
-        # position of the predicted class among the explained ones (0 if it is not explained)
-        hit = (logits.argmax(1)[:, None] == self.classes[None, :]).float()
-        scores = (contrib * hit[..., None]).sum(1)
-        return logits, scores, e.transpose(0, 1), approx
+        chain = [*self.model_chain[: self.z_index + 1], *self.head]
+        maps = excitation_backprop_chain(
+            chain, images, targets, stop=self.stop, size=images.shape[-2:]
+        )
+        maps = normalise_maps(maps) * hit.any(1).to(maps.dtype)[:, None, None, None]
+        return logits, scores, maps, e, approx
 
 
 class SRAE(ConceptExplainer):
@@ -432,7 +472,7 @@ class SRAE(ConceptExplainer):
     """
 
     method = "srae"
-    onnx_outputs = ("logits", "concept_scores", "x_features", "approximation")
+    onnx_outputs = ("logits", "concept_scores", "heatmaps", "x_features", "approximation")
 
     def __init__(
         self,

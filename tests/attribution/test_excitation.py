@@ -191,3 +191,38 @@ def test_upsampled_maps_and_normalised_inputs_with_a_layer() -> None:
     maps = excitation_backprop(net, x, [0, 1, 2], layer=net[2], size=(8, 8))
     assert maps.shape == (2, 3, 8, 8)
     assert bool((maps >= 0).all())
+
+
+def test_forward_only_twin_matches_the_hooks() -> None:
+    from pyconcepts.models import cw_vgg
+    from pyconcepts.reference.excitation import chain_of, excitation_backprop_chain
+
+    torch.manual_seed(5)
+    model = cw_vgg(n_classes=4, image_size=32).eval()
+    x = torch.rand(3, 3, 32, 32)
+    chain = [m for _, m in chain_of(model, x[:1])]
+    targets = torch.tensor([[0, 3], [1, 2], [2, 2]])
+    want = excitation_backprop(model, x, targets)
+    got = excitation_backprop_chain(chain, x, targets)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+    # maps read at an intermediate layer (after the second ReLU), upsampled
+    names = [n for n, _ in chain_of(model, x[:1])]
+    stop = names.index("features.relu2")
+    want = excitation_backprop(model, x, targets, layer="features.relu2", size=(32, 32))
+    got = excitation_backprop_chain(chain, x, targets, stop=stop, size=(32, 32))
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+
+
+def test_chain_of_rejects_non_chains() -> None:
+    from pyconcepts.reference.excitation import chain_of
+
+    class Residual(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 3), nn.Linear(3, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(x) + self.a(x)
+
+    with pytest.raises(ValueError, match="chain"):
+        chain_of(Residual(), torch.rand(1, 3))

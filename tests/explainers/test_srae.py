@@ -173,9 +173,12 @@ def test_contract_fit_explain_save_load_onnx(fitted, world, tmp_path) -> None:
     torch.testing.assert_close(again.concept_scores, result.concept_scores)
     assert again.heatmaps is None
     path = fitted.export_onnx(tmp_path / "srae.onnx")
-    logits, scores, e, approx_all = ort.InferenceSession(str(path)).run(
+    logits, scores, maps, e, approx_all = ort.InferenceSession(str(path)).run(
         None, {"images": images.numpy()}
     )
+    predicted = fitted.explain(images)
+    np.testing.assert_allclose(maps, predicted.heatmaps.numpy(), atol=1e-5)
+    np.testing.assert_allclose(scores, predicted.concept_scores.numpy(), atol=1e-4)
     z, ref_logits, _, _ = fitted.features(images)
     ref_e, ref_approx = fitted.transform(z)
     np.testing.assert_allclose(logits, ref_logits.numpy(), atol=1e-4)
@@ -209,3 +212,15 @@ def test_errors(vgg, fitted, world) -> None:
         fitted.explain(world.image(slice(0, 1)), targets=torch.tensor([5]))
     with pytest.raises(ValueError, match="layer"):
         SRAE(vgg, layer="fc9", **TINY).fit(world.tensors(), progress=False)
+
+
+def test_check_explainer_contract(vgg, world) -> None:
+    pytest.importorskip("onnxruntime")
+    from pyconcepts.testing import check_explainer
+
+    report = check_explainer(
+        lambda: SRAE(vgg, **{**TINY, "epochs": 1}),
+        world.tensors(),
+        world.image(slice(0, 4)),
+    )
+    assert "onnx_batch_1_heatmaps" in report.passed
