@@ -2,7 +2,7 @@
 
 The twin of :func:`pyconcepts.attribution.excitation.excitation_backprop` for sequential
 networks, with no autograd: every rule is spelled out (conv_transpose for convolutions,
-nearest upsampling with a winner mask for max pooling), so the computation traces into a
+max-unpooling to the winners for max pooling), so the computation traces into a
 standard ONNX graph. Supported chain links: Linear, Conv2d, ReLU, MaxPool2d (kernel = stride,
 no padding or dilation), Flatten, Dropout (eval), Identity, and :class:`GatheredLinear` (a
 per-sample choice among K linear layers, e.g. one SRAE encoder layer per explained class).
@@ -134,19 +134,14 @@ def _conv_down(
 
 
 def _pool_down(m: nn.MaxPool2d, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """Winner-take-all: the probability of each window goes to its maximum (shared on ties)."""
+    """Winner-take-all: each window's probability goes to the element max pooling picked (the
+    same element its gradient would reach, ties included)."""
     k = m.kernel_size if isinstance(m.kernel_size, int) else m.kernel_size[0]
     b, t = p.shape[:2]
-    pooled = F.max_pool2d(x, k)
-    up = F.interpolate(pooled, scale_factor=k, mode="nearest")
-    h, w = up.shape[-2:]
-    win = (x[..., :h, :w] == up).to(x.dtype)
-    ties = F.interpolate(F.avg_pool2d(win, k) * (k * k), scale_factor=k, mode="nearest")
-    share = win / ties.clamp_min(1.0)
-    p_up = F.interpolate(p.reshape(b * t, *p.shape[2:]), scale_factor=k, mode="nearest")
-    out = torch.zeros(b, t, *x.shape[1:], dtype=x.dtype, device=x.device)
-    out[..., :h, :w] = p_up.reshape(b, t, *p_up.shape[1:]) * share[:, None]
-    return out
+    _, idx = F.max_pool2d(x, k, return_indices=True)
+    idx = idx[:, None].expand(b, t, *idx.shape[1:]).reshape(b * t, *idx.shape[1:])
+    out = F.max_unpool2d(p.reshape(b * t, *p.shape[2:]), idx, k, output_size=x.shape[-2:])
+    return out.reshape(b, t, *x.shape[1:])
 
 
 def excitation_backprop_chain(
@@ -183,7 +178,9 @@ def excitation_backprop_chain(
             p = _conv_down(link, x, p, contrastive and i == top, eps)
         elif isinstance(link, nn.MaxPool2d):
             p = _pool_down(link, x, p)
-        else:  # ReLU, Flatten, Dropout, Identity: the signal passes unchanged
+        elif isinstance(link, nn.ReLU):  # as its gradient: nothing passes an inactive unit
+            p = p * (x > 0).to(p.dtype)[:, None]
+        else:  # Flatten, Dropout, Identity: the signal passes unchanged
             p = p.reshape(p.shape[0], p.shape[1], *x.shape[1:])
     maps = p.sum(2) if p.dim() > 3 else p
     if contrastive:
