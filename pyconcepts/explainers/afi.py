@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 import torch.nn.functional as F
@@ -61,7 +61,7 @@ def random_transform(
 
 
 def occlude(x: torch.Tensor, delta: torch.Tensor, valid_range: ValidRange) -> torch.Tensor:
-    """``x − δ`` clipped to the valid input range (eq. 4's last constraint, held by construction)."""
+    """``x − δ`` clipped to the valid input range (eq. 4's last constraint holds by design)."""
     return (x - delta).clamp(valid_range[0], valid_range[1])
 
 
@@ -78,6 +78,18 @@ def middle_layers(model: nn.Module) -> list[str]:
     return names
 
 
+def features(fx: FeatureExtractor, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``fx(x)`` with its type narrowed (layer name → activation)."""
+    return cast("dict[str, torch.Tensor]", fx(x))
+
+
+def features_and_logits(
+    fx: FeatureExtractor, x: torch.Tensor
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """``fx(x, return_output=True)`` with its type narrowed: (activations, model output)."""
+    return cast("tuple[dict[str, torch.Tensor], torch.Tensor]", fx(x, return_output=True))
+
+
 def layer_outputs(
     model: nn.Module, layers: Sequence[str], x: torch.Tensor, batch_size: int = 64
 ) -> dict[str, torch.Tensor]:
@@ -86,7 +98,7 @@ def layer_outputs(
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in fx.names}
     with torch.no_grad():
         for chunk in x.split(batch_size):
-            for name, a in fx(chunk).items():  # type: ignore[union-attr]
+            for name, a in features(fx, chunk).items():
                 parts[name].append(a)
     return {name: torch.cat(v) for name, v in parts.items()}
 
@@ -166,9 +178,9 @@ def _optimise(
         if not active:
             break
         xs = torch.cat([groups[a] for a in active])
-        owner = torch.cat(
-            [torch.full((len(groups[a]),), a, dtype=torch.long) for a in active]
-        ).to(ref.device)
+        owner = torch.cat([torch.full((len(groups[a]),), a, dtype=torch.long) for a in active]).to(
+            ref.device
+        )
         d = delta.detach().requires_grad_(True)
         occluded = occlude(xs, d[owner], valid_range)
         batch = [occluded]
@@ -177,7 +189,9 @@ def _optimise(
                 torch.cat(
                     [
                         random_transform(chunk, noise, max_degrees, gens[a])
-                        for a, chunk in zip(active, occluded.split([len(groups[a]) for a in active]))
+                        for a, chunk in zip(
+                            active, occluded.split([len(groups[a]) for a in active])
+                        )
                     ]
                 )
             )
@@ -380,7 +394,7 @@ def class_impressions(
     scale: Optional[torch.Tensor] = None
     for _ in range(steps):
         dx, dy = (int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=gen))
-        acts = fx(torch.roll(x, shifts=(dy, dx), dims=(2, 3)))[layer]  # type: ignore[call-overload]
+        acts = features(fx, torch.roll(x, shifts=(dy, dx), dims=(2, 3)))[layer]
         maps = meta_detector(acts, weights)  # [K, K, h, w]: image k scored by detector k
         own = maps[torch.arange(k), torch.arange(k)].flatten(1).mean(1)
         if scale is None:
@@ -395,7 +409,10 @@ def class_impressions(
 
 
 def pick_impression_layer(
-    model: nn.Module, layers: Sequence[str], impressions: dict[str, torch.Tensor], classes: Sequence[int]
+    model: nn.Module,
+    layers: Sequence[str],
+    impressions: dict[str, torch.Tensor],
+    classes: Sequence[int],
 ) -> tuple[str, dict[str, float]]:
     """The seed picks, by eye, the first layer where the class concept emerges. We automate it:
     the model classifies each layer's impressions, and the shallowest layer with the highest
@@ -520,7 +537,9 @@ def editing_curves(
             continue
         parts, ids = world.parts[idx], world.concept_ids_of_parts(idx)  # [n,P,7], [n,P,3]
         exists = parts[..., 0] >= 0
-        orders = {name: torch.argsort(r[k], descending=True, stable=True) for name, r in rankings.items()}
+        orders = {
+            name: torch.argsort(r[k], descending=True, stable=True) for name, r in rankings.items()
+        }
         random_orders = [torch.randperm(n_concepts, generator=gen) for _ in range(n_random)]
         for name in names:
             for order in random_orders if name == "random" else [orders[name]]:
@@ -561,7 +580,9 @@ def distillation_test(
     with torch.no_grad():
         pred = torch.cat([model(x).argmax(1) for x in images.split(256)])
     correct = pred == labels
-    result = {name: torch.full((len(classes),), float("nan"), dtype=torch.float64) for name in weights}
+    result = {
+        name: torch.full((len(classes),), float("nan"), dtype=torch.float64) for name in weights
+    }
     for k, c in enumerate(classes):
         pos = (correct & (labels == c)).nonzero().flatten()
         neg = (correct & (labels != c)).nonzero().flatten()
@@ -573,7 +594,7 @@ def distillation_test(
         idx = torch.cat([pos, neg])
         target = torch.cat([torch.ones(size), torch.zeros(size)]).long()
         split = torch.randperm(2 * size, generator=gen)
-        train, test = split[: size], split[size:]
+        train, test = split[:size], split[size:]
         acts = layer_outputs(model, layers, images[idx], batch_size)
         for name, cis in weights.items():
             feats = torch.cat(
@@ -603,9 +624,11 @@ def _collect(data: object, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]
 
 def _predict(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
     with torch.no_grad():
-        return torch.cat([model(x).argmax(1) for x in images.split(batch_size)]) if len(
-            images
-        ) else torch.empty(0, dtype=torch.long, device=images.device)
+        return (
+            torch.cat([model(x).argmax(1) for x in images.split(batch_size)])
+            if len(images)
+            else torch.empty(0, dtype=torch.long, device=images.device)
+        )
 
 
 class _AfIGraph(nn.Module):
@@ -623,11 +646,12 @@ class _AfIGraph(nn.Module):
         self.model = model
         self.layer = layer
         self.size = size
-        self.register_buffer("weights", weights.float()[:, :, None, None])
-        self.register_buffer("importance", importance.float())
+        self.weights = nn.Parameter(weights.float()[:, :, None, None], requires_grad=False)
+        self.importance = nn.Parameter(importance.float(), requires_grad=False)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        feats, logits = FeatureExtractor(self.model, [self.layer])(images, return_output=True)  # type: ignore[misc]
+        fx = FeatureExtractor(self.model, [self.layer])
+        feats, logits = features_and_logits(fx, images)
         act = feats[self.layer]
         if act.dim() == 2:
             act = act[:, :, None, None]
@@ -641,7 +665,8 @@ class AfI(ConceptExplainer):
 
     Args:
         model: a classifier returning logits; inputs in ``valid_range``.
-        layers: the "middle layers" (dotted names); None = every ReLU output (:func:`middle_layers`).
+        layers: the "middle layers" (dotted names); None = every ReLU output
+            (:func:`middle_layers`).
         classes: class indices to explain; None = every class present in the fit data.
         l1_weight, lr, max_iter, noise, max_degrees, use_transform, valid_range: occluder
             optimisation (:func:`fit_occluders`); ``use_transform=False`` is the seed's ablation.
@@ -722,7 +747,7 @@ class AfI(ConceptExplainer):
         lo, hi = self.valid_range
         return float(lo), float(hi)
 
-    def fit(
+    def fit(  # type: ignore[override]
         self,
         data: object,
         probes: Optional[Sequence[torch.Tensor]] = None,
@@ -771,7 +796,9 @@ class AfI(ConceptExplainer):
         self.cis_ = {name: channel_importance(s) for name, s in self.fis_.items()}
         self._fit_impressions(images.shape[1:])
         self.class_names_ = list(
-            class_names or getattr(data, "class_names", None) or class_names_of(self.model, n_classes, None)
+            class_names
+            or getattr(data, "class_names", None)
+            or class_names_of(self.model, n_classes, None)
         )
         if probes is None and isinstance(data, ConceptWorld):
             probes, benchmarks = probe_sets(data, self.n_probe, self.seed)
@@ -793,12 +820,14 @@ class AfI(ConceptExplainer):
         self._record_fit(images)
         return self
 
-    def _split(self, labels: torch.Tensor, classes: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _split(
+        self, labels: torch.Tensor, classes: Sequence[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per class, the last ``holdout_fraction`` of its images (in data order) is held out."""
         held = torch.zeros_like(labels, dtype=torch.bool)
         for c in classes:
             idx = (labels == c).nonzero().flatten()
-            n_held = int(math.floor(len(idx) * self.holdout_fraction))
+            n_held = math.floor(len(idx) * self.holdout_fraction)
             if n_held:
                 held[idx[len(idx) - n_held :]] = True
         return ~held, held
@@ -854,7 +883,9 @@ class AfI(ConceptExplainer):
     def _attack_success(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         clean = _predict(self.model, images, self.batch_size)
         occl = _predict(self.model, self._occlude(images, labels), self.batch_size)
-        rates = [attack_success_rate(clean[labels == c], occl[labels == c], c) for c in self.classes_]
+        rates = [
+            attack_success_rate(clean[labels == c], occl[labels == c], c) for c in self.classes_
+        ]
         return torch.tensor(rates, dtype=torch.float64)
 
     def _importance_table(self) -> torch.Tensor:
@@ -863,7 +894,9 @@ class AfI(ConceptExplainer):
         table[torch.tensor(self.classes_, dtype=torch.long)] = self.concept_importance_
         return table
 
-    def explain(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None) -> Explanation:
+    def explain(  # type: ignore[override]
+        self, images: torch.Tensor, targets: Optional[torch.Tensor] = None
+    ) -> Explanation:
         """Meta-detector heatmaps of every fitted class and the target class's concept ranking."""
         self._check_fitted()
         images = self._check_images(images).to(self._model_device())
@@ -924,9 +957,10 @@ class AfI(ConceptExplainer):
         self.attack_success_ = tensors["attack_success"]
         self.concept_importance_ = tensors["concept_importance"]
         self.concept_mmd_ = tensors["concept_mmd"]
-        group = {p: {k[len(p) + 1 :]: v.to(device) for k, v in tensors.items() if k.startswith(p + ".")}
-                 for p in ("fis", "cis", "impressions")}  # fmt: skip
-        self.fis_, self.cis_, self.impressions_ = group["fis"], group["cis"], group["impressions"]
+        self.fis_, self.cis_, self.impressions_ = (
+            {k[len(p) + 1 :]: v.to(device) for k, v in tensors.items() if k.startswith(p + ".")}
+            for p in ("fis", "cis", "impressions")
+        )
         if set(self.cis_) != set(self.layers_):
             raise ValueError(f"state: CIS for layers {sorted(self.cis_)}, expected {self.layers_}")
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from pyconcepts.explainers.afi import features_and_logits, layer_outputs
 from pyconcepts.models.features import FeatureExtractor
 
 
@@ -60,7 +61,7 @@ def class_gradients(
     for chunk in images.split(batch_size):
         chunk = chunk.detach().requires_grad_(True)  # a graph even for frozen weights
         with torch.enable_grad():
-            acts, logits = fx(chunk, return_output=True)  # type: ignore[misc]
+            acts, logits = features_and_logits(fx, chunk)
             grads = torch.autograd.grad(logits[:, target].sum(), [acts[n] for n in fx.names])
         for name, g in zip(fx.names, grads):
             out[name].append(g.detach())
@@ -68,7 +69,7 @@ def class_gradients(
 
 
 def tcav_scores(gradients: torch.Tensor, cavs: torch.Tensor) -> torch.Tensor:
-    """Fraction of images with a positive directional derivative: ``[N, d]`` × ``[M, d]`` → ``[M]``."""
+    """Share of images with a positive directional derivative: ``[N, d]``, ``[M, d]`` → ``[M]``."""
     return (gradients.flatten(1).to(cavs.dtype) @ cavs.T > 0).double().mean(0)
 
 
@@ -105,12 +106,13 @@ def tcav_concept_scores(
     """TCAV concept importance ``[K, M]``: per concept and layer a CAV (probe vs benchmark
     activations), per class the TCAV score averaged over the layers (how TCAV ranks the concepts
     of a class when it is given several layers)."""
-    from pyconcepts.explainers.afi import layer_outputs
-
     names = FeatureExtractor(model, list(layers)).names
     cavs = {n: [] for n in names}  # type: dict[str, list[torch.Tensor]]
     for pos, neg in zip(probes, benchmarks):
-        ap, an = layer_outputs(model, names, pos, batch_size), layer_outputs(model, names, neg, batch_size)
+        ap, an = (
+            layer_outputs(model, names, pos, batch_size),
+            layer_outputs(model, names, neg, batch_size),
+        )
         for n in names:
             cavs[n].append(train_cav(ap[n], an[n], epochs=epochs)[0])
     scores = torch.zeros(len(classes), len(probes), dtype=torch.float64)

@@ -36,7 +36,7 @@ def mmd2(
     bandwidth: Optional[float] = None,
     unbiased: bool = False,
 ) -> torch.Tensor:
-    """Squared MMD between samples ``x [n, d]`` and ``y [m, d]`` with ``k(a, b) = exp(-|a-b|²/2σ²)``.
+    """Squared MMD between ``x [n, d]`` and ``y [m, d]``, kernel ``k(a, b) = exp(-|a-b|²/2σ²)``.
 
     ``bandwidth`` σ defaults to the median heuristic on the pooled sample. The biased
     (V-statistic) estimate is the default because it is never negative, which keeps AfI's
@@ -71,9 +71,7 @@ def mmd2(
     return exx + eyy - 2.0 * kxy.mean()
 
 
-def attack_success_rate(
-    clean_pred: torch.Tensor, occluded_pred: torch.Tensor, label: int
-) -> float:
+def attack_success_rate(clean_pred: torch.Tensor, occluded_pred: torch.Tensor, label: int) -> float:
     """Fraction of images predicted ``label`` when clean whose occluded prediction is not ``label``.
 
     Images the model already misclassifies do not count (the seed's occluders are only defined
@@ -91,7 +89,7 @@ def attack_success_rate(
 
 
 def topk_precision(scores: torch.Tensor, relevant: Sequence[int], k: Optional[int] = None) -> float:
-    """Fraction of the ``k`` highest-scoring indices that are in ``relevant`` (k = len(relevant))."""
+    """Share of the ``k`` highest-scoring indices that are in ``relevant`` (k = len(relevant))."""
     rel = set(int(r) for r in relevant)
     k = len(rel) if k is None else k
     if k <= 0:
