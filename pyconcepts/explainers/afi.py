@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, cast
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,9 @@ from pyconcepts.explainers.base import ConceptExplainer, class_names_of
 from pyconcepts.explainers.result import Explanation
 from pyconcepts.metrics.afi import attack_success_rate, mmd2
 from pyconcepts.models.features import FeatureExtractor
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 ValidRange = tuple[float, float]
 
@@ -972,3 +975,82 @@ class AfI(ConceptExplainer):
             self._importance_table(),
             self.input_size_,
         ).to(self._model_device())
+
+    # ---- plots ----------------------------------------------------------------------------
+    def plot_heatmaps(self, images: torch.Tensor, n: int = 4) -> Figure:
+        """Per image (rows, at most ``n``): the image, then each fitted class's meta-detector
+        heatmap over it (the explained class's title in bold)."""
+        plt = _pyplot()
+        images = images[:n]
+        e = self.explain(images)
+        heat = e.extras["meta_heatmaps"].cpu()
+        k = len(self.classes_)
+        fig, axes = plt.subplots(
+            len(images), k + 1, figsize=(1.6 * (k + 1), 1.7 * len(images)), squeeze=False
+        )
+        for i in range(len(images)):
+            picture = images[i].detach().cpu().permute(1, 2, 0).clamp(0, 1).numpy()
+            axes[i, 0].imshow(picture)
+            axes[i, 0].set_title(f"pred: {self.class_names_[int(e.targets[i])]}", fontsize=6)
+            for j, c in enumerate(self.classes_):
+                ax = axes[i, j + 1]
+                ax.imshow(picture)
+                ax.imshow(heat[i, j].numpy(), cmap="jet", alpha=0.5)
+                weight = "bold" if c == int(e.targets[i]) else "normal"
+                ax.set_title(self.class_names_[c], fontsize=5, fontweight=weight)
+        for ax in axes.flat:
+            ax.axis("off")
+        fig.suptitle(f"AfI meta-detectors at {self.heatmap_layer_}", fontsize=8)
+        fig.tight_layout()
+        return fig
+
+    def plot_impressions(self) -> Figure:
+        """Top row: class impressions at ``impression_layer_``; bottom row: the occluders δ
+        (scaled to [0, 1]) with their held-out attack success rates."""
+        plt = _pyplot()
+        k = len(self.classes_)
+        fig, axes = plt.subplots(2, k, figsize=(1.6 * k, 3.6), squeeze=False)
+        imp = self.impressions_.get(self.impression_layer_)
+        for j, c in enumerate(self.classes_):
+            name = self.class_names_[c]
+            if imp is not None:
+                axes[0, j].imshow(imp[j].cpu().permute(1, 2, 0).clamp(0, 1).numpy())
+            axes[0, j].set_title(name, fontsize=5)
+            d = self.delta_[j].cpu()
+            d = (d - d.min()) / (d.max() - d.min()).clamp_min(1e-12)
+            axes[1, j].imshow(d.permute(1, 2, 0).numpy())
+            axes[1, j].set_title(f"ASR {float(self.attack_success_[j]):.2f}", fontsize=6)
+        for ax in axes.flat:
+            ax.axis("off")
+        fig.suptitle(f"class impressions ({self.impression_layer_}) and occluders", fontsize=8)
+        fig.tight_layout()
+        return fig
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_editing_curves(curves: dict[str, dict[str, torch.Tensor]]) -> Figure:
+    """Accuracy (mean over classes) vs number of concepts added (left) / removed (right), one
+    line per ranking, like the seed's Fig. 2."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(7.0, 3.0))
+    for ax, mode, title in zip(
+        axes, ("add", "remove"), ("adding top concepts", "removing top concepts")
+    ):
+        for name, table in curves[mode].items():
+            mean = table.nanmean(0)
+            ax.plot(range(len(mean)), mean.numpy(), marker="o", label=name)
+        ax.set_xlabel("number of concepts")
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,1 @@
+"""Benchmarks: one module per op or explainer, runnable as ``python -m bench.<name>``."""
