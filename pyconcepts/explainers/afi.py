@@ -450,16 +450,14 @@ def concept_importance(
         raise ValueError(
             f"benchmarks: expected one set per probe set ({len(probes)}), got {len(benchmarks)}"
         )
-    k = next(iter(cis.values())).shape[0]
-    raw = torch.zeros(len(layers), k, len(probes), dtype=torch.float64)
+    raw = torch.zeros(len(layers), len(next(iter(cis.values()))), len(probes), dtype=torch.float64)
     for m, (pos, neg) in enumerate(zip(probes, benchmarks)):
         acts_p = layer_outputs(model, layers, pos, batch_size)
         acts_n = layer_outputs(model, layers, neg, batch_size)
         for li, name in enumerate(layers):
-            mp = meta_detector(acts_p[name], cis[name]).flatten(2)  # [n, K, hw]
-            mn = meta_detector(acts_n[name], cis[name]).flatten(2)
-            for kk in range(k):
-                raw[li, kk, m] = mmd2(mp[:, kk], mn[:, kk])
+            mp = meta_detector(acts_p[name], cis[name]).flatten(2).transpose(0, 1)  # [K, n, hw]
+            mn = meta_detector(acts_n[name], cis[name]).flatten(2).transpose(0, 1)
+            raw[li, :, m] = mmd2(mp, mn).cpu()
     total = raw.sum(0)
     norm = total.sum(1, keepdim=True)
     return total / torch.where(norm > 0, norm, torch.ones_like(norm)), raw

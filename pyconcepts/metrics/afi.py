@@ -19,14 +19,15 @@ from torch import nn
 
 
 def median_bandwidth(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Median of the pairwise distances in the pooled sample (the usual MMD bandwidth heuristic).
+    """Median pairwise distance in the pooled sample (the usual MMD bandwidth heuristic).
 
-    Falls back to 1 when all points coincide, so the kernel stays defined.
+    ``x [..., n, d]``, ``y [..., m, d]`` → ``[...]``; 1 where all points coincide, so the kernel
+    stays defined.
     """
-    z = torch.cat([x, y]).to(torch.float64)
-    d = torch.cdist(z, z)
-    off = d[~torch.eye(len(z), dtype=torch.bool, device=z.device)]
-    med = off.median() if off.numel() else torch.zeros((), dtype=z.dtype, device=z.device)
+    z = torch.cat([x, y], dim=-2).to(torch.float64)
+    n = z.shape[-2]
+    i, j = torch.triu_indices(n, n, offset=1, device=z.device)
+    med = torch.cdist(z, z)[..., i, j].median(dim=-1).values
     return torch.where(med > 0, med, torch.ones_like(med))
 
 
@@ -36,39 +37,44 @@ def mmd2(
     bandwidth: Optional[float] = None,
     unbiased: bool = False,
 ) -> torch.Tensor:
-    """Squared MMD between ``x [n, d]`` and ``y [m, d]``, kernel ``k(a, b) = exp(-|a-b|²/2σ²)``.
+    """Squared MMD between ``x [..., n, d]`` and ``y [..., m, d]``, kernel
+    ``k(a, b) = exp(-|a-b|²/2σ²)``; leading dimensions are independent problems.
 
-    ``bandwidth`` σ defaults to the median heuristic on the pooled sample. The biased
+    ``bandwidth`` σ defaults to the median heuristic on each pooled sample. The biased
     (V-statistic) estimate is the default because it is never negative, which keeps AfI's
     per-layer sums and their normalisation meaningful; ``unbiased=True`` drops the diagonal terms.
-    Computed in float64; returns a 0-d tensor.
+    Computed in float64; returns a tensor of the leading shape (0-d for 2-D inputs).
     """
-    if x.dim() != 2 or y.dim() != 2 or x.shape[1] != y.shape[1]:
+    if (
+        x.dim() < 2
+        or x.dim() != y.dim()
+        or x.shape[-1] != y.shape[-1]
+        or (x.shape[:-2] != y.shape[:-2])
+    ):
         raise ValueError(
-            f"x, y: expected 2-D tensors [n, d] and [m, d] with equal d, "
-            f"got {tuple(x.shape)} and {tuple(y.shape)}"
+            f"x, y: expected tensors [..., n, d] and [..., m, d] with equal d and leading "
+            f"dimensions, got {tuple(x.shape)} and {tuple(y.shape)}"
         )
-    if len(x) < 2 or len(y) < 2:
-        raise ValueError(f"x, y: expected at least 2 samples each, got {len(x)} and {len(y)}")
+    n, m = x.shape[-2], y.shape[-2]
+    if n < 2 or m < 2:
+        raise ValueError(f"x, y: expected at least 2 samples each, got {n} and {m}")
     x64, y64 = x.to(torch.float64), y.to(torch.float64)
-    sigma = (
-        median_bandwidth(x64, y64)
-        if bandwidth is None
-        else torch.tensor(float(bandwidth), dtype=torch.float64)
-    )
-    if bool(sigma <= 0):
-        raise ValueError(f"bandwidth: expected > 0, got {float(sigma)}")
-    gamma = 1.0 / (2.0 * sigma * sigma)
+    if bandwidth is None:
+        sigma = median_bandwidth(x64, y64)
+    elif bandwidth <= 0:
+        raise ValueError(f"bandwidth: expected > 0, got {bandwidth}")
+    else:
+        sigma = torch.full(x.shape[:-2], float(bandwidth), dtype=torch.float64, device=x.device)
+    gamma = (1.0 / (2.0 * sigma * sigma))[..., None, None]
     kxx = torch.exp(-gamma * torch.cdist(x64, x64).square())
     kyy = torch.exp(-gamma * torch.cdist(y64, y64).square())
     kxy = torch.exp(-gamma * torch.cdist(x64, y64).square())
-    n, m = len(x), len(y)
     if unbiased:
-        exx = (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
-        eyy = (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
+        exx = (kxx.sum((-1, -2)) - kxx.diagonal(dim1=-2, dim2=-1).sum(-1)) / (n * (n - 1))
+        eyy = (kyy.sum((-1, -2)) - kyy.diagonal(dim1=-2, dim2=-1).sum(-1)) / (m * (m - 1))
     else:
-        exx, eyy = kxx.mean(), kyy.mean()
-    return exx + eyy - 2.0 * kxy.mean()
+        exx, eyy = kxx.mean((-1, -2)), kyy.mean((-1, -2))
+    return exx + eyy - 2.0 * kxy.mean((-1, -2))
 
 
 def attack_success_rate(clean_pred: torch.Tensor, occluded_pred: torch.Tensor, label: int) -> float:

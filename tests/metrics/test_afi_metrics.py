@@ -69,3 +69,12 @@ def test_distillation_student_learns_separable_task():
     x = torch.randn(80, 6, generator=gen)
     y = (x[:, 0] + x[:, 1] > 0).long()
     assert distillation_accuracy(x[:40], y[:40], x[40:], y[40:], epochs=100) >= 0.85
+
+
+def test_mmd_batched_equals_one_by_one():
+    gen = torch.Generator().manual_seed(2)
+    x, y = torch.randn(3, 5, 4, generator=gen), torch.randn(3, 6, 4, generator=gen)
+    batched = mmd2(x, y)
+    assert batched.shape == (3,)
+    for b in range(3):
+        assert float(batched[b]) == pytest.approx(float(mmd2(x[b], y[b])), rel=1e-12)
