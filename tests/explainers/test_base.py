@@ -132,7 +132,7 @@ def test_onnx_export_runs_in_onnxruntime_with_dynamic_batch(fitted, tmp_path):
     pytest.importorskip("onnxruntime")
     from pyconcepts.export import OnnxExplainer
 
-    e, images = fitted
+    e, _ = fitted
     path = e.export_onnx(tmp_path / "e.onnx")
     served = OnnxExplainer(path)
     assert served.method == "mean-directions" and served.concept_names == ["a", "b"]
