@@ -744,6 +744,11 @@ class AfI(ConceptExplainer):
 
     # ---- fit ------------------------------------------------------------------------------
     @property
+    def layer(self) -> str:
+        """The layer of ``explain``'s heatmaps (recorded in exports); set by ``fit``."""
+        return self.heatmap_layer_
+
+    @property
     def _range(self) -> ValidRange:
         lo, hi = self.valid_range
         return float(lo), float(hi)

@@ -18,17 +18,27 @@ import torch
 from torch import nn
 
 
+def _pooled_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances ``[..., n+m, n+m]`` within the pooled sample, in float64 (GEMM form:
+    the direct form of ``cdist`` is ~20× slower for wide inputs such as flattened maps)."""
+    z = torch.cat([x, y], dim=-2).to(torch.float64)
+    return torch.cdist(z, z, compute_mode="use_mm_for_euclid_dist")
+
+
+def _median_of(dist: torch.Tensor) -> torch.Tensor:
+    n = dist.shape[-1]
+    i, j = torch.triu_indices(n, n, offset=1, device=dist.device)
+    med = dist[..., i, j].median(dim=-1).values
+    return torch.where(med > 0, med, torch.ones_like(med))
+
+
 def median_bandwidth(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Median pairwise distance in the pooled sample (the usual MMD bandwidth heuristic).
 
     ``x [..., n, d]``, ``y [..., m, d]`` → ``[...]``; 1 where all points coincide, so the kernel
     stays defined.
     """
-    z = torch.cat([x, y], dim=-2).to(torch.float64)
-    n = z.shape[-2]
-    i, j = torch.triu_indices(n, n, offset=1, device=z.device)
-    med = torch.cdist(z, z)[..., i, j].median(dim=-1).values
-    return torch.where(med > 0, med, torch.ones_like(med))
+    return _median_of(_pooled_distances(x, y))
 
 
 def mmd2(
@@ -49,7 +59,7 @@ def mmd2(
         x.dim() < 2
         or x.dim() != y.dim()
         or x.shape[-1] != y.shape[-1]
-        or (x.shape[:-2] != y.shape[:-2])
+        or x.shape[:-2] != y.shape[:-2]
     ):
         raise ValueError(
             f"x, y: expected tensors [..., n, d] and [..., m, d] with equal d and leading "
@@ -58,17 +68,12 @@ def mmd2(
     n, m = x.shape[-2], y.shape[-2]
     if n < 2 or m < 2:
         raise ValueError(f"x, y: expected at least 2 samples each, got {n} and {m}")
-    x64, y64 = x.to(torch.float64), y.to(torch.float64)
-    if bandwidth is None:
-        sigma = median_bandwidth(x64, y64)
-    elif bandwidth <= 0:
+    if bandwidth is not None and bandwidth <= 0:
         raise ValueError(f"bandwidth: expected > 0, got {bandwidth}")
-    else:
-        sigma = torch.full(x.shape[:-2], float(bandwidth), dtype=torch.float64, device=x.device)
-    gamma = (1.0 / (2.0 * sigma * sigma))[..., None, None]
-    kxx = torch.exp(-gamma * torch.cdist(x64, x64).square())
-    kyy = torch.exp(-gamma * torch.cdist(y64, y64).square())
-    kxy = torch.exp(-gamma * torch.cdist(x64, y64).square())
+    dist = _pooled_distances(x, y)
+    sigma = _median_of(dist) if bandwidth is None else torch.full_like(dist[..., 0, 0], bandwidth)
+    kernel = torch.exp(-dist.square() / (2.0 * sigma * sigma)[..., None, None])
+    kxx, kyy, kxy = kernel[..., :n, :n], kernel[..., n:, n:], kernel[..., :n, n:]
     if unbiased:
         exx = (kxx.sum((-1, -2)) - kxx.diagonal(dim1=-2, dim2=-1).sum(-1)) / (n * (n - 1))
         eyy = (kyy.sum((-1, -2)) - kyy.diagonal(dim1=-2, dim2=-1).sum(-1)) / (m * (m - 1))
