@@ -1,8 +1,10 @@
 // Semi-hard triplet mining without the N×N×N tensor: per anchor, O(N·Q) distance work and O(N)
 // scratch. The positives' distances are sorted once; each negative is dropped into the bucket
-// "how many positives are strictly closer than it" (a binary search), and a suffix minimum over
-// the buckets gives every positive its closest farther negative: O(N·Q + P log P + M log P) per
-// anchor for P positives and M negatives.
+// "how many positives are strictly closer than it" and a suffix minimum over the buckets gives
+// every positive its closest farther negative: O(N·Q + P log P + M log P) per anchor for P
+// positives and M negatives. The binary searches run over blocks of negatives, one step for the
+// whole block at a time (a fixed number of steps over a power-of-two padded array), so they are
+// independent and branch-free instead of one latency-bound chain per negative.
 #include "cpu/triplet.h"
 
 #include <algorithm>
@@ -17,7 +19,8 @@
 namespace pyconcepts::cpu {
 namespace {
 
-constexpr std::int64_t kDistBlock = 1024;  // keeps a block of distances in L1 across the q loop
+constexpr std::int64_t kDistBlock = 1024;   // keeps a block of distances in L1 across the q loop
+constexpr std::int64_t kSearchBlock = 64;   // negatives searched together, step by step
 
 // Per-thread scratch reused across anchors.
 template <typename T>
@@ -25,7 +28,9 @@ struct Miner {
   std::vector<T> dist;                               // squared distances from the anchor
   std::vector<std::int64_t> pos;                     // positives in index order
   std::vector<std::pair<T, std::int64_t>> sorted;    // (distance, rank in pos), by distance
-  std::vector<T> sorted_dist;
+  std::vector<T> sorted_dist;                        // padded with +inf to a power of two
+  std::vector<T> cand_dist;                          // candidate negatives (farther than a positive)
+  std::vector<std::int64_t> cand_idx;
   std::vector<T> bucket_dist;
   std::vector<std::int64_t> bucket_idx;
   std::vector<std::int64_t> neg_of;                  // chosen negative per rank in pos
@@ -49,18 +54,6 @@ struct Miner {
     }
   }
 
-  // Number of sorted positive distances strictly below x (branchless binary search).
-  std::int64_t count_below(T x) const {
-    const T* base = sorted_dist.data();
-    std::int64_t len = static_cast<std::int64_t>(sorted_dist.size());
-    while (len > 1) {
-      const std::int64_t half = len / 2;
-      base = (base[half] < x) ? base + half : base;
-      len -= half;
-    }
-    return (base - sorted_dist.data()) + (*base < x ? 1 : 0);
-  }
-
   // Fills pos and neg_of for anchor a (dist must be filled). Returns the number of positives.
   std::int64_t mine(const std::int64_t* labels, std::int64_t n, std::int64_t a) {
     const std::int64_t la = labels[a];
@@ -73,28 +66,49 @@ struct Miner {
     sorted.resize(pos.size());
     for (std::int64_t r = 0; r < p_count; ++r) sorted[r] = {dist[pos[r]], r};
     std::sort(sorted.begin(), sorted.end());
-    sorted_dist.resize(pos.size());
-    for (std::int64_t r = 0; r < p_count; ++r) sorted_dist[r] = sorted[r].first;
 
     const T inf = std::numeric_limits<T>::infinity();
-    bucket_dist.assign(pos.size() + 1, inf);
-    bucket_idx.assign(pos.size() + 1, -1);
+    // Padded to a power of two >= P + 1 with +inf, so every search takes the same steps.
+    std::int64_t padded = 1;
+    while (padded < p_count + 1) padded *= 2;
+    sorted_dist.resize(static_cast<size_t>(padded));
+    for (std::int64_t r = 0; r < padded; ++r) sorted_dist[r] = r < p_count ? sorted[r].first : inf;
+
+    // Negatives farther than the closest positive (the others serve no positive), and the
+    // farthest negative (strict comparisons: the lowest index wins ties).
+    cand_dist.resize(static_cast<size_t>(n));
+    cand_idx.resize(static_cast<size_t>(n));
+    std::int64_t n_cand = 0;
     T far_dist = -inf;
     std::int64_t far_idx = -1;
-    const T lowest = sorted_dist.front();
-    const T highest = sorted_dist.back();
+    const T lowest = sorted_dist[0];
     for (std::int64_t j = 0; j < n; ++j) {
       if (labels[j] == la) continue;
       const T d = dist[j];
-      if (d > far_dist) {  // strict: the lowest index wins ties
-        far_dist = d;
-        far_idx = j;
+      const bool farther = d > far_dist;
+      far_dist = farther ? d : far_dist;
+      far_idx = farther ? j : far_idx;
+      cand_dist[n_cand] = d;
+      cand_idx[n_cand] = j;
+      n_cand += d > lowest ? 1 : 0;
+    }
+
+    bucket_dist.assign(pos.size() + 1, inf);
+    bucket_idx.assign(pos.size() + 1, -1);
+    const T* sv = sorted_dist.data();
+    std::int64_t slot[kSearchBlock];
+    for (std::int64_t c0 = 0; c0 < n_cand; c0 += kSearchBlock) {
+      const std::int64_t len = std::min(kSearchBlock, n_cand - c0);
+      const T* x = cand_dist.data() + c0;
+      for (std::int64_t i = 0; i < len; ++i) slot[i] = 0;
+      for (std::int64_t h = padded / 2; h >= 1; h /= 2) {
+        for (std::int64_t i = 0; i < len; ++i) slot[i] += sv[slot[i] + h - 1] < x[i] ? h : 0;
       }
-      if (!(d > lowest)) continue;  // closer than every positive: serves none
-      const std::int64_t b = d > highest ? p_count : count_below(d);
-      if (d < bucket_dist[b]) {
-        bucket_dist[b] = d;
-        bucket_idx[b] = j;
+      for (std::int64_t i = 0; i < len; ++i) {  // slot = number of positives closer than x
+        const std::int64_t b = slot[i];
+        const bool better = x[i] < bucket_dist[b];  // candidates in index order: ties keep the first
+        bucket_dist[b] = better ? x[i] : bucket_dist[b];
+        bucket_idx[b] = better ? cand_idx[c0 + i] : bucket_idx[b];
       }
     }
     // Positive at sorted position s is served by buckets s+1..P; the buckets cover disjoint
@@ -150,15 +164,21 @@ void semihard_triplet_loss(const T* emb, const std::int64_t* labels, std::int64_
     const int tid = std::min(omp_get_thread_num(), n_threads - 1);
     Miner<T>& miner = miners[tid];
     T* g = nullptr;
+    std::vector<T> acc_row(static_cast<size_t>(q));
+    std::vector<T> coef;  // per-negative gradient weight of the current anchor
+    std::vector<std::int64_t> touched;
     if (grad) {
       if (acc[tid].empty()) acc[tid].assign(static_cast<size_t>(n * q), T(0));
       g = acc[tid].data();
+      coef.assign(static_cast<size_t>(n), T(0));
     }
     for (std::int64_t a = begin; a < end; ++a) {
       miner.distances(emb, emb_t.data(), n, q, a);
       const std::int64_t p_count = miner.mine(labels, n, a);
       double total = 0.0;
-      const T* xa = emb + a * q;
+      const T* __restrict xa = emb + a * q;
+      T* __restrict acc_a = acc_row.data();
+      std::fill(acc_row.begin(), acc_row.end(), T(0));
       for (std::int64_t r = 0; r < p_count; ++r) {
         const std::int64_t p = miner.pos[r];
         const std::int64_t ng = miner.neg_of[r];
@@ -170,21 +190,35 @@ void semihard_triplet_loss(const T* emb, const std::int64_t* labels, std::int64_
         if (!(l > T(0))) continue;
         total += static_cast<double>(l);
         if (!g) continue;
-        // d/dx of d(x, y): 2(x - y) squared, (x - y)/d Euclidean (0 at d = 0).
+        // d/dx of d(x, y): 2(x - y) squared, (x - y)/d Euclidean (0 at d = 0). Row a gathers
+        // locally; each positive row is updated once; negatives are combined per anchor first.
         const T u = squared ? T(2) : (d_ap > T(0) ? T(1) / d_ap : T(0));
         const T v = squared ? T(2) : (d_an > T(0) ? T(1) / d_an : T(0));
-        const T* xp = emb + p * q;
-        const T* xn = emb + ng * q;
-        T* ga = g + a * q;
-        T* gp = g + p * q;
-        T* gn = g + ng * q;
+        const T* __restrict xp = emb + p * q;
+        T* __restrict gp = g + p * q;
         for (std::int64_t k = 0; k < q; ++k) {
           const T dp = u * (xa[k] - xp[k]);
-          const T dn = v * (xa[k] - xn[k]);
-          ga[k] += dp - dn;
+          acc_a[k] += dp;
           gp[k] -= dp;
-          gn[k] += dn;
         }
+        if (coef[ng] == T(0)) touched.push_back(ng);
+        coef[ng] += v;
+      }
+      if (g) {
+        for (const std::int64_t ng : touched) {
+          const T c = coef[ng];
+          coef[ng] = T(0);
+          const T* __restrict xn = emb + ng * q;
+          T* __restrict gn = g + ng * q;
+          for (std::int64_t k = 0; k < q; ++k) {
+            const T dn = c * (xa[k] - xn[k]);
+            acc_a[k] -= dn;
+            gn[k] += dn;
+          }
+        }
+        touched.clear();
+        T* __restrict ga = g + a * q;
+        for (std::int64_t k = 0; k < q; ++k) ga[k] += acc_a[k];
       }
       anchor_loss[a] = total;
     }
