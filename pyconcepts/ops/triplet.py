@@ -24,11 +24,13 @@ from pyconcepts.ops._triplet_checks import anchor_offsets, num_positive_pairs, v
 from pyconcepts.reference import triplet as _reference
 
 
-def _cuda_workspace(emb: torch.Tensor) -> torch.Tensor:
-    """One row of N distances per resident block of the CUDA kernel."""
+def _cuda_workspace(emb: torch.Tensor) -> list[Any]:
+    """CUDA only: (workspace, rows) with one row of N distances per block; [] on the CPU."""
+    if emb.device.type != "cuda":
+        return []
     sms = torch.cuda.get_device_properties(emb.device).multi_processor_count
     rows = min(emb.shape[0], 4 * sms)
-    return torch.empty(rows, emb.shape[0], dtype=emb.dtype, device=emb.device)
+    return [torch.empty(rows, emb.shape[0], dtype=emb.dtype, device=emb.device), rows]
 
 
 def _loss_and_grad(
@@ -40,13 +42,9 @@ def _loss_and_grad(
     n, q = emb.shape
     anchor_loss = torch.zeros(n, dtype=torch.float64, device=emb.device)
     grad = torch.zeros_like(emb) if with_grad else None
-    extra: list[Any] = []
-    if emb.device.type == "cuda":
-        workspace = _cuda_workspace(emb)
-        extra = [workspace, workspace.shape[0]]
     _bridge.call(
         "semihard_triplet_loss",
-        emb, labels, n, q, float(margin), bool(squared), *extra, anchor_loss, grad,
+        emb, labels, n, q, float(margin), bool(squared), *_cuda_workspace(emb), anchor_loss, grad,
         dtype=emb.dtype, device=emb.device,
     )  # fmt: skip
     return anchor_loss, grad
@@ -54,7 +52,7 @@ def _loss_and_grad(
 
 class _SemihardTripletLoss(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, emb: torch.Tensor, labels: torch.Tensor, margin: float, squared: bool
     ) -> torch.Tensor:
         anchor_loss, grad = _loss_and_grad(emb, labels, margin, squared, ctx.needs_input_grad[0])
@@ -64,7 +62,9 @@ class _SemihardTripletLoss(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Optional[torch.Tensor], None, None, None]:  # type: ignore[override]
+    def backward(
+        ctx: Any, grad_out: torch.Tensor
+    ) -> tuple[Optional[torch.Tensor], None, None, None]:
         grad, pairs = ctx.saved_tensors
         return grad * (grad_out / pairs), None, None, None
 
@@ -109,7 +109,8 @@ def semihard_triplets(
     if total:
         _bridge.call(
             "semihard_triplets",
-            emb, labels, emb.shape[0], emb.shape[1], _bridge.dense(offsets), a, p, n,
+            emb, labels, emb.shape[0], emb.shape[1], *_cuda_workspace(emb), _bridge.dense(offsets),
+            a, p, n,
             dtype=emb.dtype, device=emb.device,
         )  # fmt: skip
     return a, p, n
