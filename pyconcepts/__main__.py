@@ -1,0 +1,5 @@
+"""``python -m pyconcepts`` runs the command line."""
+
+from pyconcepts.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,231 @@
+"""The explainer contract shared by MACE, SRAE, AfI, filter-pattern mining and IBD.
+
+A subclass must:
+
+* define ``method`` (a short name, e.g. ``"ibd"``) and ``onnx_outputs`` (output names of its
+  ONNX graph, e.g. ``("logits", "concept_scores", "heatmaps")``);
+* store its constructor arguments unchanged under attributes of the same name (scikit-learn
+  style: the constructor learns nothing; ``get_config`` reads them back by signature);
+* implement ``fit(data, ...) -> self`` that sets learned state in trailing-underscore
+  attributes, ``explain(images, ...) -> Explanation``, ``_state() -> (tensors, json_state)``,
+  ``_set_state(tensors, json_state)`` and ``_onnx_module() -> nn.Module`` (images → a tuple of
+  tensors in ``onnx_outputs`` order, built from the pure-torch reference twins so that the graph
+  uses standard ONNX ops only).
+
+The base class gives them: ``NotFittedError`` checks, image validation with clear errors,
+persistence (one safetensors file: tensors + JSON config/state, never pickle, atomic writes,
+a model fingerprint to refuse loading onto a different architecture) and ONNX export.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import inspect
+import json
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Optional, TypeVar
+
+import torch
+from torch import nn
+
+from pyconcepts import persistence
+from pyconcepts.errors import LoadError, NotFittedError
+from pyconcepts.explainers.result import Explanation
+
+E = TypeVar("E", bound="ConceptExplainer")
+
+
+class ConceptExplainer(abc.ABC):
+    """Base class of every explainer: fit → explain → save / load → export_onnx."""
+
+    method: ClassVar[str] = ""
+    onnx_outputs: ClassVar[tuple[str, ...]] = ()
+    _fitted_attr: ClassVar[str] = "n_features_in_"  # set by every fit (via _record_fit)
+
+    model: nn.Module
+
+    # ---- configuration ---------------------------------------------------------------
+    def get_config(self) -> dict[str, Any]:
+        """Constructor arguments (except the model) as a JSON-able dict."""
+        params = inspect.signature(type(self).__init__).parameters
+        config = {}
+        for name, p in params.items():
+            if name in ("self", "model") or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                continue
+            value = getattr(self, name)
+            config[name] = list(value) if isinstance(value, tuple) else value
+        try:
+            json.dumps(config)
+        except TypeError as exc:
+            raise TypeError(
+                f"{type(self).__name__}: constructor arguments must be JSON-able to save: {exc}"
+            ) from exc
+        return config
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+    # ---- the contract ------------------------------------------------------------------
+    @abc.abstractmethod
+    def fit(self: E, data: Any, **kwargs: Any) -> E:
+        """Learn the explainer's state from ``data``; returns self."""
+
+    @abc.abstractmethod
+    def explain(self, images: torch.Tensor, **kwargs: Any) -> Explanation:
+        """Explain a batch of images ``[B,C,H,W]``."""
+
+    @abc.abstractmethod
+    def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Fitted state: (tensors, JSON-able values)."""
+
+    @abc.abstractmethod
+    def _set_state(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+        """Restore the fitted state written by ``_state``."""
+
+    @abc.abstractmethod
+    def _onnx_module(self) -> nn.Module:
+        """A module mapping images to the tuple of ``onnx_outputs`` (reference ops only)."""
+
+    # ---- helpers for subclasses ----------------------------------------------------------
+    @property
+    def is_fitted(self) -> bool:
+        return hasattr(self, self._fitted_attr)
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise NotFittedError(
+                f"this {type(self).__name__} is not fitted yet: call fit(...) or "
+                f"{type(self).__name__}.load(path, model=...) first"
+            )
+
+    def _record_fit(self, images: torch.Tensor) -> None:
+        """Remember the input layout seen at fit time (channels, dtype) for later checks."""
+        self.n_features_in_ = int(images.shape[1])
+        self.input_size_ = (int(images.shape[2]), int(images.shape[3]))
+
+    def _check_images(self, images: Any, name: str = "images") -> torch.Tensor:
+        """Validate a batch of images against what the explainer was fitted on."""
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor [B,C,H,W], got {type(images).__name__}")
+        if images.dim() != 4:
+            raise ValueError(f"{name}: expected a 4-D tensor [B,C,H,W], got shape {tuple(images.shape)}")
+        if not images.is_floating_point():
+            raise TypeError(f"{name}: expected a floating-point tensor, got dtype {images.dtype}")
+        if images.shape[0] == 0:
+            raise ValueError(f"{name}: expected at least one image, got an empty batch")
+        if self.is_fitted and images.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"{name}: expected {self.n_features_in_} channels (as at fit), got {images.shape[1]}"
+            )
+        if not bool(torch.isfinite(images).all()):
+            raise ValueError(f"{name}: expected finite values, got NaN or inf")
+        return images
+
+    def _model_device(self) -> torch.device:
+        p = next(self.model.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    # ---- persistence ---------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Save the fitted explainer to one file (safetensors + JSON); returns the path."""
+        self._check_fitted()
+        tensors, state = self._state()
+        state = {**state, "n_features_in_": self.n_features_in_, "input_size_": self.input_size_}
+        documents = {
+            "method": self.method,
+            "config": self.get_config(),
+            "state": state,
+            "model": model_fingerprint(self.model),
+        }
+        persistence.save_file(path, tensors, kind="explainer", documents=documents)
+        return Path(path)
+
+    @classmethod
+    def load(cls: type[E], path: str | Path, model: nn.Module) -> E:
+        """Load an explainer saved by :meth:`save` and attach it to ``model``."""
+        tensors, docs = persistence.load_file(path, kind="explainer")
+        if docs.get("method") != cls.method:
+            raise LoadError(f"{path}: holds a {docs.get('method')!r} explainer, not {cls.method!r}")
+        saved = docs.get("model", {})
+        current = model_fingerprint(model)
+        if saved.get("architecture") != current["architecture"]:
+            raise ValueError(
+                f"model: {path} was fitted on a different architecture than the given model"
+            )
+        if saved.get("weights") != current["weights"]:
+            warnings.warn(
+                f"{path} was fitted on the same architecture with other weights", stacklevel=2
+            )
+        try:
+            explainer = cls(model, **docs["config"])  # type: ignore[call-arg]
+            state = dict(docs["state"])
+            explainer.n_features_in_ = int(state.pop("n_features_in_"))
+            explainer.input_size_ = tuple(state.pop("input_size_"))  # type: ignore[assignment]
+            explainer._set_state(tensors, state)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise LoadError(f"{path}: incompatible explainer state: {exc}") from exc
+        return explainer
+
+    # ---- ONNX ----------------------------------------------------------------------------
+    def export_onnx(
+        self,
+        path: str | Path,
+        example_input: Optional[torch.Tensor] = None,
+        opset: int = 18,
+        dynamic_batch: bool = True,
+        metadata: Optional[dict[str, str]] = None,
+    ) -> Path:
+        """Export model + explainer head as one ONNX graph (input ``images``, outputs
+        ``onnx_outputs``); returns the path. See :mod:`pyconcepts.export`."""
+        from pyconcepts.export.onnx import export_module
+
+        self._check_fitted()
+        if example_input is None:
+            example_input = torch.rand(2, self.n_features_in_, *self.input_size_)
+        example_input = self._check_images(example_input, "example_input")
+        props = {
+            "pyconcepts_method": self.method,
+            "pyconcepts_config": json.dumps(self.get_config(), sort_keys=True),
+            "pyconcepts_layer": str(getattr(self, "layer", "")),
+            "pyconcepts_outputs": json.dumps(list(self.onnx_outputs)),
+            "pyconcepts_concepts": json.dumps(list(getattr(self, "concept_names_", []))),
+            "pyconcepts_classes": json.dumps(list(getattr(self, "class_names_", []))),
+            **(metadata or {}),
+        }
+        return export_module(
+            self._onnx_module(),
+            path,
+            example_input,
+            output_names=self.onnx_outputs,
+            opset=opset,
+            dynamic_batch=dynamic_batch,
+            metadata=props,
+        )
+
+
+def model_fingerprint(model: nn.Module) -> dict[str, str]:
+    """Hashes of a model's architecture (parameter/buffer names and shapes) and weights."""
+    arch = hashlib.sha256()
+    weights = hashlib.sha256()
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        arch.update(f"{name}:{tuple(t.shape)};".encode())
+        if t.numel():
+            stats = t.detach().double()
+            weights.update(f"{float(stats.sum()):.6e},{float(stats.abs().sum()):.6e};".encode())
+    return {"architecture": arch.hexdigest()[:16], "weights": weights.hexdigest()[:16]}
+
+
+def class_names_of(model: nn.Module, n_classes: int, given: Optional[Sequence[str]]) -> list[str]:
+    """Class names: given ones, else the zoo model's, else ``class_0``, ``class_1``, …"""
+    if given is not None:
+        if len(given) != n_classes:
+            raise ValueError(f"class_names: expected {n_classes} names, got {len(given)}")
+        return list(given)
+    info = getattr(model, "zoo_info", None)
+    if isinstance(info, dict) and len(info.get("class_names", [])) == n_classes:
+        return list(info["class_names"])
+    return [f"class_{i}" for i in range(n_classes)]

@@ -1,0 +1,260 @@
+"""Model zoo: small CNNs for the concept world, trained on first use and cached.
+
+``load("cw-vgg")`` — VGG-like: ``features`` (conv1…conv4 with ReLUs and max-pools; the last
+conv feature map is ``features.relu4``, 128×8×8 at 64 px) → ``flatten`` → dense ``fc1``
+(+ ``relu_fc1``) → ``fc2`` logits. MACE and SRAE explain its first dense layer.
+
+``load("cw-resnet")`` — ResNet-like: ``stem`` → ``layer1``…``layer3`` (basic residual blocks
+with batch norm; ``layer3`` is 128×8×8 at 64 px) → ``pool`` (global average) → ``flatten`` →
+linear ``fc``. Its class scores are linear in the pooled ``layer3`` features, which IBD needs.
+
+Weights are cached as safetensors in ``$PYCONCEPTS_CACHE`` (default ``~/.cache/pyconcepts``)
+with the architecture, its version and the training recipe in the header; a corrupt or
+incompatible cache file is reported and retrained, never silently used.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from pyconcepts import persistence
+from pyconcepts.errors import LoadError
+
+N_CLASSES = 10
+
+
+def _conv(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1)
+
+
+def cw_vgg(n_classes: int = N_CLASSES, image_size: int = 64) -> nn.Module:
+    """The VGG-like concept-world CNN (untrained)."""
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    widths = (3, 16, 32, 64, 128)
+    for i in range(1, 5):
+        layers[f"conv{i}"] = _conv(widths[i - 1], widths[i])
+        layers[f"relu{i}"] = nn.ReLU()
+        if i < 4:
+            layers[f"pool{i}"] = nn.MaxPool2d(2)
+    side = image_size // 8
+    return nn.Sequential(
+        OrderedDict(
+            features=nn.Sequential(layers),
+            flatten=nn.Flatten(),
+            fc1=nn.Linear(128 * side * side, 256),
+            relu_fc1=nn.ReLU(),
+            fc2=nn.Linear(256, n_classes),
+        )
+    )
+
+
+class BasicBlock(nn.Module):
+    """conv-bn-relu-conv-bn plus a (projected) shortcut, then ReLU."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
+        return self.relu2(out + self.shortcut(x))
+
+
+def cw_resnet(n_classes: int = N_CLASSES, image_size: int = 64) -> nn.Module:
+    """The ResNet-like concept-world CNN (untrained); ``image_size`` only documents the input."""
+    del image_size  # global pooling makes the network size-agnostic
+    return nn.Sequential(
+        OrderedDict(
+            stem=nn.Sequential(
+                OrderedDict(
+                    conv=nn.Conv2d(3, 24, 3, 1, 1, bias=False),
+                    bn=nn.BatchNorm2d(24),
+                    relu=nn.ReLU(),
+                    pool=nn.MaxPool2d(2),
+                )
+            ),
+            layer1=BasicBlock(24, 32, 2),
+            layer2=BasicBlock(32, 64, 1),
+            layer3=BasicBlock(64, 128, 2),
+            pool=nn.AdaptiveAvgPool2d(1),
+            flatten=nn.Flatten(),
+            fc=nn.Linear(128, n_classes),
+        )
+    )
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a zoo model is trained; part of the cache key."""
+
+    n_train: int = 8000
+    n_test: int = 1000
+    epochs: int = 8
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    name: str
+    build: Callable[..., nn.Module]
+    version: int
+    recipe: Recipe
+    feature_layer: str  # the conv feature map explainers start from
+    description: str
+
+
+ZOO: dict[str, ZooEntry] = {
+    "cw-vgg": ZooEntry(
+        "cw-vgg", cw_vgg, 1, Recipe(), "features.relu4",
+        "VGG-like CNN for the concept world: 4 conv + fc1 + fc2",
+    ),
+    "cw-resnet": ZooEntry(
+        "cw-resnet", cw_resnet, 1, Recipe(), "layer3",
+        "ResNet-like CNN for the concept world: stem + 3 residual blocks + GAP + fc",
+    ),
+}  # fmt: skip
+
+
+def cache_dir() -> Path:
+    """``$PYCONCEPTS_CACHE`` or ``~/.cache/pyconcepts``."""
+    return Path(os.environ.get("PYCONCEPTS_CACHE", Path.home() / ".cache" / "pyconcepts"))
+
+
+def available() -> list[str]:
+    return sorted(ZOO)
+
+
+def _entry(name: str) -> ZooEntry:
+    if name not in ZOO:
+        raise ValueError(f"name: expected one of {available()}, got {name!r}")
+    return ZOO[name]
+
+
+def _cache_path(entry: ZooEntry) -> Path:
+    return cache_dir() / f"{entry.name}-v{entry.version}.safetensors"
+
+
+def load(name: str, *, progress: bool = True, retrain: bool = False) -> nn.Module:
+    """The trained zoo model ``name`` in eval mode; trains and caches it on first use.
+
+    The returned module has ``zoo_info`` (dict: name, feature layer, class names, test
+    accuracy, recipe).
+    """
+    entry = _entry(name)
+    path = _cache_path(entry)
+    if path.exists() and not retrain:
+        try:
+            return _load_cached(entry, path)
+        except LoadError as exc:
+            warnings.warn(f"model cache unusable, retraining {name}: {exc}", stacklevel=2)
+    model, info = train(name, progress=progress)
+    persistence.save_file(path, model.state_dict(), kind="zoo-model", documents={"info": info})
+    return model
+
+
+def _expected_info(entry: ZooEntry) -> dict[str, object]:
+    return {"name": entry.name, "version": entry.version, "recipe": asdict(entry.recipe)}
+
+
+def _load_cached(entry: ZooEntry, path: Path) -> nn.Module:
+    tensors, docs = persistence.load_file(path, kind="zoo-model")
+    info = docs.get("info", {})
+    expected = _expected_info(entry)
+    if any(info.get(k) != v for k, v in expected.items()):
+        raise LoadError(f"{path}: trained for {info.get('name')}/{info.get('recipe')}, not {expected}")
+    model = entry.build()
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise LoadError(f"{path}: weights do not fit {entry.name}: {exc}") from exc
+    if not all(torch.isfinite(t).all() for t in tensors.values()):
+        raise LoadError(f"{path}: weights contain NaN or inf")
+    model.eval()
+    model.zoo_info = info  # type: ignore[assignment]
+    return model
+
+
+def train(name: str, *, progress: bool = True) -> tuple[nn.Module, dict]:
+    """Train zoo model ``name`` from scratch on the concept world; returns (model, info)."""
+    from pyconcepts.data.concept_world import train_test
+
+    entry = _entry(name)
+    r = entry.recipe
+    torch.manual_seed(r.seed)
+    train_world, test_world = train_test(r.n_train, r.n_test, seed=r.seed)
+    x, y = train_world.tensors()
+    model = entry.build()
+    opt = torch.optim.AdamW(model.parameters(), lr=r.lr, weight_decay=r.weight_decay)
+    steps = r.epochs * ((len(x) + r.batch_size - 1) // r.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=r.lr, total_steps=steps)
+    gen = torch.Generator().manual_seed(r.seed)
+    bar = tqdm(total=steps, desc=f"training {name}", disable=not progress, leave=False)
+    model.train()
+    for _ in range(r.epochs):
+        order = torch.randperm(len(x), generator=gen)
+        for idx in order.split(r.batch_size):
+            xb = x[idx]
+            flip = torch.rand(len(idx), generator=gen) < 0.5  # mirror images: concepts persist
+            xb = torch.where(flip.view(-1, 1, 1, 1), xb.flip(-1), xb)
+            loss = nn.functional.cross_entropy(model(xb), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    model.eval()
+    acc = accuracy(model, *test_world.tensors())
+    info = {
+        **_expected_info(entry),
+        "feature_layer": entry.feature_layer,
+        "class_names": list(train_world.class_names),
+        "concepts": list(train_world.concepts),
+        "test_accuracy": acc,
+        "description": entry.description,
+    }
+    model.zoo_info = info  # type: ignore[assignment]
+    return model, info
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 256) -> float:
+    """Top-1 accuracy of ``model`` on ``images`` (evaluated in batches, no gradients)."""
+    correct = 0
+    for xb, yb in zip(images.split(batch), labels.split(batch)):
+        correct += int((model(xb).argmax(1) == yb).sum())
+    return correct / max(1, len(labels))
+
+
+def info(name: str) -> Optional[dict]:
+    """The cached model's info (accuracy, recipe…) without loading weights; None if not cached."""
+    path = _cache_path(_entry(name))
+    if not path.exists():
+        return None
+    try:
+        return persistence.load_file(path, kind="zoo-model")[1].get("info")
+    except LoadError:
+        return None

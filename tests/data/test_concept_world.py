@@ -1,0 +1,108 @@
+import numpy as np
+import pytest
+import torch
+
+from pyconcepts.data import CONCEPTS, ConceptWorld, iter_batches
+from pyconcepts.data.concept_world import (
+    COLOURS,
+    SHAPES,
+    TEXTURES,
+    _satisfies,
+    _spec_ids,
+)
+
+
+def test_items_have_the_documented_types_and_shapes(small_world):
+    image, label, masks, presence = small_world[0]
+    assert image.shape == (3, 64, 64) and image.dtype == torch.float32
+    assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+    assert label.dtype == torch.int64 and 0 <= int(label) < 10
+    assert masks.shape == (16, 64, 64) and masks.dtype == torch.bool
+    assert torch.equal(presence, masks.flatten(1).any(1).float())
+
+
+def test_same_seed_same_world_other_seed_other_world():
+    a, b, c = ConceptWorld(40, seed=3), ConceptWorld(40, seed=3), ConceptWorld(40, seed=4)
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert not torch.equal(a.images, c.images)
+
+
+def test_every_image_satisfies_exactly_its_own_class(small_world):
+    specs = [[_spec_ids(s) for s in v] for v in small_world.classes.values()]
+    for i in range(len(small_world)):
+        parts = [tuple(int(v) for v in p[:3]) for p in small_world.parts[i] if p[0] >= 0]
+        satisfied = [c for c, s in enumerate(specs) if _satisfies(parts, s)]
+        assert satisfied == [int(small_world.labels[i])]
+
+
+def test_masks_are_the_pixels_of_parts_with_that_attribute(small_world):
+    # independent reading: a pixel owned by part p belongs to p's shape, colour and texture
+    i = 5
+    owner = small_world.owner[i].long()
+    masks = small_world.concept_masks(i)
+    expected = torch.zeros_like(masks)
+    for p, row in enumerate(small_world.parts[i]):
+        if row[0] < 0:
+            continue
+        for name in (
+            f"shape:{SHAPES[int(row[0])]}",
+            f"colour:{COLOURS[int(row[1])]}",
+            f"texture:{TEXTURES[int(row[2])]}",
+        ):
+            expected[CONCEPTS.index(name)] |= owner == p
+    assert torch.equal(masks, expected)
+
+
+def test_defining_concepts_are_present_in_images_of_the_class(small_world):
+    matrix = small_world.class_concept_matrix()
+    presence = small_world.concept_presence(slice(None))
+    for c in range(len(small_world.class_names)):
+        rows = presence[small_world.labels == c]
+        # occlusion may hide a part's pixels now and then, but rarely
+        assert rows[:, matrix[c]].mean() > 0.9
+
+
+def test_classes_are_balanced_enough():
+    world = ConceptWorld(1000, seed=1)
+    counts = np.bincount(world.labels.numpy(), minlength=10)
+    assert counts.min() > 60
+
+
+def test_render_parts_removes_and_adds_concepts(small_world):
+    full = small_world.render_parts(0)
+    assert torch.allclose(full, small_world.image(0), atol=1 / 255)
+    blank = small_world.blank(0)
+    assert not torch.allclose(blank, full)
+    added = small_world.render_parts(
+        0,
+        keep=torch.zeros(small_world.parts.shape[1], dtype=torch.bool),
+        extra=[small_world.part("circle", "red", "solid", 0.5, 0.5)],
+    )
+    centre = added[:, 32, 32]
+    assert centre[0] > 0.8 and centre[1] < 0.3  # a red pixel at the centre
+
+
+def test_non_square_and_bad_arguments():
+    world = ConceptWorld(4, image_size=48)
+    assert world.images.shape == (4, 3, 48, 48)
+    with pytest.raises(ValueError, match="n_images"):
+        ConceptWorld(0)
+    with pytest.raises(ValueError, match="image_size"):
+        ConceptWorld(3, image_size=16)
+    with pytest.raises(ValueError, match="n_distractors"):
+        ConceptWorld(3, n_distractors=(2, 1))
+    with pytest.raises(IndexError):
+        world[4]
+
+
+def test_iter_batches_accepts_tensors_pairs_datasets_and_loaders(small_world):
+    x, y = small_world.tensors()
+    assert [b[0].shape[0] for b in iter_batches(x[:10], 4)] == [4, 4, 2]
+    pairs = list(iter_batches((x[:10], y[:10]), 5))
+    assert torch.equal(pairs[1][1], y[5:10])
+    from_dataset = next(iter(iter_batches(small_world, 8)))
+    assert from_dataset[0].shape == (8, 3, 64, 64) and from_dataset[1].shape == (8,)
+    with pytest.raises(TypeError, match="data"):
+        next(iter_batches(42))
+    with pytest.raises(ValueError, match="batch_size"):
+        next(iter_batches(x, 0))

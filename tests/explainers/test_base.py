@@ -1,0 +1,150 @@
+"""The base-class mechanics (persistence, checks, ONNX) on a minimal explainer defined here."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from pyconcepts.errors import LoadError, NotFittedError
+from pyconcepts.explainers.base import ConceptExplainer, class_names_of
+from pyconcepts.explainers.result import Explanation
+from pyconcepts.models import cw_vgg
+
+
+class _Head(nn.Module):
+    def __init__(self, model: nn.Module, directions: torch.Tensor) -> None:
+        super().__init__()
+        self.model, self.directions = model, directions
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.model.features(x)
+        logits = self.model.fc2(self.model.relu_fc1(self.model.fc1(self.model.flatten(feats))))
+        return logits, feats.mean((2, 3)) @ self.directions.t()
+
+
+class MeanDirections(ConceptExplainer):
+    """Concept i = mean pooled feature of class i (enough to exercise the contract)."""
+
+    method = "mean-directions"
+    onnx_outputs = ("logits", "concept_scores")
+
+    def __init__(self, model: nn.Module, layer: str = "features.relu4", scale: float = 1.0):
+        self.model, self.layer, self.scale = model, layer, scale
+
+    def fit(self, data, **kwargs):
+        images, labels = data
+        self._record_fit(images)
+        with torch.no_grad():
+            pooled = self.model.features(images).mean((2, 3))
+        self.directions_ = torch.stack([pooled[labels == c].mean(0) for c in range(2)]) * self.scale
+        self.concept_names_ = ["a", "b"]
+        self.class_names_ = class_names_of(self.model, 10, None)
+        return self
+
+    def explain(self, images, **kwargs):
+        self._check_fitted()
+        images = self._check_images(images)
+        with torch.no_grad():
+            logits, scores = self._onnx_module()(images)
+        return Explanation(
+            self.method, self.layer, self.concept_names_, scores, logits, logits.argmax(1),
+            self.class_names_,
+        )  # fmt: skip
+
+    def _state(self):
+        return {"directions": self.directions_}, {"concept_names": self.concept_names_}
+
+    def _set_state(self, tensors, state):
+        self.directions_ = tensors["directions"]
+        self.concept_names_ = state["concept_names"]
+        self.class_names_ = class_names_of(self.model, 10, None)
+
+    def _onnx_module(self):
+        return _Head(self.model, self.directions_)
+
+
+@pytest.fixture()
+def fitted():
+    torch.manual_seed(0)
+    model = cw_vgg().eval()
+    images, labels = torch.rand(8, 3, 64, 64), torch.tensor([0, 1] * 4)
+    return MeanDirections(model, scale=2.0).fit((images, labels)), images
+
+
+def test_constructor_stores_only_and_unfitted_use_raises():
+    e = MeanDirections(cw_vgg(), scale=3.0)
+    assert e.get_config() == {"layer": "features.relu4", "scale": 3.0}
+    assert not e.is_fitted and "scale=3.0" in repr(e)
+    with pytest.raises(NotFittedError, match="fit"):
+        e.explain(torch.rand(1, 3, 64, 64))
+    with pytest.raises(NotFittedError):
+        e.save("never.pcx")
+
+
+def test_save_load_round_trip_gives_identical_explanations(fitted, tmp_path):
+    e, images = fitted
+    path = e.save(tmp_path / "e.pcx")
+    loaded = MeanDirections.load(path, model=e.model)
+    assert loaded.get_config() == e.get_config() and loaded.input_size_ == (64, 64)
+    a, b = e.explain(images), loaded.explain(images)
+    assert torch.equal(a.concept_scores, b.concept_scores)
+
+
+def test_load_refuses_other_methods_architectures_and_warns_on_other_weights(fitted, tmp_path):
+    e, _ = fitted
+    path = e.save(tmp_path / "e.pcx")
+
+    class Other(MeanDirections):
+        method = "other"
+
+    with pytest.raises(LoadError, match="mean-directions"):
+        Other.load(path, model=e.model)
+    with pytest.raises(ValueError, match="different architecture"):
+        MeanDirections.load(path, model=nn.Sequential(nn.Linear(2, 2)))
+    with pytest.warns(UserWarning, match="other weights"):
+        MeanDirections.load(path, model=cw_vgg())
+
+
+def test_images_are_validated(fitted):
+    e, _ = fitted
+    for bad, err, match in [
+        (torch.rand(3, 64, 64), ValueError, "4-D"),
+        (torch.zeros(1, 3, 64, 64, dtype=torch.int64), TypeError, "floating"),
+        (torch.rand(0, 3, 64, 64), ValueError, "empty"),
+        (torch.rand(1, 1, 64, 64), ValueError, "3 channels"),
+        (torch.full((1, 3, 64, 64), float("nan")), ValueError, "finite"),
+        ([[0.0]], TypeError, "torch.Tensor"),
+    ]:
+        with pytest.raises(err, match=match):
+            e.explain(bad)
+
+
+def test_explanation_save_and_plot(fitted, tmp_path):
+    e, images = fitted
+    result = e.explain(images)
+    assert result.to_dict()["top_concepts"][0][0][0] in ("a", "b")
+    folder = result.save(tmp_path / "expl", pngs=2)
+    assert (folder / "manifest.json").exists() and (folder / "image_1.png").exists()
+
+
+def test_onnx_export_runs_in_onnxruntime_with_dynamic_batch(fitted, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from pyconcepts.export import OnnxExplainer
+
+    e, images = fitted
+    path = e.export_onnx(tmp_path / "e.onnx")
+    served = OnnxExplainer(path)
+    assert served.method == "mean-directions" and served.concept_names == ["a", "b"]
+    for n in (1, 7):
+        x = torch.rand(n, 3, 64, 64)
+        torch_result, onnx_result = e.explain(x), served.explain(x)
+        assert torch.allclose(onnx_result.concept_scores, torch_result.concept_scores, atol=1e-4)
+        assert torch.allclose(onnx_result.logits, torch_result.logits, atol=1e-4)
+    with pytest.raises(ValueError, match="images"):
+        served.run(torch.rand(2, 3, 32, 32))
+    with pytest.raises(LoadError, match="no such file"):
+        OnnxExplainer(tmp_path / "missing.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"not onnx")
+    with pytest.raises(LoadError):
+        OnnxExplainer(tmp_path / "junk.onnx")

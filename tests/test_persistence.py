@@ -1,0 +1,60 @@
+import json
+import os
+
+import pytest
+import torch
+
+from pyconcepts import persistence
+from pyconcepts.errors import LoadError
+
+
+def test_round_trip_keeps_tensors_and_documents(tmp_path):
+    path = tmp_path / "x.safetensors"
+    tensors = {"a": torch.arange(6.0).view(2, 3).t(), "b": torch.tensor([1, 2])}  # non-contiguous
+    persistence.save_file(path, tensors, "thing", {"config": {"k": [1, 2]}, "n": 3})
+    loaded, docs = persistence.load_file(path, "thing")
+    assert torch.equal(loaded["a"], tensors["a"]) and torch.equal(loaded["b"], tensors["b"])
+    assert docs == {"config": {"k": [1, 2]}, "n": 3}
+
+
+def test_wrong_kind_missing_file_and_corruption_are_load_errors(tmp_path):
+    path = tmp_path / "x.safetensors"
+    persistence.save_file(path, {"a": torch.ones(3)}, "thing", {})
+    with pytest.raises(LoadError, match="expected a 'other'"):
+        persistence.load_file(path, "other")
+    with pytest.raises(LoadError, match="no such file"):
+        persistence.load_file(tmp_path / "missing", "thing")
+    raw = path.read_bytes()
+    for bad in (raw[:5], raw[:40], b"\xff" * 8 + raw[8:], raw[:8] + b"[" + raw[9:], b""):
+        path.write_bytes(bad)
+        with pytest.raises(LoadError):
+            persistence.load_file(path, "thing")
+
+
+def test_other_format_version_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "x.safetensors"
+    save_file({"a": torch.ones(1)}, path, metadata={"format": "pyconcepts", "format_version": "99"})
+    with pytest.raises(LoadError, match="version '99'"):
+        persistence.load_file(path, "thing")
+    save_file({"a": torch.ones(1)}, path)
+    with pytest.raises(LoadError, match="no metadata"):
+        persistence.load_file(path, "thing")
+
+
+def test_failed_save_keeps_the_old_file_and_leaves_no_temp(tmp_path):
+    path = tmp_path / "x.safetensors"
+    persistence.save_file(path, {"a": torch.ones(2)}, "thing", {"v": 1})
+    with pytest.raises(TypeError):
+        persistence.save_file(path, {"a": torch.ones(2)}, "thing", {"v": object()})
+    assert persistence.load_file(path, "thing")[1] == {"v": 1}
+    assert os.listdir(tmp_path) == ["x.safetensors"]
+
+
+def test_json_documents_are_plain_json(tmp_path):
+    path = tmp_path / "x.safetensors"
+    persistence.save_file(path, {}, "thing", {"d": {"z": 1.5}})
+    n = int.from_bytes(path.read_bytes()[:8], "little")
+    header = json.loads(path.read_bytes()[8 : 8 + n])
+    assert json.loads(header["__metadata__"]["json:d"]) == {"z": 1.5}
