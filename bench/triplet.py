@@ -17,6 +17,7 @@ Run: ``python -m bench.triplet [--sizes 256 1024 4096 16384]``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -75,14 +76,14 @@ def pml_step(emb: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
     triplets = miners.TripletMarginMiner(margin=1.0, type_of_triplets="semihard")(x, labels)
     loss = losses.TripletMarginLoss(margin=1.0)(x, labels, triplets)
     loss.backward()
-    return float(loss), int(triplets[0].numel())
+    return loss.item(), int(triplets[0].numel())
 
 
 def ours_step(emb: torch.Tensor, labels: torch.Tensor, backend: str) -> float:
     x = emb.clone().requires_grad_()
     loss = semihard_triplet_loss(x, labels, 1.0, squared=False, backend=backend)
     loss.backward()
-    return float(loss)
+    return loss.item()
 
 
 def estimates_gib(n: int) -> dict[str, float]:
@@ -103,9 +104,9 @@ def run(sizes: list[int]) -> list[dict[str, object]]:
         est = estimates_gib(n)
         repeats = 5 if n <= 1024 else (3 if n <= 4096 else 1)
         steps: dict[str, Callable[[], object]] = {
-            "pyconcepts": lambda: ours_step(emb, labels, "cpu"),
-            "torch (vectorised)": lambda: ours_step(emb, labels, "reference"),
-            "pytorch-metric-learning": lambda: pml_step(emb, labels),
+            "pyconcepts": functools.partial(ours_step, emb, labels, "cpu"),
+            "torch (vectorised)": functools.partial(ours_step, emb, labels, "reference"),
+            "pytorch-metric-learning": functools.partial(pml_step, emb, labels),
         }
         # Agreement first: same triplets and loss as the reference wherever it runs.
         ours_loss = ours_step(emb, labels, "cpu")
