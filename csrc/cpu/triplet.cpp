@@ -137,6 +137,12 @@ std::vector<T> transpose(const T* emb, std::int64_t n, std::int64_t q) {
   return out;
 }
 
+// Anchors per parallel chunk: about 2^18 distance terms, so small batches (MACE's per-class
+// triplet losses) run on one thread instead of paying for a parallel region.
+std::int64_t anchor_grain(std::int64_t n, std::int64_t q) {
+  return std::max<std::int64_t>(1, (std::int64_t{1} << 18) / std::max<std::int64_t>(1, n * q));
+}
+
 // Checked before the parallel region (nothing may throw inside it): with two labels present,
 // every anchor has a negative.
 void check_args(const std::int64_t* labels, std::int64_t n, std::int64_t q) {
@@ -160,7 +166,7 @@ void semihard_triplet_loss(const T* emb, const std::int64_t* labels, std::int64_
   std::vector<std::vector<T>> acc(grad ? n_threads : 0);
   std::vector<Miner<T>> miners(n_threads);
   const T m = static_cast<T>(margin);
-  parallel_for(n, 16, [&](std::int64_t begin, std::int64_t end) {
+  parallel_for(n, anchor_grain(n, q), [&](std::int64_t begin, std::int64_t end) {
     const int tid = std::min(omp_get_thread_num(), n_threads - 1);
     Miner<T>& miner = miners[tid];
     T* g = nullptr;
@@ -242,7 +248,7 @@ void semihard_triplets(const T* emb, const std::int64_t* labels, std::int64_t n,
   const std::vector<T> emb_t = transpose(emb, n, q);
   const int n_threads = max_threads();
   std::vector<Miner<T>> miners(n_threads);
-  parallel_for(n, 16, [&](std::int64_t begin, std::int64_t end) {
+  parallel_for(n, anchor_grain(n, q), [&](std::int64_t begin, std::int64_t end) {
     Miner<T>& miner = miners[std::min(omp_get_thread_num(), n_threads - 1)];
     for (std::int64_t a = begin; a < end; ++a) {
       miner.distances(emb, emb_t.data(), n, q, a);
