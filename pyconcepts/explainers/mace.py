@@ -457,7 +457,9 @@ class MACE(ConceptExplainer):
         b, k, c = rel.shape
         own = F.one_hot(targets, k).bool()[..., None].expand(b, k, c)
         scores = torch.where(own, rel, torch.zeros_like(rel)).flatten(1)
-        up = F.interpolate(maps.flatten(1, 2), size=images.shape[-2:], mode="bilinear")
+        up = F.interpolate(
+            maps.flatten(1, 2), size=images.shape[-2:], mode="bilinear", align_corners=False
+        )
         up = up * self.head_.active.flatten()[None, :, None, None]
         return Explanation(
             self.method, self.layer_, list(self.concept_names_), scores, logits, targets,
@@ -472,7 +474,9 @@ class MACE(ConceptExplainer):
         maps, _, _ = self._forward_all(feats)
         if upsample:
             b, k, c = maps.shape[:3]
-            maps = F.interpolate(maps.flatten(1, 2), size=images.shape[-2:], mode="bilinear")
+            maps = F.interpolate(
+                maps.flatten(1, 2), size=images.shape[-2:], mode="bilinear", align_corners=False
+            )
             maps = maps.view(b, k, c, *images.shape[-2:])
         return maps * self.head_.active[None, :, :, None, None]
 
