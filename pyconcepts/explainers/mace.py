@@ -467,8 +467,11 @@ class MACE(ConceptExplainer):
             extras={"relevance": rel, "embeddings": emb, "active": self.head_.active.clone()},
         )  # fmt: skip
 
-    def concept_maps_of(self, images: torch.Tensor, upsample: bool = True) -> torch.Tensor:
-        """Concept maps ``[B,K,C,H,W]`` of images (input size when ``upsample``), pruned = 0."""
+    def concept_maps_of(
+        self, images: torch.Tensor, upsample: bool = True, pruned: bool = True
+    ) -> torch.Tensor:
+        """Concept maps ``[B,K,C,H,W]`` of images (input size when ``upsample``); pruned
+        concepts' maps are 0 unless ``pruned=False``."""
         self._check_fitted()
         feats, _, _ = self._extract(self._check_images(images).to(self._model_device()))
         maps, _, _ = self._forward_all(feats)
@@ -478,7 +481,7 @@ class MACE(ConceptExplainer):
                 maps.flatten(1, 2), size=images.shape[-2:], mode="bilinear", align_corners=False
             )
             maps = maps.view(b, k, c, *images.shape[-2:])
-        return maps * self.head_.active[None, :, :, None, None]
+        return maps * self.head_.active[None, :, :, None, None] if pruned else maps
 
     # ---- persistence / ONNX ---------------------------------------------------------------
     def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
