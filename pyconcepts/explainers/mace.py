@@ -292,9 +292,11 @@ class MACE(ConceptExplainer):
                 "logits (they must follow it inside nn.Sequential containers)"
             )
         gen = torch.Generator().manual_seed(self.seed)
-        torch.manual_seed(self.seed)
         _, d, h, w = feats.shape
-        self.head_ = _Head(k, self.n_concepts, d, h * w, self.embedding_sizes, z.shape[1])
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching global state
+            torch.manual_seed(self.seed)
+            head = _Head(k, self.n_concepts, d, h * w, self.embedding_sizes, z.shape[1])
+        self.head_ = head.to(feats.device)
         self.class_names_ = class_names_of(self.model, k, self.class_names)
         self.concept_names_ = [
             f"{n}/c{j}" for n in self.class_names_ for j in range(self.n_concepts)

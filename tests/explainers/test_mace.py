@@ -166,3 +166,28 @@ def test_ground_truth_on_the_concept_world(vgg, small_world):
     rand = saliency.random_maps(e._extract(x)[0], k * 4, x.shape[-2:]).view(len(x), k, 4, 64, 64)
     base = saliency.ground_truth_score(rand, torch.ones(k, 4), gt, y, cc)
     assert ours["mean_best_iou"] > base["mean_best_iou"]
+
+
+def test_resnet_like_model_and_a_model_it_cannot_split():
+    from pyconcepts.models import cw_resnet
+
+    torch.manual_seed(0)
+    images, labels = torch.rand(12, 3, 64, 64), torch.arange(12) % 3
+    e = MACE(cw_resnet().eval(), layer="layer3", n_concepts=2, embedding_sizes=(8,))
+    e.fit((images, labels), epochs=1, progress=False)
+    assert e.dense_layer_ == "fc" and e.explain(images[:2]).heatmaps.shape == (2, 20, 64, 64)
+
+    class Opaque(torch.nn.Module):  # the dense layer is not followed inside a Sequential
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc1, self.fc2 = (
+                torch.nn.Conv2d(3, 4, 3),
+                torch.nn.Linear(4, 5),
+                torch.nn.Linear(5, 3),
+            )
+
+        def forward(self, x):
+            return self.fc2(torch.relu(self.fc1(self.conv(x).mean((2, 3)))))
+
+    with pytest.raises(ValueError, match="dense_layer"):
+        MACE(Opaque(), layer="conv", n_concepts=2).fit((images, labels), epochs=1, progress=False)
