@@ -42,7 +42,7 @@ def kernel(op: str, dtype: torch.dtype, device: torch.device) -> Callable[..., A
     fn = getattr(module, name, None)
     if fn is None:
         raise RuntimeError(f"compiled module {module.__name__} has no function {name!r}")
-    return fn  # type: ignore[no-any-return]
+    return fn
 
 
 def call(op: str, *args: Arg, dtype: torch.dtype, device: torch.device) -> Any:
