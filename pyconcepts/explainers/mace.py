@@ -15,7 +15,8 @@ fine-tuned. Choices the paper leaves open are parameters; see docs/methods.md §
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any, Optional, cast
 
 import torch
@@ -50,6 +51,22 @@ def concept_maps(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> t
         return torch.relu(F.conv2d(x, weight[:, :, None, None], bias))
     out: torch.Tensor = fused(x, weight, bias)
     return out
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[None]:
+    """The model in eval mode with parameters not requiring gradients; both restored after."""
+    was_training = model.training
+    flags = [p.requires_grad for p in model.parameters()]
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        model.train(was_training)
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
 
 
 def find_tail(model: nn.Module, dense_layer: str) -> nn.Module:
@@ -117,21 +134,25 @@ class _Head(nn.Module):
 
 
 class _OnnxModule(nn.Module):
-    """images → (logits, relevance [B,K,C], concept maps [B,K·C,H,W] at input size)."""
+    """images → (logits, concept_scores [B,K·C], heatmaps [B,K·C,H,W], relevance [B,K,C]),
+    as ``MACE.explain`` with the predicted class as target."""
 
     def __init__(self, model: nn.Module, layer: str, head: _Head) -> None:
         super().__init__()
         self.model, self.head = model, head
         self.fx = FeatureExtractor(model, [layer])
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         feats, logits = cast(_WithOutput, self.fx(images, return_output=True))
         x = next(iter(feats.values()))
         maps = torch.relu(F.conv2d(x, self.head.map_weight[:, :, None, None], self.head.map_bias))
         m5 = maps.view(maps.shape[0], self.head.k, self.head.c, *maps.shape[2:])
         rel = self.head.relevance(self.head.embed(m5))
+        classes = torch.arange(self.head.k, device=logits.device)
+        own = (classes[None, :] == logits.argmax(1)[:, None]).to(rel.dtype)[..., None]
         up = F.interpolate(maps, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        return logits, rel, up * self.head.active.flatten()[None, :, None, None]
+        heatmaps = up * self.head.active.flatten()[None, :, None, None]
+        return logits, (rel * own).flatten(1), heatmaps, rel
 
 
 class MACE(ConceptExplainer):
@@ -168,7 +189,7 @@ class MACE(ConceptExplainer):
     """
 
     method = "mace"
-    onnx_outputs = ("logits", "relevance", "concept_maps")
+    onnx_outputs = ("logits", "concept_scores", "heatmaps", "relevance")
     head_: _Head
     tail_: nn.Module
 
@@ -252,9 +273,9 @@ class MACE(ConceptExplainer):
         return layer, resolve_layer(self.model, dense)[0]
 
     def _extract(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(feature maps, z, logits) of a batch, without gradients."""
+        """(feature maps, z, logits) of a batch, without gradients, the model in eval mode."""
         fx = FeatureExtractor(self.model, [self.layer_, self.dense_layer_])
-        with torch.no_grad():
+        with torch.no_grad(), frozen(self.model):
             feats, logits = cast(_WithOutput, fx(images, return_output=True))
         return feats[self.layer_], feats[self.dense_layer_], logits
 
@@ -275,9 +296,10 @@ class MACE(ConceptExplainer):
         if not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs: expected an int >= 1, got {epochs!r}")
         self.layer_, self.dense_layer_ = self._resolve()
-        self.model.eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
+        with frozen(self.model):
+            return self._fit(data, epochs, progress, prune_data)
+
+    def _fit(self, data: Any, epochs: int, progress: bool, prune_data: Any) -> MACE:
         cache = self._cache(data, record=True)
         feats, z, logits, _ = cache
         k = self.n_classes or logits.shape[1]

@@ -92,10 +92,11 @@ def test_export_onnx_matches_torch(tiny, tmp_path):
     _, images, _, e = tiny
     path = e.export_onnx(tmp_path / "mace.onnx")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    _, rel, maps = session.run(None, {"images": images[:3].numpy()})
+    _, scores, maps, rel = session.run(None, {"images": images[:3].numpy()})
     out = e.explain(images[:3])
     torch.testing.assert_close(torch.from_numpy(rel), out.extras["relevance"], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(torch.from_numpy(maps), out.heatmaps, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(torch.from_numpy(scores), out.concept_scores, atol=1e-4, rtol=1e-4)
 
 
 def test_image_negatives_follow_the_per_image_rule():
@@ -191,3 +192,17 @@ def test_resnet_like_model_and_a_model_it_cannot_split():
 
     with pytest.raises(ValueError, match="dense_layer"):
         MACE(Opaque(), layer="conv", n_concepts=2).fit((images, labels), epochs=1, progress=False)
+
+
+def test_the_shared_explainer_contract():
+    from pyconcepts.testing import check_explainer
+
+    torch.manual_seed(0)
+    model = cw_vgg().eval()
+    images, labels = torch.rand(12, 3, 64, 64), torch.arange(12) % 3
+    report = check_explainer(
+        lambda: MACE(model, layer="features.relu4", n_concepts=2, embedding_sizes=(8,),
+                     finetune_epochs=1),
+        (images, labels), images[:4],
+    )  # fmt: skip
+    assert "fit_is_deterministic_given_the_seed" in report.passed
