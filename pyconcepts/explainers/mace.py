@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from pyconcepts.data.batches import iter_batches
 from pyconcepts.explainers.base import ConceptExplainer, class_names_of
 from pyconcepts.explainers.result import Explanation
+from pyconcepts.metrics.saliency import binarize
 from pyconcepts.models.features import FeatureExtractor, resolve_layer
 from pyconcepts.ops import semihard_triplet_loss
 
@@ -51,6 +52,11 @@ def concept_maps(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> t
         return torch.relu(F.conv2d(x, weight[:, :, None, None], bias))
     out: torch.Tensor = fused(x, weight, bias)
     return out
+
+
+def concept_names(class_names: Sequence[str], n_concepts: int) -> list[str]:
+    """``"<class>/c<j>"`` for every class and concept, class-major (the K·C columns)."""
+    return [f"{n}/c{j}" for n in class_names for j in range(n_concepts)]
 
 
 @contextlib.contextmanager
@@ -320,9 +326,7 @@ class MACE(ConceptExplainer):
             head = _Head(k, self.n_concepts, d, h * w, self.embedding_sizes, z.shape[1])
         self.head_ = head.to(feats.device)
         self.class_names_ = class_names_of(self.model, k, self.class_names)
-        self.concept_names_ = [
-            f"{n}/c{j}" for n in self.class_names_ for j in range(self.n_concepts)
-        ]
+        self.concept_names_ = concept_names(self.class_names_, self.n_concepts)
         self.pruned_: dict[str, str] = {}
         self.history_: list[dict[str, float]] = []
         self._train(cache, epochs, gen, progress, "fit")
@@ -530,15 +534,7 @@ class MACE(ConceptExplainer):
         self.pruned_ = dict(state["pruned"])
         self.class_names_ = list(state["class_names"])
         self.history_ = list(state["history"])
-        self.concept_names_ = [
-            f"{n}/c{j}" for n in self.class_names_ for j in range(self.n_concepts)
-        ]
+        self.concept_names_ = concept_names(self.class_names_, self.n_concepts)
 
     def _onnx_module(self) -> nn.Module:
         return _OnnxModule(self.model, self.layer_, self.head_).eval()
-
-
-def binarize(maps: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Bool masks: pixels above ``threshold`` × each map's maximum (all-zero maps stay off)."""
-    peak = maps.flatten(-2).amax(-1)[..., None, None]
-    return (maps > threshold * peak) & (peak > 0)
