@@ -43,9 +43,11 @@ def _hooks(model: nn.Module) -> int:
     )
 
 
-def _fit(make: Callable[[], ConceptExplainer], data: Any, seed: int) -> ConceptExplainer:
+def _fit(
+    make: Callable[[], ConceptExplainer], data: Any, seed: int, fit_kwargs: dict[str, Any]
+) -> ConceptExplainer:
     torch.manual_seed(seed)
-    return make().fit(data)
+    return make().fit(data, **fit_kwargs)
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, atol: float) -> bool:
@@ -61,6 +63,7 @@ def check_explainer(
     onnx_atol: float = 1e-3,
     check_onnx: bool = True,
     seed: int = 0,
+    fit_kwargs: Optional[dict[str, Any]] = None,
 ) -> CheckReport:
     """Run the explainer contract checks; raises AssertionError naming the failed check.
 
@@ -71,7 +74,10 @@ def check_explainer(
         atol: tolerance for "same result" comparisons in torch.
         onnx_atol: tolerance between onnxruntime and torch outputs.
         check_onnx: also export and run in onnxruntime (needs the ``[onnx]`` extra).
+        seed: torch's seed before each fit (fits must be deterministic given it).
+        fit_kwargs: extra keyword arguments of ``fit`` (epochs, progress, ...).
     """
+    fit_kwargs = dict(fit_kwargs or {})
     report = CheckReport()
 
     def ok(name: str, cond: bool, detail: str = "") -> None:
@@ -102,7 +108,7 @@ def check_explainer(
     images_before = images.clone()
     hooks_before = _hooks(model)
     torch.manual_seed(seed)
-    fitted = fresh.fit(data)
+    fitted = fresh.fit(data, **fit_kwargs)
     ok("fit_returns_self", fitted is fresh)
     ok("fitted_after_fit", fitted.is_fitted)
     result = fitted.explain(images)
@@ -115,7 +121,7 @@ def check_explainer(
     ok("model_mode_restored", model.training == was_training)
     ok("no_hooks_left", _hooks(model) == hooks_before)
 
-    again = _fit(make, data, seed).explain(images)
+    again = _fit(make, data, seed, fit_kwargs).explain(images)
     ok("fit_is_deterministic_given_the_seed",
        _close(again.concept_scores, result.concept_scores, atol))  # fmt: skip
 
@@ -196,3 +202,41 @@ def _check_onnx(
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> Optional[float]:
     return float((a.float() - b.float()).abs().max()) if a.shape == b.shape else None
+
+
+def quick_explainers(
+    world: Any, vgg: nn.Module, resnet: nn.Module
+) -> dict[str, tuple[Callable[[], ConceptExplainer], Any, dict[str, Any]]]:
+    """Small, fast configurations of the five explainers: method → (factory, fit data, fit
+    keyword arguments). ``world`` is a ConceptWorld, ``vgg``/``resnet`` the two zoo
+    architectures (trained or not). Used by the contract tests and the serving benchmark."""
+    from pyconcepts.explainers import IBD, MACE, SRAE, AfI, FilterPatterns
+
+    pair = world.tensors()
+    return {
+        "mace": (
+            lambda: MACE(vgg, layer="features.relu4", n_concepts=3, embedding_sizes=(16, 8),
+                         batch_size=32),
+            pair,
+            {"epochs": 1, "progress": False},
+        ),
+        "srae": (
+            lambda: SRAE(vgg, classes=[0, 1], hidden=(16, 8), n_features=3, epochs=1,
+                         batch_size=64),
+            pair,
+            {"progress": False},
+        ),
+        "afi": (
+            lambda: AfI(vgg, classes=[0, 1], max_iter=2, impression_steps=1, n_probe=4,
+                        holdout_fraction=0.25),
+            world,
+            {},
+        ),
+        "pattern_mining": (
+            lambda: FilterPatterns(vgg, "features.relu4", patch_size=16, n_candidates=8,
+                                   n_patches=2, batch_size=32, tau_support=0.3),
+            (pair[0][:16], pair[1][:16]),
+            {},
+        ),
+        "ibd": (lambda: IBD(resnet, steps=5, mining_rounds=1), world, {}),
+    }  # fmt: skip

@@ -119,7 +119,7 @@ class ConceptWorld(Dataset):
         n_images: int = 2000,
         image_size: int = 64,
         seed: int = 0,
-        n_distractors: tuple[int, int] = (1, 3),
+        n_distractors: tuple[int, int] = (0, 2),
         classes: Optional[dict[str, tuple[PartSpec, ...]]] = None,
     ) -> None:
         if not isinstance(n_images, int) or n_images < 1:
@@ -285,7 +285,7 @@ def _place(
     out: list[tuple[float, float, float, float]] = []
     for _ in range(n):
         for _ in range(60):
-            r = float(rng.uniform(0.11, 0.17)) * size
+            r = float(rng.uniform(0.13, 0.19)) * size
             cx, cy = (float(v) for v in rng.uniform(r * 0.9, size - r * 0.9, size=2))
             if all(math.hypot(cx - x, cy - y) >= 0.85 * (r + q) for x, y, q, _ in out):
                 out.append((cx, cy, r, float(rng.uniform(0, 2 * math.pi))))
@@ -318,26 +318,26 @@ def _shape_mask(u: torch.Tensor, v: torch.Tensor, shape: int) -> torch.Tensor:
         return torch.maximum(torch.maximum(edges[0], edges[1]), edges[2]) <= 0.5
     if shape == 3:  # cross
         au, av = u.abs(), v.abs()
-        return torch.minimum(torch.maximum(au, av / 3.17), torch.maximum(av, au / 3.17)) <= 0.3
+        return torch.minimum(torch.maximum(au, av / 2.5), torch.maximum(av, au / 2.5)) <= 0.38
     r2 = u * u + v * v
     if shape == 4:  # ring
-        return (r2 <= 1.0) & (r2 >= 0.3)
+        return (r2 <= 1.0) & (r2 >= 0.2)
     return (r2 <= 1.0) & ((u - 0.45) ** 2 + v * v > 0.55)  # crescent
 
 
 def _texture_on(u: torch.Tensor, v: torch.Tensor, texture: int) -> torch.Tensor:
-    """Bright-pixel mask of one texture; u, v in pixels of the part frame (period 4 px)."""
+    """Bright-pixel mask of one texture; u, v in pixels of the part frame (period 5 px)."""
     if texture == 0:  # solid
         return torch.ones_like(u, dtype=torch.bool)
     if texture == 1:  # stripes
-        return torch.sin(u * (math.pi / 2)) > 0
-    if texture == 2:  # checker, 3 px cells
-        return (torch.floor(u / 3) + torch.floor(v / 3)).remainder(2) == 0
-    du = u - 4.0 * torch.round(u / 4.0)
-    dv = v - 4.0 * torch.round(v / 4.0)
+        return torch.sin(u * (2 * math.pi / 5)) > 0
+    if texture == 2:  # checker, 4 px cells
+        return (torch.floor(u / 4) + torch.floor(v / 4)).remainder(2) == 0
+    du = u - 5.0 * torch.round(u / 5.0)
+    dv = v - 5.0 * torch.round(v / 5.0)
     if texture == 3:  # dots
-        return du * du + dv * dv < 1.4
-    return torch.minimum(du.abs(), dv.abs()) < 0.6  # grid
+        return du * du + dv * dv < 2.2
+    return torch.minimum(du.abs(), dv.abs()) < 0.8  # grid
 
 
 def _upsample_matrix(size: int, n: int = 8) -> torch.Tensor:

@@ -1,0 +1,26 @@
+"""Every explainer through the shared contract: pyconcepts.testing.check_explainer (fit →
+explain → save → load → explain equal → export_onnx → onnxruntime close, plus the input,
+determinism, hook and mutation checks). Untrained seeded models keep this fast."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pyconcepts.data import ConceptWorld
+from pyconcepts.models import cw_resnet, cw_vgg
+from pyconcepts.testing import check_explainer, quick_explainers
+
+
+@pytest.fixture(scope="module")
+def world() -> ConceptWorld:
+    return ConceptWorld(64, seed=5)
+
+
+@pytest.mark.parametrize("method", ["mace", "srae", "afi", "pattern_mining", "ibd"])
+def test_explainer_keeps_the_contract(method: str, world: ConceptWorld) -> None:
+    torch.manual_seed(0)
+    vgg, resnet = cw_vgg().eval(), cw_resnet().eval()
+    make, data, fit_kwargs = quick_explainers(world, vgg, resnet)[method]
+    report = check_explainer(make, data, world.image(slice(0, 8)), fit_kwargs=fit_kwargs)
+    assert len(report.passed) >= 30, report
