@@ -1,4 +1,4 @@
-"""``python -m bench``: run every benchmark module in this folder (each exposes ``main(argv)``).
+"""``python -m bench``: run every benchmark module in this folder (each exposes ``main()``).
 
 Modules whose name starts with ``_`` are helpers and are skipped. ``python -m bench NAME ...``
 runs only the named modules.
@@ -24,7 +24,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"unknown benchmark(s) {unknown}; available: {names}")
     for name in wanted or names:
         print(f"\n## bench.{name}\n", flush=True)
-        importlib.import_module(f"bench.{name}").main([])
+        module = importlib.import_module(f"bench.{name}")
+        sys.argv = [f"python -m bench.{name}"]  # each benchmark parses its own, empty, command line
+        module.main()
 
 
 if __name__ == "__main__":
