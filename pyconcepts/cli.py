@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -54,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run every explainer on the concept world")
-    demo.add_argument("--out", default="pyconcepts-demo", help="output folder (default: %(default)s)")
+    demo.add_argument(
+        "--out", default="pyconcepts-demo", help="output folder (default: %(default)s)"
+    )
     demo.add_argument("--only", default="", help="comma-separated steps to run (default: all)")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
     demo.set_defaults(func=_demo)

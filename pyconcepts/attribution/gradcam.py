@@ -52,10 +52,12 @@ def grad_cam(
     fx = FeatureExtractor(model, [layer], detach=False)
     with torch.enable_grad():
         x = images.detach().requires_grad_(True)  # guarantees a graph even for frozen models
-        feats, logits = fx(x, return_output=True)  # type: ignore[misc]
+        feats, logits = fx(x, return_output=True)
         acts = feats[fx.names[0]]
         if acts.dim() != 4:
-            raise ValueError(f"layer: Grad-CAM needs a conv layer [B,K,h,w], got {tuple(acts.shape)}")
+            raise ValueError(
+                f"layer: Grad-CAM needs a conv layer [B,K,h,w], got {tuple(acts.shape)}"
+            )
         if targets is None:
             targets = logits.argmax(1)
         targets = _check_targets(targets, logits)

@@ -33,7 +33,7 @@ def iter_batches(
             )
         batches = zip(images.split(batch_size), labels.split(batch_size))
     elif isinstance(data, Dataset) and hasattr(data, "__len__"):
-        batches = DataLoader(data, batch_size=batch_size, shuffle=False)  # type: ignore[arg-type]
+        batches = DataLoader(data, batch_size=batch_size, shuffle=False)
     elif isinstance(data, Iterable):
         batches = data
     else:

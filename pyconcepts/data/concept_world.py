@@ -16,8 +16,9 @@ with parts added or removed (``render_parts``), which concept-editing tests need
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
@@ -84,7 +85,9 @@ def _matches(part: tuple[int, int, int], spec: tuple[int, int, int]) -> bool:
     return all(s < 0 or s == a for a, s in zip(part, spec))
 
 
-def _satisfies(parts: Sequence[tuple[int, int, int]], specs: Sequence[tuple[int, int, int]]) -> bool:
+def _satisfies(
+    parts: Sequence[tuple[int, int, int]], specs: Sequence[tuple[int, int, int]]
+) -> bool:
     """True when distinct parts match every spec (specs ≤ 2, so a tiny search is exact)."""
     if len(specs) == 1:
         return any(_matches(p, specs[0]) for p in parts)
@@ -243,7 +246,9 @@ class ConceptWorld(Dataset):
         )  # fmt: skip
 
     # ---- sampling ----------------------------------------------------------------------
-    def _sample_scene(self, label: int, rng: np.random.Generator, n_distr: tuple[int, int]):
+    def _sample_scene(
+        self, label: int, rng: np.random.Generator, n_distr: tuple[int, int]
+    ) -> list[_Part]:
         specs = self._specs[label]
         others = [s for c, s in enumerate(self._specs) if c != label]
         for _ in range(200):
@@ -260,7 +265,11 @@ class ConceptWorld(Dataset):
             geometry = _place(len(attrs), self.image_size, rng)
             if geometry is None:
                 continue
-            return [_Part(*attrs[i], *g) for i, g in zip(order, geometry)]
+            parts = []
+            for i, (cx, cy, r, a) in zip(order, geometry):
+                shape, colour, texture = attrs[i]
+                parts.append(_Part(shape, colour, texture, cx, cy, r, a))
+            return parts
         raise RuntimeError(f"could not sample a scene for class {self.class_names[label]!r}")
 
 
@@ -269,7 +278,9 @@ def _fill(spec: tuple[int, int, int], rng: np.random.Generator) -> tuple[int, in
     return tuple(int(rng.integers(n)) if s < 0 else s for s, n in zip(spec, sizes))  # type: ignore[return-value]
 
 
-def _place(n: int, size: int, rng: np.random.Generator):
+def _place(
+    n: int, size: int, rng: np.random.Generator
+) -> Optional[list[tuple[float, float, float, float]]]:
     """Centres, radii and angles of n parts that overlap at most slightly (None if it fails)."""
     out: list[tuple[float, float, float, float]] = []
     for _ in range(n):
@@ -300,7 +311,10 @@ def _shape_mask(u: torch.Tensor, v: torch.Tensor, shape: int) -> torch.Tensor:
     if shape == 1:  # square
         return torch.maximum(u.abs(), v.abs()) <= 0.8
     if shape == 2:  # triangle: three half-planes at inradius 0.5
-        edges = [u * math.cos(a) + v * math.sin(a) for a in (math.pi / 2, math.pi * 7 / 6, math.pi * 11 / 6)]
+        edges = [
+            u * math.cos(a) + v * math.sin(a)
+            for a in (math.pi / 2, math.pi * 7 / 6, math.pi * 11 / 6)
+        ]
         return torch.maximum(torch.maximum(edges[0], edges[1]), edges[2]) <= 0.5
     if shape == 3:  # cross
         au, av = u.abs(), v.abs()
@@ -357,7 +371,7 @@ def render(
         return image.view(n, 3, size, size), owner.view(n, size, size)
     shape, colour, texture = (flat[real, i].long() for i in range(3))
     cx, cy, radius, angle = (flat[real, i].view(-1, 1, 1) for i in range(3, 7))
-    half = int(math.ceil(float(radius.max()))) + 1
+    half = math.ceil(float(radius.max())) + 1
     offsets = torch.arange(-half, half + 1, dtype=torch.float32)
     px = torch.floor(cx) + offsets.view(1, 1, -1)  # pixel columns of each patch
     py = torch.floor(cy) + offsets.view(1, -1, 1)  # pixel rows

@@ -21,7 +21,7 @@ def image_grid(images: torch.Tensor, n_cols: int = 8, scale: int = 2) -> Image.I
         canvas[:, r * (h + 2) : r * (h + 2) + h, c * (w + 2) : c * (w + 2) + w] = images[i]
     array = (canvas.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype("uint8")
     picture = Image.fromarray(array)
-    return picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    return picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
 
 
 def run(ctx: DemoContext) -> dict[str, Any]:

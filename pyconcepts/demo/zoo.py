@@ -10,4 +10,6 @@ from pyconcepts.models.zoo import ZOO, accuracy
 
 def run(ctx: DemoContext) -> dict[str, Any]:
     images, labels = ctx.test.tensors()
-    return {f"{name}_test_accuracy": round(accuracy(ctx.model(name), images, labels), 4) for name in ZOO}
+    return {
+        f"{name}_test_accuracy": round(accuracy(ctx.model(name), images, labels), 4) for name in ZOO
+    }

@@ -110,16 +110,21 @@ class ConceptExplainer(abc.ABC):
     def _check_images(self, images: Any, name: str = "images") -> torch.Tensor:
         """Validate a batch of images against what the explainer was fitted on."""
         if not isinstance(images, torch.Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor [B,C,H,W], got {type(images).__name__}")
+            raise TypeError(
+                f"{name}: expected a torch.Tensor [B,C,H,W], got {type(images).__name__}"
+            )
         if images.dim() != 4:
-            raise ValueError(f"{name}: expected a 4-D tensor [B,C,H,W], got shape {tuple(images.shape)}")
+            raise ValueError(
+                f"{name}: expected a 4-D tensor [B,C,H,W], got shape {tuple(images.shape)}"
+            )
         if not images.is_floating_point():
             raise TypeError(f"{name}: expected a floating-point tensor, got dtype {images.dtype}")
         if images.shape[0] == 0:
             raise ValueError(f"{name}: expected at least one image, got an empty batch")
         if self.is_fitted and images.shape[1] != self.n_features_in_:
             raise ValueError(
-                f"{name}: expected {self.n_features_in_} channels (as at fit), got {images.shape[1]}"
+                f"{name}: expected {self.n_features_in_} channels (as at fit), "
+                f"got {images.shape[1]}"
             )
         if not bool(torch.isfinite(images).all()):
             raise ValueError(f"{name}: expected finite values, got NaN or inf")
@@ -164,7 +169,7 @@ class ConceptExplainer(abc.ABC):
             explainer = cls(model, **docs["config"])  # type: ignore[call-arg]
             state = dict(docs["state"])
             explainer.n_features_in_ = int(state.pop("n_features_in_"))
-            explainer.input_size_ = tuple(state.pop("input_size_"))  # type: ignore[assignment]
+            explainer.input_size_ = tuple(state.pop("input_size_"))
             explainer._set_state(tensors, state)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise LoadError(f"{path}: incompatible explainer state: {exc}") from exc

@@ -1,4 +1,4 @@
-"""Explanation: the one result type every explainer returns (self-describing, saveable, plottable)."""
+"""Explanation: the one result type of every explainer (self-describing, saveable, plottable)."""
 
 from __future__ import annotations
 
@@ -103,9 +103,7 @@ class Explanation:
             _close(fig)
         return out
 
-    def plot(
-        self, index: int = 0, image: Optional[torch.Tensor] = None, k: int = 4
-    ) -> Figure:
+    def plot(self, index: int = 0, image: Optional[torch.Tensor] = None, k: int = 4) -> Figure:
         """Bar chart of the top-k concepts of image ``index``, with their heatmaps (over the
         image when given) where the method has them."""
         import matplotlib

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Sequence
-from typing import Optional, Union
+from typing import Callable, Literal, Optional, Union, overload
 
 import torch
 from torch import nn
@@ -26,7 +26,9 @@ def resolve_layer(model: nn.Module, layer: LayerRef) -> tuple[str, nn.Module]:
                 return name, module
         raise ValueError(f"layer: the given {type(layer).__name__} module is not part of the model")
     if not isinstance(layer, str):
-        raise TypeError(f"layer: expected a dotted name or an nn.Module, got {type(layer).__name__}")
+        raise TypeError(
+            f"layer: expected a dotted name or an nn.Module, got {type(layer).__name__}"
+        )
     if layer in named and layer != "":
         return layer, named[layer]
     names = [n for n in named if n]
@@ -68,6 +70,16 @@ class FeatureExtractor:
         self.detach = detach
         self._clone = any(getattr(m, "inplace", False) for m in model.modules())
 
+    @overload
+    def __call__(
+        self, x: torch.Tensor, return_output: Literal[False] = False
+    ) -> dict[str, torch.Tensor]: ...
+
+    @overload
+    def __call__(
+        self, x: torch.Tensor, return_output: Literal[True]
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]: ...
+
     def __call__(
         self, x: torch.Tensor, return_output: bool = False
     ) -> Union[dict[str, torch.Tensor], tuple[dict[str, torch.Tensor], torch.Tensor]]:
@@ -75,7 +87,7 @@ class FeatureExtractor:
         handles = []
         stop_early = not return_output
 
-        def make_hook(name: str):
+        def make_hook(name: str) -> Callable[[nn.Module, object, object], None]:
             def hook(_m: nn.Module, _inp: object, out: object) -> None:
                 if not isinstance(out, torch.Tensor):
                     raise TypeError(f"layer {name!r} returned {type(out).__name__}, not a tensor")
@@ -91,7 +103,7 @@ class FeatureExtractor:
         output: Optional[torch.Tensor] = None
         try:
             grad = torch.is_grad_enabled() and not self.detach
-            with torch.set_grad_enabled(grad or return_output and torch.is_grad_enabled()):
+            with torch.set_grad_enabled(grad or (return_output and torch.is_grad_enabled())):
                 output = self.model(x)
         except _StopForward:
             pass

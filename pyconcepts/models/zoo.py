@@ -183,7 +183,9 @@ def _load_cached(entry: ZooEntry, path: Path) -> nn.Module:
     info = docs.get("info", {})
     expected = _expected_info(entry)
     if any(info.get(k) != v for k, v in expected.items()):
-        raise LoadError(f"{path}: trained for {info.get('name')}/{info.get('recipe')}, not {expected}")
+        raise LoadError(
+            f"{path}: trained for {info.get('name')}/{info.get('recipe')}, not {expected}"
+        )
     model = entry.build()
     try:
         model.load_state_dict(tensors, strict=True)
@@ -192,7 +194,7 @@ def _load_cached(entry: ZooEntry, path: Path) -> nn.Module:
     if not all(torch.isfinite(t).all() for t in tensors.values()):
         raise LoadError(f"{path}: weights contain NaN or inf")
     model.eval()
-    model.zoo_info = info  # type: ignore[assignment]
+    model.zoo_info = info
     return model
 
 
@@ -241,7 +243,9 @@ def train(name: str, *, progress: bool = True) -> tuple[nn.Module, dict]:
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 256) -> float:
+def accuracy(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 256
+) -> float:
     """Top-1 accuracy of ``model`` on ``images`` (evaluated in batches, no gradients)."""
     correct = 0
     for xb, yb in zip(images.split(batch), labels.split(batch)):

@@ -1,4 +1,4 @@
-"""Argument validation shared by the ops: errors name the argument, the expectation and the value."""
+"""Argument validation shared by the ops: errors name the argument, what was expected, what came."""
 
 from __future__ import annotations
 
@@ -36,7 +36,9 @@ def same_device_dtype(pairs: Sequence[tuple[str, Optional[torch.Tensor]]]) -> No
                 f"{name}: expected device {first.device} (as {first_name}), got {t.device}"
             )
         if t.dtype != first.dtype:
-            raise TypeError(f"{name}: expected dtype {first.dtype} (as {first_name}), got {t.dtype}")
+            raise TypeError(
+                f"{name}: expected dtype {first.dtype} (as {first_name}), got {t.dtype}"
+            )
 
 
 def finite(name: str, t: torch.Tensor) -> None:
