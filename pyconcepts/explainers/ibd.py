@@ -60,7 +60,8 @@ class IBDExplanation(Explanation):
         contrib = self.extras["contributions"][index]
         ids = self.extras["basis_indices"][index]
         score = float(self.extras["score"][index])
-        order = torch.argsort(contrib, descending=True)[:k]
+        used = self.extras["basis_coefs"][index] > 0  # terms with coefficient 0 explain nothing
+        order = [int(i) for i in torch.argsort(contrib, descending=True) if used[i]][:k]
         fig, axes = plt.subplots(1, 1 + len(order), figsize=(2.6 * (1 + len(order)), 2.9))
         axes = list(axes) if len(order) else [axes]
         maps: list[tuple[str, torch.Tensor, Optional[float]]] = [
