@@ -1,1 +1,2 @@
-"""Side-by-side benchmarks: ``python -m bench.<op>`` (results in ``bench/results/``)."""
+"""Side-by-side benchmarks of pyconcepts against existing tools: ``python -m bench`` runs all,
+``python -m bench.<name>`` one (results in ``bench/results/``)."""

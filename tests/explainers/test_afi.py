@@ -1,0 +1,215 @@
+"""AfI on the concept world at small sizes, plus its building blocks against oracles."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from pyconcepts.errors import NotFittedError
+from pyconcepts.explainers import afi
+from pyconcepts.explainers.afi import AfI
+from pyconcepts.explainers.tcav import gradient_feature_importance, tcav_scores, train_cav
+
+CLASSES = [0, 1, 3]
+
+
+@pytest.fixture(scope="module")
+def fitted(vgg, small_world):
+    ex = AfI(vgg, classes=CLASSES, max_iter=4, impression_steps=2, n_probe=6, holdout_fraction=0.25)
+    return ex.fit(small_world)
+
+
+# ---- the transformation t and occlusion ------------------------------------------------------
+def test_transform_without_rotation_adds_bounded_noise():
+    x = torch.rand(3, 3, 16, 16)
+    y = afi.random_transform(
+        x, noise=0.04, max_degrees=0.0, generator=torch.Generator().manual_seed(0)
+    )
+    assert (y - x).abs().max() <= 0.04 + 1e-6
+    assert not torch.equal(x, y)
+    same = afi.random_transform(x, noise=0.0, max_degrees=0.0)
+    torch.testing.assert_close(same, x)
+
+
+def test_transform_rotates_and_is_differentiable():
+    x = torch.zeros(1, 1, 9, 9, dtype=torch.float64)
+    x[0, 0, 4, 6:] = 1.0  # a bar to the right of the centre
+    y = afi.random_transform(
+        x, noise=0.0, max_degrees=5.0, generator=torch.Generator().manual_seed(1)
+    )
+    assert not torch.allclose(x, y) and abs(float(y.sum() - x.sum())) < 0.5
+    inp = torch.rand(2, 2, 6, 6, dtype=torch.float64, requires_grad=True)
+    fn = lambda t: afi.random_transform(t, 0.04, 5.0, torch.Generator().manual_seed(3))  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (inp,))
+
+
+def test_occlude_keeps_inputs_valid():
+    x, d = torch.rand(4, 3, 8, 8), torch.randn(3, 8, 8)
+    out = afi.occlude(x, d, (0.0, 1.0))
+    assert out.min() >= 0 and out.max() <= 1
+    inside = ((x - d) >= 0) & ((x - d) <= 1)
+    torch.testing.assert_close(out[inside], (x - d)[inside])
+
+
+# ---- occluders -------------------------------------------------------------------------------
+def _class_images(world, classes, n):
+    x, y = world.tensors()
+    idx = torch.cat([(y == c).nonzero().flatten()[:n] for c in classes])
+    return x[idx], y[idx]
+
+
+def test_batched_occluders_equal_per_class_loop(vgg, small_world):
+    x, y = _class_images(small_world, CLASSES, 4)
+    kw = dict(max_iter=3, lr=0.02, seed=5)
+    batched = afi.fit_occluders(vgg, x, y, CLASSES, **kw)
+    looped = afi.fit_occluders(vgg, x, y, CLASSES, batched=False, **kw)
+    torch.testing.assert_close(batched.delta, looped.delta, atol=1e-5, rtol=0)
+    assert torch.equal(batched.iterations, looped.iterations)
+    assert torch.equal(batched.used, looped.used)
+    assert batched.delta.shape == (3, *x.shape[1:]) and bool((batched.iterations <= 3).all())
+
+
+class _Tiny(nn.Module):
+    """Logits (mean of channel 0, 1 − that): class 0 when the mean exceeds ½."""
+
+    def forward(self, x):
+        m = x[:, 0].mean((1, 2))
+        return torch.stack([m, 1 - m], 1) * 10
+
+
+def test_occluders_stop_when_eq4_holds():
+    x = torch.full((5, 3, 8, 8), 0.7) + 0.05 * torch.rand(5, 3, 8, 8)
+    y = torch.zeros(5, dtype=torch.long)
+    fit = afi.fit_occluders(_Tiny(), x, y, [0], max_iter=500, lr=0.02, l1_weight=1.0)
+    assert bool(fit.converged[0]) and 0 < int(fit.iterations[0]) < 500
+    assert bool(fit.used.all())
+    with torch.no_grad():
+        occluded = afi.occlude(x, fit.delta[0], (0.0, 1.0))
+        assert bool((_Tiny()(occluded).argmax(1) != 0).all())
+
+
+# ---- importance scores and meta-detectors ------------------------------------------------------
+def test_fis_is_mean_positive_drop(vgg, small_world):
+    x, y = _class_images(small_world, [0], 3)
+    delta = 0.1 * torch.rand(1, *x.shape[1:])
+    fis = afi.feature_importance(vgg, ["features.relu2", "relu_fc1"], x, y, [0], delta)
+    with torch.no_grad():
+        a = vgg.relu_fc1(vgg.fc1(vgg.flatten(vgg.features(x))))
+        b_in = afi.occlude(x, delta[0], (0.0, 1.0))
+        b = vgg.relu_fc1(vgg.fc1(vgg.flatten(vgg.features(b_in))))
+    torch.testing.assert_close(fis["relu_fc1"][0], (a - b).mean(0).clamp_min(0))
+    assert fis["features.relu2"].shape == (1, 32, 32, 32) and bool(
+        (fis["features.relu2"] >= 0).all()
+    )
+
+
+def test_channel_importance_normalised():
+    fis = torch.rand(2, 5, 3, 3)
+    fis[1] = 0
+    w = afi.channel_importance(fis)
+    torch.testing.assert_close(w[0], fis[0].sum((1, 2)) / fis[0].sum((1, 2)).max())
+    assert float(w[0].max()) == pytest.approx(1.0) and bool((w[1] == 0).all())
+    dense = afi.channel_importance(torch.tensor([[1.0, 3.0, 0.0]]))
+    torch.testing.assert_close(dense, torch.tensor([[1 / 3, 1.0, 0.0]]))
+
+
+def test_meta_detector_is_weighted_channel_sum():
+    a, w = torch.rand(4, 6, 5, 5), torch.rand(3, 6)
+    out = afi.meta_detector(a, w)
+    torch.testing.assert_close(out[2, 1], sum(w[1, c] * a[2, c] for c in range(6)))
+    assert afi.meta_detector(torch.rand(4, 6), w).shape == (4, 3, 1, 1)
+    with pytest.raises(ValueError, match="activations"):
+        afi.meta_detector(torch.rand(4, 5, 2, 2), w)
+    assert afi.heatmaps(out, (20, 20)).shape == (4, 3, 20, 20)
+
+
+def test_class_impressions_valid_and_tv():
+    assert float(afi.total_variation(torch.ones(2, 3, 5, 5)).abs().max()) == 0.0
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.rand(1, 3, 12, 12))
+    imp = afi.class_impressions(model, "1", torch.rand(2, 4), (3, 12, 12), steps=5)
+    assert imp.shape == (2, 3, 12, 12) and imp.min() >= 0 and imp.max() <= 1
+
+
+def test_tcav_parts():
+    gen = torch.Generator().manual_seed(0)
+    pos, neg = (
+        torch.randn(30, 4, generator=gen) + torch.tensor([3.0, 0, 0, 0]),
+        torch.randn(30, 4, generator=gen),
+    )
+    cav, acc = train_cav(pos, neg, epochs=100)
+    assert acc > 0.9 and float(cav[0]) > 0.9 and float(cav.norm()) == pytest.approx(1.0)
+    grads = torch.tensor([[1.0, 0, 0, 0], [-1.0, 0, 0, 0], [2.0, 0, 0, 0]])
+    torch.testing.assert_close(
+        tcav_scores(grads, cav[None]), torch.tensor([2 / 3], dtype=torch.float64)
+    )
+
+
+# ---- the explainer -----------------------------------------------------------------------------
+def test_fit_state(fitted, small_world):
+    k = len(CLASSES)
+    assert fitted.delta_.shape == (k, 3, 64, 64)
+    assert fitted.layers_ == afi.middle_layers(fitted.model)
+    assert fitted.attack_success_.shape == (k,) and fitted.train_success_.shape == (k,)
+    for name in fitted.layers_:
+        w = fitted.cis_[name]
+        assert w.shape[0] == k and bool(((w >= 0) & (w <= 1)).all())
+    assert fitted.concept_importance_.shape == (k, len(small_world.concepts))
+    sums = fitted.concept_importance_.sum(1)
+    assert bool(((sums - 1).abs() < 1e-9).all())
+    assert fitted.impression_layer_ in fitted.layers_
+    assert set(fitted.impressions_) == set(fitted.layers_)
+
+
+def test_explain_save_load_onnx(fitted, small_world, tmp_path):
+    x = small_world.image(slice(0, 5))
+    e = fitted.explain(x)
+    assert e.concept_scores.shape == (5, 16) and e.extras["meta_heatmaps"].shape == (5, 3, 64, 64)
+    table = fitted._importance_table()
+    torch.testing.assert_close(e.concept_scores, table[e.targets].float())
+    e1 = fitted.explain(x, targets=torch.full((5,), 3))
+    torch.testing.assert_close(e1.concept_scores[0], table[3].float())
+    path = fitted.save(tmp_path / "afi.pcx")
+    loaded = AfI.load(path, model=fitted.model)
+    e2 = loaded.explain(x)
+    torch.testing.assert_close(e2.extras["meta_heatmaps"], e.extras["meta_heatmaps"])
+    torch.testing.assert_close(e2.concept_scores, e.concept_scores)
+    pytest.importorskip("onnxruntime")
+    from pyconcepts.export.onnx import OnnxExplainer
+
+    served = OnnxExplainer(fitted.export_onnx(tmp_path / "afi.onnx")).explain(x[:2])
+    torch.testing.assert_close(
+        served.extras["meta_heatmaps"], e.extras["meta_heatmaps"][:2], atol=1e-4, rtol=1e-4
+    )
+    torch.testing.assert_close(served.concept_scores, e.concept_scores[:2])
+
+
+def test_errors(vgg, small_world):
+    with pytest.raises(NotFittedError):
+        AfI(vgg).explain(small_world.image(slice(0, 2)))
+    with pytest.raises(ValueError, match="labels"):
+        AfI(vgg).fit(small_world.image(slice(0, 4)))
+    with pytest.raises(ValueError, match="classes"):
+        AfI(vgg, classes=[42]).fit(small_world.tensors())
+    with pytest.raises(ValueError, match="layer"):
+        AfI(vgg, layers=["nope"]).fit(small_world.tensors())
+
+
+def test_editing_and_distillation(fitted, small_world):
+    curves = afi.editing_curves(
+        fitted.model, small_world, {"afi": fitted.concept_importance_}, CLASSES,
+        n_images=3, max_concepts=2, n_random=1,
+    )  # fmt: skip
+    for mode in ("add", "remove"):
+        for name in ("afi", "random"):
+            c = curves[mode][name]
+            assert c.shape == (3, 3) and bool(((c >= 0) & (c <= 1)).all())
+    assert bool((curves["remove"]["afi"][:, 0] >= 0.6).all())  # nothing removed yet
+    x, y = small_world.tensors()
+    grad = gradient_feature_importance(fitted.model, ["relu_fc1"], x[:40], y[:40], [0])
+    assert grad["relu_fc1"].shape == (1, 256) and bool((grad["relu_fc1"] >= 0).all())
+    acc = afi.distillation_test(
+        fitted.model, ["relu_fc1"], {"afi": fitted.cis_}, x, y, CLASSES, n_per_class=6, epochs=5
+    )
+    assert acc["afi"].shape == (3,)
