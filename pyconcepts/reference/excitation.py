@@ -138,10 +138,18 @@ def _pool_down(m: nn.MaxPool2d, x: torch.Tensor, p: torch.Tensor) -> torch.Tenso
     same element its gradient would reach, ties included)."""
     k = m.kernel_size if isinstance(m.kernel_size, int) else m.kernel_size[0]
     b, t = p.shape[:2]
-    _, idx = F.max_pool2d(x, k, return_indices=True)
-    idx = idx[:, None].expand(b, t, *idx.shape[1:]).reshape(b * t, *idx.shape[1:])
-    out = F.max_unpool2d(p.reshape(b * t, *p.shape[2:]), idx, k, output_size=x.shape[-2:])
-    return out.reshape(b, t, *x.shape[1:])
+    height, width = int(x.shape[-2]), int(x.shape[-1])
+    hk, wk = height // k * k, width // k * k  # pooling drops the remainder rows/columns
+    _, idx = F.max_pool2d(x[..., :hk, :wk], k, return_indices=True)
+    # "unpool" as plain ops: a position receives its window's signal if it is the winner
+    # (indices are < hk·wk, exact in float32 for maps up to 4096×4096)
+    winner = F.interpolate(idx.to(p.dtype), scale_factor=k, mode="nearest")
+    pos = torch.arange(hk * wk, dtype=p.dtype, device=p.device).reshape(hk, wk)
+    p_up = F.interpolate(p.reshape(b * t, *p.shape[2:]), scale_factor=k, mode="nearest")
+    out = p_up.reshape(b, t, *p_up.shape[1:]) * (winner == pos).to(p.dtype)[:, None]
+    if (hk, wk) != (height, width):
+        out = F.pad(out, (0, width - wk, 0, height - hk))
+    return out
 
 
 def excitation_backprop_chain(
