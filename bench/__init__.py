@@ -1,1 +1,2 @@
-"""Benchmarks: one module per op or explainer, runnable as ``python -m bench.<name>``."""
+"""Side-by-side benchmarks of pyconcepts against existing tools: ``python -m bench`` runs all,
+``python -m bench.<name>`` one (results in ``bench/results/``)."""

@@ -32,6 +32,15 @@ def ptr(t: torch.Tensor | None) -> int:
     return int(t.data_ptr())
 
 
+def strided_ptr(t: torch.Tensor) -> int:
+    """Address of ``t``'s first element for a kernel that reads ``t`` through strides it is given.
+
+    For ops that accept several layouts without a copy (e.g. NCHW and channels_last); the caller
+    passes the strides next to the pointer.
+    """
+    return int(t.data_ptr())
+
+
 def kernel(op: str, dtype: torch.dtype, device: torch.device) -> Callable[..., Any]:
     """The compiled function for ``op`` at ``dtype`` on ``device``'s backend."""
     module = _backends.core_cuda() if device.type == "cuda" else _backends.core()

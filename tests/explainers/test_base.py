@@ -148,3 +148,27 @@ def test_onnx_export_runs_in_onnxruntime_with_dynamic_batch(fitted, tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"not onnx")
     with pytest.raises(LoadError):
         OnnxExplainer(tmp_path / "junk.onnx")
+
+
+def test_the_contract_check_set_passes_on_a_correct_explainer():
+    from pyconcepts.testing import check_explainer
+
+    torch.manual_seed(0)
+    model = cw_vgg().eval()
+    images, labels = torch.rand(8, 3, 64, 64), torch.tensor([0, 1] * 4)
+    report = check_explainer(lambda: MeanDirections(model), (images, labels), images)
+    assert len(report.passed) >= 20 and not report.skipped
+
+
+def test_the_contract_check_set_catches_a_broken_explainer():
+    from pyconcepts.testing import check_explainer
+
+    class LeavesHooks(MeanDirections):
+        def fit(self, data, **kwargs):
+            self.model.fc1.register_forward_hook(lambda *a: None)
+            return super().fit(data)
+
+    model = cw_vgg().eval()
+    images, labels = torch.rand(4, 3, 64, 64), torch.tensor([0, 1] * 2)
+    with pytest.raises(AssertionError, match="no_hooks_left"):
+        check_explainer(lambda: LeavesHooks(model), (images, labels), images, check_onnx=False)

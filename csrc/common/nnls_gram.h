@@ -1,0 +1,375 @@
+// Lawson–Hanson non-negative least squares in Gram form, shared by the CPU and CUDA cores.
+//
+// The problem min ||A x - b||, x >= 0 is solved from G = A^T A, h = A^T b and bb = b^T b, so the
+// cost of an iteration does not depend on the number of rows of A. The passive-set systems are
+// solved with a Cholesky factor of G[P,P] that is extended by one row when a column enters and
+// rebuilt when columns leave. Everything is double precision, header-only and free of the
+// standard library so the same code compiles for the host and (with nvcc) for the device.
+//
+// Numerical rules (documented in docs/methods.md, IBD section):
+//  * a zero-set column j enters only when its gradient w_j = h_j - G[j,P] x_P exceeds
+//    kGradTol * (sqrt(G_jj * bb) + sum_i |G_ji x_i|), a bound on the rounding of w_j;
+//  * a column whose part orthogonal to the passive columns has squared norm <= kRankTol * G_jj
+//    is numerically dependent and is rejected until x changes (rank-deficient and n > m inputs
+//    give one of the minimisers, with the minimal objective);
+//  * like Lawson–Hanson, a column whose fresh coefficient is not positive is rejected;
+//  * every column addition counts as one iteration; more than max_iter gives kMaxIter.
+#pragma once
+#include <math.h>
+
+#include <cstdint>
+
+#ifdef __CUDACC__
+#define PYC_HD __host__ __device__ inline
+#else
+#define PYC_HD inline
+#endif
+
+namespace pyconcepts {
+namespace nnls_gram {
+
+constexpr double kEps = 2.220446049250313e-16;
+constexpr double kGradTol = 1024.0 * kEps;
+constexpr double kRankTol = 1e-12;
+
+enum Status : int { kOk = 0, kMaxIter = 1, kNonFinite = 2 };
+
+// Workspace of a solve on n variables: 2n*n + 4n doubles and 2n ints.
+struct Work {
+  double* L;       // n*n, lower Cholesky factor of G[P,P], row stride n
+  double* y;       // n, L^{-1} h_P
+  double* s;       // n, passive-set solution
+  double* scratch; // n
+  int* order;      // n, passive indices in factor order
+  int* state;      // n, 0 zero set, 1 passive, 2 rejected until x changes
+};
+
+PYC_HD int64_t work_doubles(int64_t n) { return n * n + 3 * n; }
+PYC_HD int64_t work_ints(int64_t n) { return 2 * n; }
+
+PYC_HD Work make_work(double* d, int* i, int64_t n) {
+  Work w;
+  w.L = d;
+  w.y = d + n * n;
+  w.s = w.y + n;
+  w.scratch = w.s + n;
+  w.order = i;
+  w.state = i + n;
+  return w;
+}
+
+// Appends row p of the Cholesky factor for column j given the first p passive columns `order`.
+// Returns false when j is numerically dependent on them (or G is not finite).
+PYC_HD bool chol_append(const double* G, int64_t ldg, double* L, int64_t ld, const int* order,
+                        int p, int j) {
+  double dd = 0.0;
+  for (int k = 0; k < p; ++k) {
+    double v = G[static_cast<int64_t>(order[k]) * ldg + j];
+    for (int i = 0; i < k; ++i) v -= L[k * ld + i] * L[p * ld + i];
+    v /= L[k * ld + k];
+    L[p * ld + k] = v;
+    dd += v * v;
+  }
+  const double gjj = G[static_cast<int64_t>(j) * ldg + j];
+  const double d = gjj - dd;
+  if (!(d > kRankTol * gjj)) return false;  // also false for gjj == 0 and NaN
+  L[p * ld + p] = sqrt(d);
+  return true;
+}
+
+// y = L^{-1} h_P (forward), s = L^{-T} y (backward).
+PYC_HD void chol_solve(const double* L, int64_t ld, const double* h, const int* order, int p,
+                       double* y, double* s) {
+  for (int k = 0; k < p; ++k) {
+    double v = h[order[k]];
+    for (int i = 0; i < k; ++i) v -= L[k * ld + i] * y[i];
+    y[k] = v / L[k * ld + k];
+  }
+  for (int k = p - 1; k >= 0; --k) {
+    double v = y[k];
+    for (int i = k + 1; i < p; ++i) v -= L[i * ld + k] * s[i];
+    s[k] = v / L[k * ld + k];
+  }
+}
+
+// Rebuilds the factor for `order` (p entries); drops (and zeroes in x) columns that became
+// dependent through rounding. Returns the new p.
+PYC_HD int chol_rebuild(const double* G, int64_t ldg, double* L, int64_t ld, int* order, int p,
+                        double* x, int* state) {
+  int q = 0;
+  for (int k = 0; k < p; ++k) {
+    const int j = order[k];
+    order[q] = j;
+    if (chol_append(G, ldg, L, ld, order, q, j)) {
+      ++q;
+    } else {
+      x[j] = 0.0;
+      state[j] = 0;
+    }
+  }
+  return q;
+}
+
+// Gradient w_j = h_j - G[j,P] x_P and its rounding tolerance.
+PYC_HD double gradient(const double* G, int64_t ldg, const double* h, const double* x,
+                       const int* order, int p, int j, double bb, double* tol) {
+  double w = h[j];
+  double mag = 0.0;
+  const double* row = G + static_cast<int64_t>(j) * ldg;
+  for (int k = 0; k < p; ++k) {
+    const double t = row[order[k]] * x[order[k]];
+    w -= t;
+    mag += fabs(t);
+  }
+  *tol = kGradTol * (sqrt(fabs(row[j] * bb)) + mag);
+  return w;
+}
+
+// Solves the NNLS problem given by (G, h, bb) on n variables; x (n) receives the solution.
+// On return the first *p_out entries of work.order are the passive set and work.y holds
+// L^{-1} h_P, so bb - |y|^2 is the squared residual. Returns a Status.
+PYC_HD int solve(const double* G, int64_t ldg, const double* h, double bb, int n, int max_iter,
+                 double* x, Work work, int* p_out) {
+  double* L = work.L;
+  int* order = work.order;
+  int* state = work.state;
+  int p = 0;
+  int iter = 0;
+  *p_out = 0;
+  for (int j = 0; j < n; ++j) {
+    x[j] = 0.0;
+    state[j] = 0;
+  }
+  // A NaN or inf anywhere in A or b makes bb, a diagonal entry of G or an entry of h non-finite.
+  if (!isfinite(bb)) return kNonFinite;
+  for (int j = 0; j < n; ++j)
+    if (!isfinite(G[static_cast<int64_t>(j) * ldg + j]) || !isfinite(h[j])) return kNonFinite;
+  while (true) {
+    int jbest = -1;
+    double wbest = 0.0;
+    for (int j = 0; j < n; ++j) {
+      if (state[j] != 0) continue;
+      double tol;
+      const double w = gradient(G, ldg, h, x, order, p, j, bb, &tol);
+      if (w > tol && w > wbest) {
+        wbest = w;
+        jbest = j;
+      }
+    }
+    if (jbest < 0) break;
+    if (++iter > max_iter) {
+      *p_out = p;
+      return kMaxIter;
+    }
+    if (!chol_append(G, ldg, L, n, order, p, jbest)) {
+      state[jbest] = 2;
+      continue;
+    }
+    order[p++] = jbest;
+    state[jbest] = 1;
+    bool first = true;
+    bool changed = false;
+    while (p > 0) {
+      chol_solve(L, n, h, order, p, work.y, work.s);
+      if (first && !(work.s[p - 1] > 0.0)) {  // Lawson–Hanson's test on the entering column
+        --p;
+        state[jbest] = 2;
+        chol_solve(L, n, h, order, p, work.y, work.s);  // restore y for the current P
+        break;
+      }
+      first = false;
+      changed = true;
+      double alpha = 2.0;
+      int kmin = -1;
+      for (int k = 0; k < p; ++k) {
+        const double sk = work.s[k];
+        if (!(sk > 0.0)) {
+          const double xk = x[order[k]];
+          const double a = xk / (xk - sk);
+          if (a < alpha) {
+            alpha = a;
+            kmin = k;
+          }
+        }
+      }
+      if (kmin < 0) {
+        for (int k = 0; k < p; ++k) x[order[k]] = work.s[k];
+        break;
+      }
+      int q = 0;
+      for (int k = 0; k < p; ++k) {
+        const int j = order[k];
+        const double v = x[j] + alpha * (work.s[k] - x[j]);
+        if (k == kmin || !(v > 0.0)) {
+          x[j] = 0.0;
+          state[j] = 0;
+        } else {
+          x[j] = v;
+          order[q++] = j;
+        }
+      }
+      p = chol_rebuild(G, ldg, L, n, order, q, x, state);
+    }
+    if (changed) {
+      for (int j = 0; j < n; ++j)
+        if (state[j] == 2) state[j] = 0;
+    }
+  }
+  if (p > 0) chol_solve(L, n, h, order, p, work.y, work.s);
+  *p_out = p;
+  return kOk;
+}
+
+// ---- IBD's greedy basis selection (eq. 6) for one target, in Gram form ----------------------
+//
+// G: candidate Gram matrix (N x N, row stride ldg); h: candidate-target inner products (N);
+// tt: |target|^2. The state holds the chosen set S, the NNLS solution on S, its passive set and
+// the factor of G[P,P] (row stride max_terms).
+struct Basis {
+  int t;          // |S|
+  int p;          // |P|
+  int* sel;       // max_terms, chosen candidates in order
+  int* order;     // max_terms, passive candidates (global ids) in factor order
+  double* coef;   // max_terms, NNLS coefficients of sel
+  double* xp;     // max_terms, coefficients of order (the passive ones)
+  int* zs;        // max_terms, chosen candidates with coefficient 0
+  int nz;         // |zs|
+  double* L;      // max_terms^2
+  double* y;      // max_terms, L^{-1} h_P
+  double res2;    // tt - |y|^2
+};
+
+// Scratch of one trial on at most T = max_terms terms: doubles and ints.
+PYC_HD int64_t trial_doubles(int64_t T) {
+  return T * T + 2 * T + work_doubles(T) + 3 * T;
+}
+PYC_HD int64_t trial_ints(int64_t T) { return work_ints(T) + T; }
+
+// Solves NNLS on S + {j} from scratch (the general path) and returns the squared residual;
+// fills sub_x (t+1) with the coefficients in the order of sel, then j. `sub_*` is scratch.
+PYC_HD double solve_subset(const double* G, int64_t ldg, const double* h, double tt,
+                           const int* sel, int t, int j, double* dscratch, int* iscratch,
+                           double* sub_x, int* p_out, int** order_out, double** y_out,
+                           double** L_out, int64_t T) {
+  const int n = t + 1;
+  double* Gs = dscratch;            // n*n (stride n)
+  double* hs = Gs + T * T;          // n
+  double* wd = hs + T;              // work
+  int* ids = iscratch;              // n
+  int* wi = iscratch + T;
+  for (int a = 0; a < n; ++a) ids[a] = a < t ? sel[a] : j;
+  for (int a = 0; a < n; ++a) {
+    hs[a] = h[ids[a]];
+    for (int b = 0; b < n; ++b) Gs[a * n + b] = G[static_cast<int64_t>(ids[a]) * ldg + ids[b]];
+  }
+  Work w = make_work(wd, wi, n);
+  int p = 0;
+  // The sub-problem has n <= T variables, so 3n + 3 additions always suffice unless it cycles
+  // through rounding; the result is then the last iterate, which the caller accepts.
+  solve(Gs, n, hs, tt, n, 3 * n + 3, sub_x, w, &p);
+  double y2 = 0.0;
+  for (int k = 0; k < p; ++k) y2 += w.y[k] * w.y[k];
+  *p_out = p;
+  for (int k = 0; k < p; ++k) w.order[k] = ids[w.order[k]];  // local -> global ids
+  *order_out = w.order;
+  *y_out = w.y;
+  *L_out = w.L;
+  return tt - y2;
+}
+
+// Squared residual of the NNLS fit on S + {j}, for a candidate j not in S.
+PYC_HD double trial(const double* G, int64_t ldg, const double* h, double tt, const Basis& B,
+                    int j, double* dscratch, int* iscratch, int64_t T) {
+  const int p = B.p;
+  const double* row = G + static_cast<int64_t>(j) * ldg;
+  // Gradient of the current solution in direction j; no descent -> no improvement.
+  double w = h[j];
+  double mag = 0.0;
+  for (int k = 0; k < p; ++k) {
+    const double v = row[B.order[k]] * B.xp[k];
+    w -= v;
+    mag += fabs(v);
+  }
+  if (!(w > kGradTol * (sqrt(fabs(row[j] * tt)) + mag))) return B.res2;
+  // Extend the factor by column j: z = L^{-1} G[P,j], d = G_jj - |z|^2.
+  double* z = dscratch;
+  double* u = z + T;
+  double zz = 0.0;
+  double zy = 0.0;
+  for (int k = 0; k < p; ++k) {
+    double v = row[B.order[k]];
+    for (int i = 0; i < k; ++i) v -= B.L[k * T + i] * z[i];
+    v /= B.L[k * T + k];
+    z[k] = v;
+    zz += v * v;
+    zy += v * B.y[k];
+  }
+  const double d = row[j] - zz;
+  if (!(d > kRankTol * row[j])) return B.res2;  // j lies in the span of P
+  const double delta = sqrt(d);
+  const double yj = (h[j] - zy) / delta;
+  if (!(yj > 0.0)) return B.res2;
+  const double sj = yj / delta;
+  // Unconstrained solution on P + {j}: s_P' = s_P - sj * L^{-T} z.
+  bool fast = true;
+  for (int k = p - 1; k >= 0; --k) {
+    double v = z[k];
+    for (int i = k + 1; i < p; ++i) v -= B.L[i * T + k] * u[i];
+    u[k] = v / B.L[k * T + k];
+  }
+  for (int k = 0; k < p && fast; ++k) {
+    if (!(B.xp[k] - sj * u[k] > 0.0)) fast = false;
+  }
+  // Chosen columns outside P must keep a non-positive gradient at the new point.
+  for (int a = 0; a < B.nz && fast; ++a) {
+    const int i = B.zs[a];
+    const double* ri = G + static_cast<int64_t>(i) * ldg;
+    double wi = h[i] - ri[j] * sj;
+    double mi = fabs(ri[j] * sj);
+    for (int k = 0; k < p; ++k) {
+      const double v = ri[B.order[k]] * (B.xp[k] - sj * u[k]);
+      wi -= v;
+      mi += fabs(v);
+    }
+    if (wi > kGradTol * (sqrt(fabs(ri[i] * tt)) + mi)) fast = false;
+  }
+  if (fast) return B.res2 - yj * yj;
+  int pp;
+  int* ord;
+  double* yy;
+  double* LL;
+  double* sx = dscratch + 2 * T;
+  return solve_subset(G, ldg, h, tt, B.sel, B.t, j, dscratch + 3 * T, iscratch, sx, &pp, &ord,
+                      &yy, &LL, T);
+}
+
+// Adds candidate j to S and stores the NNLS solution on the new S (general path).
+PYC_HD void commit(const double* G, int64_t ldg, const double* h, double tt, Basis* B, int j,
+                   double* dscratch, int* iscratch, int64_t T) {
+  int p;
+  int* ord;
+  double* yy;
+  double* LL;
+  double* sx = dscratch;
+  const double r2 = solve_subset(G, ldg, h, tt, B->sel, B->t, j, dscratch + T, iscratch, sx, &p,
+                                 &ord, &yy, &LL, T);
+  const int n = B->t + 1;
+  B->sel[B->t] = j;
+  B->t = n;
+  for (int a = 0; a < n; ++a) B->coef[a] = sx[a];
+  B->p = p;
+  B->nz = 0;
+  for (int a = 0; a < n; ++a)
+    if (!(sx[a] > 0.0)) B->zs[B->nz++] = B->sel[a];
+  for (int k = 0; k < p; ++k) {
+    B->order[k] = ord[k];
+    for (int a = 0; a < n; ++a)
+      if (B->sel[a] == ord[k]) B->xp[k] = sx[a];
+    B->y[k] = yy[k];
+    for (int i = 0; i <= k; ++i) B->L[k * T + i] = LL[k * n + i];
+  }
+  B->res2 = r2;
+}
+
+}  // namespace nnls_gram
+}  // namespace pyconcepts

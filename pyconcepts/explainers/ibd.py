@@ -1,0 +1,607 @@
+"""Interpretable Basis Decomposition (Zhou, Sun, Bau & Torralba, ECCV 2018).
+
+1. **Concept vectors.** For each concept c a logistic classifier ``sigmoid(w_cᵀa + b_c)`` is
+   trained on the layer's per-position features a, with the concept's segmentation mask
+   (downsampled to the layer's h×w by nearest neighbour) as labels: positives and negatives
+   resampled to 1:``neg_ratio`` (1:20), ``mining_rounds`` (5) rounds of hard-negative mining,
+   all concepts trained together in one batched torch loop. ``q_c = (w_c − mean w_c) / ‖·‖``.
+2. **Decomposition.** Each class weight vector ``w_k`` is decomposed greedily into
+   ``n_terms`` (7) non-negative concept terms plus a residual, ``w_k = Σ s_i q_ci + r`` (eq. 6),
+   with :func:`pyconcepts.ops.greedy_nnls_basis`.
+3. **Explanation.** For image features A (pooled a = mean A): contributions ``s_i q_ciᵀa`` and
+   ``rᵀa + b_k`` sum exactly to the logit (eq. 9); heatmaps ``s_i q_ciᵀA`` (upsampled) sum with
+   the residual heatmap to the CAM (eq. 11).
+4. **Grad-CAM decomposition** (``mode="gradcam"``, or ``"auto"`` when the classifier is not
+   linear in the pooled layer): ``w_k(a)`` = spatially pooled gradient, decomposed per image
+   in one batched kernel call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pyconcepts.attribution.gradcam import grad_cam
+from pyconcepts.explainers.base import ConceptExplainer, class_names_of
+from pyconcepts.explainers.result import Explanation
+from pyconcepts.metrics.ibd import average_precision, basis_ground_truth, residual_ratio
+from pyconcepts.models.features import FeatureExtractor, resolve_layer
+from pyconcepts.ops import greedy_nnls_basis
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["IBD", "IBDExplanation"]
+
+_MODES = ("auto", "cam", "gradcam")
+
+
+@dataclass(frozen=True)
+class IBDExplanation(Explanation):
+    """:class:`Explanation` of IBD. ``concept_scores [B, C]`` are the concepts' contributions
+    ``s_i q_ciᵀa`` to the explained score (0 outside the basis); ``heatmaps [B, C, H, W]`` their
+    maps ``s_i q_ciᵀA``. Extras: ``basis_indices``/``basis_coefs``/``contributions [B, T]`` (in
+    basis order), ``residual_contribution [B]`` (``rᵀa``), ``bias [B]``, ``score [B]`` (the
+    logit in CAM mode, ``w_k(a)ᵀa`` in Grad-CAM mode), ``residual_heatmap`` and ``cam``
+    ``[B, H, W]``."""
+
+    def plot(self, index: int = 0, image: Optional[torch.Tensor] = None, k: int = 3) -> Figure:
+        """The CAM and the top-k concept heatmaps with labels and percentage contributions to
+        the score, like the seed's Fig. 4."""
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        contrib = self.extras["contributions"][index]
+        ids = self.extras["basis_indices"][index]
+        score = float(self.extras["score"][index])
+        order = torch.argsort(contrib, descending=True)[:k]
+        fig, axes = plt.subplots(1, 1 + len(order), figsize=(2.6 * (1 + len(order)), 2.9))
+        axes = list(axes) if len(order) else [axes]
+        maps: list[tuple[str, torch.Tensor, Optional[float]]] = [
+            ("CAM", self.extras["cam"][index], None)
+        ]
+        maps += [
+            (self.concept_names[int(ids[i])], self.heatmaps[index, int(ids[i])], float(contrib[i]))
+            for i in order
+            if self.heatmaps is not None
+        ]
+        for ax, (name, hm, value) in zip(axes, maps):
+            if image is not None:
+                ax.imshow(image.detach().permute(1, 2, 0).clamp(0, 1).cpu().numpy())
+            ax.imshow(hm.detach().cpu().numpy(), cmap="jet", alpha=0.5 if image is not None else 1)
+            if value is None:
+                cls = self.class_names[int(self.targets[index])]
+                ax.set_title(f"{cls} ({score:.2f})", fontsize=8)
+            else:
+                share = 100.0 * value / score if score != 0 else float("nan")
+                ax.set_title(f"{name}\n{share:.1f}%", fontsize=8)
+            ax.axis("off")
+        fig.tight_layout()
+        return fig
+
+
+class IBD(ConceptExplainer):
+    """Interpretable Basis Decomposition of a CNN's class scores into concept terms.
+
+    Args:
+        model: the classifier (``eval()`` is the caller's business; fitting does not train it).
+        layer: the conv layer whose features are decomposed (``"layer3"`` for ``cw-resnet``).
+        classifier: the linear layer applied to the globally pooled ``layer`` (None: the last
+            ``nn.Linear`` of the model). Needed for CAM mode.
+        mode: ``"cam"`` (class weights of the linear head), ``"gradcam"`` (per-image pooled
+            gradients, eq. 12) or ``"auto"`` (CAM when ``logits == classifier(mean A)``).
+        n_terms: terms of each basis (7, the IBD code's value).
+        neg_ratio: negatives per positive when training a concept classifier (20).
+        mining_rounds: rounds of hard-negative mining (5).
+        hard_fraction: share of each round's negatives taken as the highest-scoring ones, the
+            rest random (the paper gives no split; 0.5).
+        steps: Adam steps per round (full batch over the selected positions).
+        lr: Adam learning rate.
+        weight_decay: L2 penalty on the concept classifiers' weights.
+        heldout: fraction of the images kept out of training to measure concept AP.
+        batch_size: images per forward pass.
+        seed: seeds the split and the sampling of negatives.
+        class_names: names of the classes (default: the zoo's, else ``class_i``).
+    """
+
+    method = "ibd"
+    onnx_outputs = ("logits", "concept_scores", "heatmaps", "residual_heatmap")
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: str = "layer3",
+        classifier: Optional[str] = None,
+        mode: str = "auto",
+        n_terms: int = 7,
+        neg_ratio: int = 20,
+        mining_rounds: int = 5,
+        hard_fraction: float = 0.5,
+        steps: int = 60,
+        lr: float = 0.05,
+        weight_decay: float = 1e-4,
+        heldout: float = 0.2,
+        batch_size: int = 128,
+        seed: int = 0,
+        class_names: Optional[list[str]] = None,
+    ) -> None:
+        self.model = model
+        self.layer = layer
+        self.classifier = classifier
+        self.mode = mode
+        self.n_terms = n_terms
+        self.neg_ratio = neg_ratio
+        self.mining_rounds = mining_rounds
+        self.hard_fraction = hard_fraction
+        self.steps = steps
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.heldout = heldout
+        self.batch_size = batch_size
+        self.seed = seed
+        self.class_names = class_names
+
+    # ---- fitting -----------------------------------------------------------------------------
+    def _check_config(self) -> None:
+        if self.mode not in _MODES:
+            raise ValueError(f"mode: expected one of {list(_MODES)}, got {self.mode!r}")
+        for name in ("n_terms", "neg_ratio", "steps", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
+        if not isinstance(self.mining_rounds, int) or self.mining_rounds < 0:
+            raise ValueError(f"mining_rounds: expected an int >= 0, got {self.mining_rounds!r}")
+        if not 0.0 <= self.hard_fraction <= 1.0:
+            raise ValueError(f"hard_fraction: expected a value in [0, 1], got {self.hard_fraction}")
+        if not 0.0 < self.heldout < 1.0:
+            raise ValueError(f"heldout: expected a fraction in (0, 1), got {self.heldout}")
+
+    def _linear_head(self) -> nn.Linear:
+        if self.classifier is not None:
+            _, module = resolve_layer(self.model, self.classifier)
+        else:
+            linears = [m for m in self.model.modules() if isinstance(m, nn.Linear)]
+            if not linears:
+                raise ValueError("classifier: the model has no nn.Linear; use mode='gradcam'")
+            module = linears[-1]
+        if not isinstance(module, nn.Linear):
+            raise ValueError(f"classifier: expected an nn.Linear, got {type(module).__name__}")
+        return module
+
+    def _features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fx = FeatureExtractor(self.model, [self.layer])
+        with torch.no_grad():
+            out = fx(images.to(self._model_device()), return_output=True)
+        assert isinstance(out, tuple)
+        feats, logits = out
+        acts = feats[fx.names[0]]
+        if acts.dim() != 4:
+            raise ValueError(f"layer: IBD needs a conv layer [B,D,h,w], got {tuple(acts.shape)}")
+        return acts.float(), logits.float()
+
+    def fit(
+        self,
+        data: Any,
+        concept_names: Optional[list[str]] = None,
+        max_images: Optional[int] = None,
+        **kwargs: Any,
+    ) -> IBD:
+        """Learn the concept vectors from segmentation data and decompose every class.
+
+        ``data``: a :class:`~pyconcepts.data.ConceptWorld` (its ground-truth masks), a pair
+        ``(images [N,3,H,W], masks [N,C,H,W])`` or an iterable of such batches (a batch may
+        also be ``(images, labels, masks, ...)``: the masks are the first 4-D tensor after the
+        images). ``concept_names`` default to the world's concepts, else ``concept_i``;
+        ``max_images`` caps the images used.
+        """
+        _no_extra("fit", kwargs)
+        self._check_config()
+        images, masks, names = _segmentation_data(data, concept_names, max_images)
+        self._record_fit(images)
+        gen = torch.Generator().manual_seed(self.seed)
+        n = images.shape[0]
+        n_held = max(1, round(self.heldout * n)) if n > 1 else 0
+        perm = torch.randperm(n, generator=gen)
+        held, train = perm[:n_held], perm[n_held:]
+        feats, labels, logits, pooled = [], [], [], []
+        for start in range(0, n, self.batch_size):
+            acts, out = self._features(images[start : start + self.batch_size])
+            h, w = acts.shape[-2:]
+            m = masks[start : start + self.batch_size].to(acts.device).float()
+            m = F.interpolate(m, size=(h, w), mode="nearest") > 0.5
+            feats.append(acts.permute(0, 2, 3, 1).cpu())
+            labels.append(m.permute(0, 2, 3, 1).cpu())
+            logits.append(out.cpu())
+            pooled.append(acts.mean((2, 3)).cpu())
+        A = torch.cat(feats)  # [N, h, w, D]
+        Y = torch.cat(labels)  # [N, h, w, C]
+        D, C = A.shape[-1], Y.shape[-1]
+        W, b = self._train_concepts(A[train].reshape(-1, D), Y[train].reshape(-1, C), gen)
+        held_scores = A[held].reshape(-1, D) @ W.T + b
+        self.concept_ap_ = average_precision(held_scores, Y[held].reshape(-1, C)).float()
+        centred = W - W.mean(1, keepdim=True)
+        self.concept_vectors_ = centred / centred.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        self.concept_weights_, self.concept_bias_ = W, b
+        self.concept_names_ = names
+        self.mode_ = self._resolve_mode(torch.cat(pooled), torch.cat(logits))
+        if self.mode_ == "cam":
+            head = self._linear_head()
+            class_w = head.weight.detach().float().cpu()
+            class_b = (
+                head.bias.detach().float().cpu()
+                if head.bias is not None
+                else torch.zeros(class_w.shape[0])
+            )
+        else:  # mean Grad-CAM weight vector of each class over (at most 256) fit images
+            sub = images[train[:256]]
+            n_classes = int(torch.cat(logits).shape[1])
+            rows = []
+            for k in range(n_classes):
+                cam = grad_cam(
+                    self.model,
+                    self.layer,
+                    sub.to(self._model_device()),
+                    torch.full((sub.shape[0],), k, dtype=torch.long),
+                    upsample=False,
+                )
+                rows.append(cam.weights.float().mean(0).cpu())
+            class_w, class_b = torch.stack(rows), torch.zeros(n_classes)
+        self.class_weights_, self.class_bias_ = class_w, class_b
+        self.class_names_ = class_names_of(self.model, class_w.shape[0], self.class_names)
+        self._decompose_classes()
+        return self
+
+    def _resolve_mode(self, pooled: torch.Tensor, logits: torch.Tensor) -> str:
+        if self.mode == "gradcam":
+            return "gradcam"
+        try:
+            head = self._linear_head()
+            linear = head.in_features == pooled.shape[1]
+            if linear:
+                with torch.no_grad():
+                    pred = head(pooled.to(head.weight.device, head.weight.dtype)).float().cpu()
+                linear = pred.shape == logits.shape and torch.allclose(
+                    pred, logits, rtol=1e-3, atol=1e-3 * (1 + float(logits.abs().max()))
+                )
+        except ValueError:
+            linear = False
+        if not linear and self.mode == "cam":
+            raise ValueError(
+                f"mode='cam' needs logits = classifier(global average of {self.layer!r}), which "
+                "does not hold for this model; use mode='gradcam' (or 'auto')"
+            )
+        return "cam" if linear else "gradcam"
+
+    def _train_concepts(
+        self, X: torch.Tensor, Y: torch.Tensor, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """All concept classifiers at once: weighted BCE over each concept's selected positions
+        (all positives + neg_ratio× negatives, re-mined every round). Features are divided by
+        one global scale during training (the direction of w_c is unchanged)."""
+        P, D = X.shape
+        C = Y.shape[1]
+        scale = X.std().clamp_min(1e-12)
+        Xs = X / scale
+        Yf = Y.float()
+        n_pos = Y.sum(0)
+        n_neg = torch.minimum(n_pos * self.neg_ratio, P - n_pos)
+        W = torch.zeros(C, D, requires_grad=True)
+        b = torch.zeros(C, requires_grad=True)
+        opt = torch.optim.Adam([W, b], lr=self.lr)
+        scores = torch.rand(P, C, generator=gen)  # round 0: random negatives
+        for rnd in range(self.mining_rounds + 1):
+            n_hard = (n_neg.double() * (self.hard_fraction if rnd else 0.0)).long()
+            hard = _top_per_column(torch.where(Y, -torch.inf, scores), n_hard)
+            rest = torch.rand(P, C, generator=gen).masked_fill(Y | hard, -torch.inf)
+            chosen = hard | _top_per_column(rest, n_neg - n_hard)
+            weight = (Y | chosen).float()
+            weight = weight / weight.sum(0).clamp_min(1)
+            for _ in range(self.steps):
+                opt.zero_grad()
+                z = Xs @ W.T + b
+                loss = (F.binary_cross_entropy_with_logits(z, Yf, reduction="none") * weight).sum()
+                loss = loss + self.weight_decay * (W * W).sum()
+                loss.backward()
+                opt.step()
+            with torch.no_grad():
+                scores = Xs @ W.T + b
+        return (W.detach() / scale), b.detach()
+
+    def _decompose_classes(self) -> None:
+        T = min(self.n_terms, self.concept_vectors_.shape[0])
+        fit = greedy_nnls_basis(self.class_weights_, self.concept_vectors_, T)
+        self.basis_indices_, self.basis_coefs_ = fit.indices, fit.coefs
+        recon = (fit.coefs[:, :, None] * self.concept_vectors_[fit.indices]).sum(1)
+        self.residuals_ = self.class_weights_ - recon
+        self.residual_ratio_ = residual_ratio(self.class_weights_, self.residuals_).float()
+
+    # ---- explaining --------------------------------------------------------------------------
+    def explain(
+        self,
+        images: torch.Tensor,
+        targets: Optional[torch.Tensor] = None,
+        per_image: bool = False,
+        **kwargs: Any,
+    ) -> IBDExplanation:
+        """Decompose the score of ``targets`` (default: the predicted classes) of each image.
+
+        In CAM mode the class bases are fixed; ``per_image=True`` (always so in Grad-CAM mode)
+        decomposes each image's pooled gradient ``w_k(a)`` instead (eq. 12), the whole batch in
+        one :func:`~pyconcepts.ops.greedy_nnls_basis` call.
+        """
+        _no_extra("explain", kwargs)
+        self._check_fitted()
+        images = self._check_images(images)
+        Q = self.concept_vectors_
+        if self.mode_ == "cam" and not per_image:
+            acts, logits = self._features(images)
+            acts, logits = acts.cpu(), logits.cpu()
+            if targets is None:
+                targets = logits.argmax(1)
+            targets = _targets(targets, logits)
+            idx, coefs = self.basis_indices_[targets], self.basis_coefs_[targets]
+            resid, bias = self.residuals_[targets], self.class_bias_[targets]
+        else:
+            cam = grad_cam(
+                self.model, self.layer, images.to(self._model_device()), targets, upsample=False
+            )
+            acts, logits, targets = (
+                cam.activations.float().cpu(),
+                cam.logits.cpu(),
+                cam.targets.cpu(),
+            )
+            wk = cam.weights.float().cpu()
+            fit = greedy_nnls_basis(wk, Q, min(self.n_terms, Q.shape[0]))
+            idx, coefs = fit.indices, fit.coefs
+            resid = wk - (coefs[:, :, None] * Q[idx]).sum(1)
+            bias = torch.zeros(images.shape[0])
+        a = acts.mean((2, 3))  # [B, D]
+        terms = coefs * (Q[idx] @ a[:, :, None])[..., 0]  # [B, T]
+        resid_c = (resid * a).sum(1)
+        B, C = images.shape[0], Q.shape[0]
+        scores = torch.zeros(B, C).scatter_add_(1, idx, terms)
+        size = images.shape[-2:]
+        maps = torch.einsum("bt,btd,bdhw->bthw", coefs, Q[idx], acts)
+        maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+        heatmaps = torch.zeros(B, C, *size).index_put_(
+            (torch.arange(B)[:, None].expand_as(idx), idx), maps, accumulate=True
+        )
+        resid_map = F.interpolate(
+            torch.einsum("bd,bdhw->bhw", resid, acts)[:, None],
+            size=size,
+            mode="bilinear",
+            align_corners=False,
+        )[:, 0]
+        return IBDExplanation(
+            method=self.method,
+            layer=self.layer,
+            concept_names=list(self.concept_names_),
+            concept_scores=scores,
+            logits=logits,
+            targets=targets,
+            class_names=list(self.class_names_),
+            heatmaps=heatmaps,
+            extras={
+                "basis_indices": idx,
+                "basis_coefs": coefs,
+                "contributions": terms,
+                "residual_contribution": resid_c,
+                "bias": bias,
+                "score": terms.sum(1) + resid_c + bias,
+                "residual_heatmap": resid_map,
+                "cam": heatmaps.sum(1) + resid_map,
+            },
+        )
+
+    # ---- reports -----------------------------------------------------------------------------
+    def class_concept_graph(self, min_coef: float = 0.0) -> list[tuple[str, str, float]]:
+        """The seed's Fig. 3 as data: ``(class, concept, coefficient)`` for every basis term
+        with coefficient > ``min_coef``, classes in order, terms by decreasing coefficient."""
+        self._check_fitted()
+        edges = []
+        for k, cls in enumerate(self.class_names_):
+            order = torch.argsort(self.basis_coefs_[k], descending=True)
+            for t in order.tolist():
+                s = float(self.basis_coefs_[k, t])
+                if s > min_coef:
+                    edges.append((cls, self.concept_names_[int(self.basis_indices_[k, t])], s))
+        return edges
+
+    def plot_class_concept_graph(self, min_coef: float = 0.0) -> Figure:
+        """Bipartite plot: classes left, concepts right, link width ∝ coefficient."""
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        edges = self.class_concept_graph(min_coef)
+        concepts = sorted({c for _, c, _ in edges}, key=self.concept_names_.index)
+        classes = list(self.class_names_)
+        fig, ax = plt.subplots(figsize=(7, 0.35 * max(len(classes), len(concepts)) + 1))
+        yc = {c: i / max(1, len(classes) - 1) for i, c in enumerate(classes)}
+        yk = {c: i / max(1, len(concepts) - 1) for i, c in enumerate(concepts)}
+        top = max((s for _, _, s in edges), default=1.0)
+        for cls, con, s in edges:
+            ax.plot([0, 1], [yc[cls], yk[con]], color="tab:blue", lw=0.3 + 4 * s / top, alpha=0.6)
+        for c, y in yc.items():
+            ax.text(-0.02, y, c, ha="right", va="center", fontsize=7)
+        for c, y in yk.items():
+            ax.text(1.02, y, c, ha="left", va="center", fontsize=7)
+        ax.set_xlim(-0.6, 1.6)
+        ax.axis("off")
+        ax.set_title("IBD: class → concept bases (width ∝ coefficient)", fontsize=9)
+        fig.tight_layout()
+        return fig
+
+    def ground_truth_scores(
+        self, defining: torch.Tensor, k: Optional[int] = None
+    ) -> dict[str, torch.Tensor]:
+        """:func:`pyconcepts.metrics.ibd.basis_ground_truth` of the class bases against a bool
+        ``[n_classes, n_concepts]`` definition matrix (``world.class_concept_matrix()``)."""
+        self._check_fitted()
+        return basis_ground_truth(self.basis_indices_, self.basis_coefs_, defining, k)
+
+    # ---- persistence / export ----------------------------------------------------------------
+    def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors = {name: getattr(self, name + "_").contiguous() for name in _TENSORS}
+        state = {
+            "concept_names": self.concept_names_,
+            "class_names": self.class_names_,
+            "mode": self.mode_,
+        }
+        return tensors, state
+
+    def _set_state(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+        missing = [n for n in _TENSORS if n not in tensors]
+        if missing:
+            raise KeyError(f"missing tensors {missing}")
+        for name in _TENSORS:
+            setattr(self, name + "_", tensors[name])
+        self.concept_names_ = list(state["concept_names"])
+        self.class_names_ = list(state["class_names"])
+        self.mode_ = str(state["mode"])
+
+    def _onnx_module(self) -> nn.Module:
+        if self.mode_ != "cam":
+            raise NotImplementedError(
+                "export_onnx: only the CAM mode (fixed class bases) exports; the Grad-CAM mode "
+                "solves a per-image NNLS that has no ONNX equivalent"
+            )
+        _, module = resolve_layer(self.model, self.layer)
+        return _IBDHead(
+            self.model,
+            module,
+            self.concept_vectors_,
+            self.basis_indices_,
+            self.basis_coefs_,
+            self.residuals_,
+        )
+
+
+_TENSORS = (
+    "concept_vectors", "concept_weights", "concept_bias", "concept_ap", "class_weights",
+    "class_bias", "basis_indices", "basis_coefs", "residuals", "residual_ratio",
+)  # fmt: skip
+
+
+class _IBDHead(nn.Module):
+    """images → (logits, concept contributions [B,C], heatmaps [B,C,H,W], residual heatmap)
+    for the predicted class, from fixed class bases (standard ONNX ops only)."""
+
+    class_concepts: torch.Tensor
+    Q: torch.Tensor
+    residuals: torch.Tensor
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: nn.Module,
+        Q: torch.Tensor,
+        indices: torch.Tensor,
+        coefs: torch.Tensor,
+        residuals: torch.Tensor,
+    ) -> None:
+        super().__init__()
+        self.model, self.layer = model, layer
+        C = Q.shape[0]
+        dense = torch.zeros(indices.shape[0], C).scatter_add_(1, indices, coefs)  # [K, C]
+        self.register_buffer("class_concepts", dense)  # s per (class, concept)
+        self.register_buffer("Q", Q.clone())
+        self.register_buffer("residuals", residuals.clone())
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        captured: list[torch.Tensor] = []
+        handle = self.layer.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        try:
+            logits = self.model(x)
+        finally:
+            handle.remove()
+        acts = captured[0]
+        pred = logits.argmax(1)
+        s = self.class_concepts[pred]  # [B, C]
+        concept_maps = torch.einsum("cd,bdhw->bchw", self.Q, acts) * s[:, :, None, None]
+        scores = concept_maps.mean((2, 3))
+        size = (x.shape[-2], x.shape[-1])
+        heatmaps = F.interpolate(concept_maps, size=size, mode="bilinear", align_corners=False)
+        resid = torch.einsum("bd,bdhw->bhw", self.residuals[pred], acts)[:, None]
+        resid = F.interpolate(resid, size=size, mode="bilinear", align_corners=False)[:, 0]
+        return logits, scores, heatmaps, resid
+
+
+def _no_extra(where: str, kwargs: dict[str, Any]) -> None:
+    if kwargs:
+        raise TypeError(f"{where}: unexpected arguments {sorted(kwargs)}")
+
+
+def _top_per_column(values: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Bool mask of the ``counts[c]`` largest finite entries of each column."""
+    order = torch.argsort(values, dim=0, descending=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(0, order, torch.arange(values.shape[0])[:, None].expand_as(order))
+    return (rank < counts[None, :]) & torch.isfinite(values)
+
+
+def _targets(targets: Union[torch.Tensor, list[int]], logits: torch.Tensor) -> torch.Tensor:
+    t = torch.as_tensor(targets).long().view(-1)
+    if t.shape[0] != logits.shape[0]:
+        raise ValueError(f"targets: expected {logits.shape[0]} class ids, got {t.shape[0]}")
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= logits.shape[1]):
+        raise ValueError(f"targets: expected class ids in [0, {logits.shape[1]}), got {t.tolist()}")
+    return t
+
+
+def _segmentation_data(
+    data: Any, concept_names: Optional[list[str]], max_images: Optional[int]
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """(images, masks, concept names) from a ConceptWorld, a pair or an iterable of batches."""
+    from pyconcepts.data.concept_world import ConceptWorld
+
+    if isinstance(data, ConceptWorld):
+        n = len(data) if max_images is None else min(len(data), max_images)
+        images, masks = data.image(slice(0, n)), data.concept_masks(slice(0, n))
+        names = list(data.concepts) if concept_names is None else list(concept_names)
+    else:
+        if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+            batches: Any = [data]
+        else:
+            batches = data
+        imgs, msks, count = [], [], 0
+        for batch in batches:
+            if not isinstance(batch, (tuple, list)) or not isinstance(batch[0], torch.Tensor):
+                raise TypeError(
+                    "data: expected a ConceptWorld, (images, masks) or batches of "
+                    f"(images, [labels,] masks, ...), got a batch of {type(batch).__name__}"
+                )
+            found = [t for t in batch[1:] if isinstance(t, torch.Tensor) and t.dim() == 4]
+            if not found:
+                raise ValueError("data: a batch has no masks tensor [B, C, H, W] after the images")
+            imgs.append(batch[0])
+            msks.append(found[0])
+            count += batch[0].shape[0]
+            if max_images is not None and count >= max_images:
+                break
+        if not imgs:
+            raise ValueError("data: expected at least one batch, got none")
+        images, masks = torch.cat(imgs)[:max_images], torch.cat(msks)[:max_images]
+        n_c = masks.shape[1]
+        names = (
+            [f"concept_{i}" for i in range(n_c)] if concept_names is None else list(concept_names)
+        )
+    if masks.shape[0] != images.shape[0] or masks.shape[-2:] != images.shape[-2:]:
+        raise ValueError(
+            f"masks: expected [N, C, {images.shape[-2]}, {images.shape[-1]}] for images "
+            f"{tuple(images.shape)}, got {tuple(masks.shape)}"
+        )
+    if len(names) != masks.shape[1]:
+        raise ValueError(f"concept_names: expected {masks.shape[1]} names, got {len(names)}")
+    if images.shape[0] < 2:
+        raise ValueError(
+            f"data: expected at least 2 images (train + held-out), got {images.shape[0]}"
+        )
+    return images.float(), masks, names

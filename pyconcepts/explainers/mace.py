@@ -1,0 +1,540 @@
+"""MACE: Model Agnostic Concept Extractor (Kumar et al., 2021).
+
+For every class k, MACE learns C concept maps from a conv layer's feature maps (1×1 conv +
+ReLU), a dense **embedding generator** shared by the class's C maps (flattened map → dense
+layers → Q-dim tanh embedding), trained with the **semi-hard triplet loss** (eq. 1) so that
+concept j's embeddings cluster across the class's images; a **relevance estimator**: a sigmoid
+dense layer over the class's concatenated embeddings, fitted to the model's probability f_k
+(eq. 2), whose per-concept terms r_jk = θ_jk · e_jk are the concept relevances; and an
+**output generator**: a dense layer from all embeddings to z̃ ≈ z, the output of the model's
+first dense layer, with L^D = ‖z − z̃‖² and L^O = KL(f(z̃) ‖ f(z)) through the frozen layers
+after it. Total loss Σ_k (L_k^E + L_k^R) + L^D + L^O (weights are parameters, default 1).
+After training, concepts are **pruned** with the supplementary S2 rules and the head is
+fine-tuned. Choices the paper leaves open are parameters; see docs/methods.md § MACE.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any, Optional, cast
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from pyconcepts.data.batches import iter_batches
+from pyconcepts.explainers.base import ConceptExplainer, class_names_of
+from pyconcepts.explainers.result import Explanation
+from pyconcepts.metrics.saliency import binarize
+from pyconcepts.models.features import FeatureExtractor, resolve_layer
+from pyconcepts.ops import semihard_triplet_loss
+
+_WithOutput = tuple[dict[str, torch.Tensor], torch.Tensor]
+
+PRUNE_RULES = (
+    "top_images_other_class",  # > S of the top-T images by relevance belong to another class
+    "positive_on_most_images",  # positive relevance on more than prune_max_positive of images
+    "covers_image",  # thresholded map covers >= prune_max_area of the image on average
+    "rarely_positive_on_own_class",  # positive on < prune_min_own_positive of own-class images
+)
+
+
+def concept_maps(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """relu(1×1 conv): ``x [B,D,h,w]``, ``weight [M,D]``, ``bias [M]`` → ``[B,M,h,w]``.
+
+    Uses the fused kernel ``pyconcepts.ops.concept_maps`` when it is available.
+    """
+    try:
+        from pyconcepts.ops.concept_maps import concept_maps as fused
+    except ImportError:
+        return torch.relu(F.conv2d(x, weight[:, :, None, None], bias))
+    out: torch.Tensor = fused(x, weight, bias)
+    return out
+
+
+def concept_names(class_names: Sequence[str], n_concepts: int) -> list[str]:
+    """``"<class>/c<j>"`` for every class and concept, class-major (the K·C columns)."""
+    return [f"{n}/c{j}" for n in class_names for j in range(n_concepts)]
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[None]:
+    """The model in eval mode with parameters not requiring gradients; both restored after."""
+    was_training = model.training
+    flags = [p.requires_grad for p in model.parameters()]
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        model.train(was_training)
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
+
+
+def find_tail(model: nn.Module, dense_layer: str) -> nn.Module:
+    """The layers that map the output of ``dense_layer`` to the logits.
+
+    Walks up the layer's dotted path: inside every ``nn.Sequential`` ancestor the siblings after
+    it follow; at the first other ancestor the walk stops (the dense block is then taken to be
+    the last step of that module, as in VGG-style ``classifier`` heads). ``fit`` checks the
+    result against the model's logits and raises if the model is not of that shape.
+    """
+    parts = dense_layer.split(".")
+    after: list[nn.Module] = []
+    for depth in range(len(parts) - 1, -1, -1):
+        parent = model.get_submodule(".".join(parts[:depth])) if depth else model
+        if not isinstance(parent, nn.Sequential):
+            break
+        names = [n for n, _ in parent.named_children()]
+        after.extend(list(parent.children())[names.index(parts[depth]) + 1 :])
+    return nn.Sequential(*after)
+
+
+class _Head(nn.Module):
+    """All of MACE's learned parameters, batched over the K classes."""
+
+    active: torch.Tensor  # [K, C] 1 = kept, 0 = pruned
+
+    def __init__(self, k: int, c: int, d: int, hw: int, sizes: Sequence[int], z_dim: int) -> None:
+        super().__init__()
+        self.k, self.c = k, c
+        self.map_weight = nn.Parameter(torch.randn(k * c, d) * d**-0.5)
+        self.map_bias = nn.Parameter(torch.zeros(k * c))
+        dims = [hw, *sizes]
+        self.emb_weights = nn.ParameterList(
+            [nn.Parameter(torch.randn(k, i, o) * i**-0.5) for i, o in zip(dims, dims[1:])]
+        )
+        self.emb_biases = nn.ParameterList([nn.Parameter(torch.zeros(k, 1, o)) for o in dims[1:]])
+        q = dims[-1]
+        self.rel_weight = nn.Parameter(torch.randn(k, c, q) * (c * q) ** -0.5)
+        self.rel_bias = nn.Parameter(torch.zeros(k))
+        self.out = nn.Linear(k * c * q, z_dim)
+        self.register_buffer("active", torch.ones(k, c))
+
+    def maps(self, feats: torch.Tensor) -> torch.Tensor:
+        """``[B,D,h,w]`` → concept maps ``[B,K,C,h,w]``."""
+        m = concept_maps(feats, self.map_weight, self.map_bias)
+        return m.view(m.shape[0], self.k, self.c, *m.shape[2:])
+
+    def embed(self, maps: torch.Tensor) -> torch.Tensor:
+        """Concept maps ``[B,K,C,h,w]`` → embeddings ``[B,K,C,Q]`` (tanh dense layers)."""
+        e = maps.flatten(3).transpose(0, 1).flatten(1, 2)  # [K, B*C, hw]
+        for w, b in zip(self.emb_weights, self.emb_biases):
+            e = torch.tanh(torch.baddbmm(b, e, w))
+        return e.view(self.k, maps.shape[0], self.c, -1).transpose(0, 1)
+
+    def relevance(self, emb: torch.Tensor) -> torch.Tensor:
+        """r_jk = θ_jk · e_jk ``[B,K,C]`` (0 for pruned concepts)."""
+        return (emb * self.rel_weight).sum(-1) * self.active
+
+    def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        maps = self.maps(feats)
+        emb = self.embed(maps)
+        rel = self.relevance(emb)
+        z_hat = self.out((emb * self.active[..., None]).flatten(1))
+        return maps, emb, rel, z_hat
+
+
+class _OnnxModule(nn.Module):
+    """images → (logits, concept_scores [B,K·C], heatmaps [B,K·C,H,W], relevance [B,K,C]),
+    as ``MACE.explain`` with the predicted class as target."""
+
+    def __init__(self, model: nn.Module, layer: str, head: _Head) -> None:
+        super().__init__()
+        self.model, self.head = model, head
+        self.fx = FeatureExtractor(model, [layer])
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        feats, logits = cast(_WithOutput, self.fx(images, return_output=True))
+        x = next(iter(feats.values()))
+        maps = torch.relu(F.conv2d(x, self.head.map_weight[:, :, None, None], self.head.map_bias))
+        m5 = maps.view(maps.shape[0], self.head.k, self.head.c, *maps.shape[2:])
+        rel = self.head.relevance(self.head.embed(m5))
+        classes = torch.arange(self.head.k, device=logits.device)
+        own = (classes[None, :] == logits.argmax(1)[:, None]).to(rel.dtype)[..., None]
+        up = F.interpolate(maps, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        heatmaps = up * self.head.active.flatten()[None, :, None, None]
+        return logits, (rel * own).flatten(1), heatmaps, rel
+
+
+class MACE(ConceptExplainer):
+    """MACE on any torch CNN: concept maps, embeddings and relevances per class.
+
+    Args:
+        model: the frozen classifier (any ``nn.Module`` mapping images to logits).
+        layer: conv layer whose feature maps feed the concept maps (dotted name); default: the
+            zoo model's feature layer.
+        dense_layer: the model's first dense layer (z); default: the first ``nn.Linear``.
+        n_classes: K; default: the model's number of outputs.
+        n_concepts: C concept maps per class (paper: 10).
+        embedding_sizes: dense layer sizes of the embedding generator, the last is Q (authors'
+            code: 128 → 64 → 32).
+        margin: triplet margin α (paper: 1).
+        negatives: ``"batch"`` — negatives of concept j are the class's other concepts in any
+            image of the batch (the FaceNet rule, our kernel); ``"image"`` — only the other
+            concepts of the anchor's own image (the paper's stricter wording).
+        relevance_loss: ``"bce"`` — cross-entropy of σ(Σ_j r_jk) against f_k with both terms;
+            ``"paper"`` — eq. 2 literally, −f_k log σ(·) only.
+        w_embedding, w_relevance, w_dense, w_output: loss weights of L^E, L^R, L^D, L^O.
+        lr: Adam learning rate (paper: 1e-4 on VGG16/AWA2).
+        batch_size: mini-batch size.
+        prune: apply the S2 pruning rules and fine-tune after ``fit``.
+        prune_top_t, prune_top_s: rule 1 (paper: T = 10, S = 5).
+        prune_max_positive: rule 2 (paper: 0.5).
+        prune_max_area: rule 3 (paper: 0.95).
+        prune_min_own_positive: rule 4 (paper: 0.05).
+        map_threshold: a map pixel is "on" above this fraction of the map's maximum (rule 3,
+            binary masks for metrics).
+        finetune_epochs: epochs of fine-tuning after pruning (default: a quarter of ``epochs``).
+        seed: initialisation and shuffling seed.
+        class_names: names of the K classes.
+    """
+
+    method = "mace"
+    onnx_outputs = ("logits", "concept_scores", "heatmaps", "relevance")
+    head_: _Head
+    tail_: nn.Module
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: Optional[str] = None,
+        dense_layer: Optional[str] = None,
+        n_classes: Optional[int] = None,
+        n_concepts: int = 10,
+        embedding_sizes: Sequence[int] = (128, 64, 32),
+        margin: float = 1.0,
+        negatives: str = "batch",
+        relevance_loss: str = "bce",
+        w_embedding: float = 1.0,
+        w_relevance: float = 1.0,
+        w_dense: float = 1.0,
+        w_output: float = 1.0,
+        lr: float = 1e-4,
+        batch_size: int = 64,
+        prune: bool = True,
+        prune_top_t: int = 10,
+        prune_top_s: int = 5,
+        prune_max_positive: float = 0.5,
+        prune_max_area: float = 0.95,
+        prune_min_own_positive: float = 0.05,
+        map_threshold: float = 0.5,
+        finetune_epochs: Optional[int] = None,
+        seed: int = 0,
+        class_names: Optional[Sequence[str]] = None,
+    ) -> None:
+        self.model = model
+        self.layer = layer
+        self.dense_layer = dense_layer
+        self.n_classes = n_classes
+        self.n_concepts = n_concepts
+        self.embedding_sizes = embedding_sizes
+        self.margin = margin
+        self.negatives = negatives
+        self.relevance_loss = relevance_loss
+        self.w_embedding = w_embedding
+        self.w_relevance = w_relevance
+        self.w_dense = w_dense
+        self.w_output = w_output
+        self.lr = lr
+        self.batch_size = batch_size
+        self.prune = prune
+        self.prune_top_t = prune_top_t
+        self.prune_top_s = prune_top_s
+        self.prune_max_positive = prune_max_positive
+        self.prune_max_area = prune_max_area
+        self.prune_min_own_positive = prune_min_own_positive
+        self.map_threshold = map_threshold
+        self.finetune_epochs = finetune_epochs
+        self.seed = seed
+        self.class_names = class_names
+
+    # ---- configuration resolved against the model ------------------------------------------
+    def _resolve(self) -> tuple[str, str]:
+        if self.negatives not in ("batch", "image"):
+            raise ValueError(f"negatives: expected 'batch' or 'image', got {self.negatives!r}")
+        if self.relevance_loss not in ("bce", "paper"):
+            raise ValueError(
+                f"relevance_loss: expected 'bce' or 'paper', got {self.relevance_loss!r}"
+            )
+        if self.n_concepts < 1 or not self.embedding_sizes:
+            raise ValueError("n_concepts must be >= 1 and embedding_sizes non-empty")
+        layer = self.layer
+        if layer is None:
+            layer = (getattr(self.model, "zoo_info", None) or {}).get("feature_layer")
+            if layer is None:
+                raise ValueError("layer: no default for this model; pass the conv layer's name")
+        layer = resolve_layer(self.model, layer)[0]
+        dense = self.dense_layer
+        if dense is None:
+            dense = next(
+                (n for n, m in self.model.named_modules() if isinstance(m, nn.Linear)), None
+            )
+            if dense is None:
+                raise ValueError("dense_layer: the model has no nn.Linear; pass the layer's name")
+        return layer, resolve_layer(self.model, dense)[0]
+
+    def _extract(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(feature maps, z, logits) of a batch, without gradients, the model in eval mode."""
+        fx = FeatureExtractor(self.model, [self.layer_, self.dense_layer_])
+        with torch.no_grad(), frozen(self.model):
+            feats, logits = cast(_WithOutput, fx(images, return_output=True))
+        return feats[self.layer_], feats[self.dense_layer_], logits
+
+    # ---- fitting ------------------------------------------------------------------------
+    def fit(  # type: ignore[override]
+        self,
+        data: Any,
+        epochs: int = 64,
+        progress: bool = True,
+        prune_data: Any = None,
+    ) -> MACE:
+        """Train MACE on ``data`` (images, (images, labels), a Dataset or batches) for
+        ``epochs`` (paper: 64); then prune on ``prune_data`` (default: ``data``) and fine-tune.
+
+        The frozen model's activations are computed once and cached. Image labels decide which
+        class's triplet loss an image feeds (the model's prediction when labels are absent).
+        """
+        if not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs: expected an int >= 1, got {epochs!r}")
+        self.layer_, self.dense_layer_ = self._resolve()
+        with frozen(self.model):
+            return self._fit(data, epochs, progress, prune_data)
+
+    def _fit(self, data: Any, epochs: int, progress: bool, prune_data: Any) -> MACE:
+        cache = self._cache(data, record=True)
+        feats, z, logits, _ = cache
+        k = self.n_classes or logits.shape[1]
+        if logits.shape[1] != k:
+            raise ValueError(f"n_classes: model has {logits.shape[1]} outputs, got {k}")
+        self.tail_ = find_tail(self.model, self.dense_layer_)
+        with torch.no_grad():
+            probe = self.tail_(z[:4])
+        if probe.shape != logits[:4].shape or not torch.allclose(probe, logits[:4], atol=1e-4):
+            raise ValueError(
+                f"dense_layer: could not find the layers that map {self.dense_layer_!r} to the "
+                "logits (they must follow it inside nn.Sequential containers)"
+            )
+        gen = torch.Generator().manual_seed(self.seed)
+        _, d, h, w = feats.shape
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching global state
+            torch.manual_seed(self.seed)
+            head = _Head(k, self.n_concepts, d, h * w, self.embedding_sizes, z.shape[1])
+        self.head_ = head.to(feats.device)
+        self.class_names_ = class_names_of(self.model, k, self.class_names)
+        self.concept_names_ = concept_names(self.class_names_, self.n_concepts)
+        self.pruned_: dict[str, str] = {}
+        self.history_: list[dict[str, float]] = []
+        self._train(cache, epochs, gen, progress, "fit")
+        if self.prune:
+            pf, _, pl, plab = cache if prune_data is None else self._cache(prune_data)
+            self._prune(pf, pl, plab)
+            ft = self.finetune_epochs if self.finetune_epochs is not None else max(1, epochs // 4)
+            if ft:
+                self._train(cache, ft, gen, progress, "fine-tune")
+        return self
+
+    def _cache(self, data: Any, record: bool = False) -> tuple[torch.Tensor, ...]:
+        """The frozen model's (feature maps, z, logits, labels) over ``data``."""
+        feats: list[torch.Tensor] = []
+        zs, logits, labels = [], [], []
+        for images, lab in iter_batches(data, self.batch_size, self._model_device()):
+            images = self._check_images(images, "data")
+            if record and not feats:
+                self._record_fit(images)
+            f, z, lg = self._extract(images)
+            feats.append(f)
+            zs.append(z.flatten(1))
+            logits.append(lg)
+            labels.append(lg.argmax(1) if lab is None else lab.to(lg.device).long())
+        if not feats:
+            raise ValueError("data: expected at least one batch of images, got none")
+        return torch.cat(feats), torch.cat(zs), torch.cat(logits), torch.cat(labels)
+
+    def _losses(
+        self, feats: torch.Tensor, z: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        head = self.head_
+        _, emb, rel, z_hat = head(feats)
+        probs = logits.softmax(1)
+        loss_e = feats.new_zeros(())
+        for k in range(head.k):
+            own = labels == k
+            if int(own.sum()) >= 2:
+                loss_e = loss_e + self._triplet(F.normalize(emb[own, k], dim=-1))
+        rel_logit = rel.sum(-1) + head.rel_bias
+        if self.relevance_loss == "bce":
+            loss_r = F.binary_cross_entropy_with_logits(rel_logit, probs, reduction="none")
+        else:
+            loss_r = -probs * F.logsigmoid(rel_logit)
+        loss_r = loss_r.sum(1).mean()  # Σ_k, mean over the batch
+        loss_d = F.mse_loss(z_hat, z)
+        log_p_hat = F.log_softmax(self.tail_(z_hat), 1)
+        loss_o = (log_p_hat.exp() * (log_p_hat - F.log_softmax(logits, 1))).sum(1).mean()
+        total = (
+            self.w_embedding * loss_e
+            + self.w_relevance * loss_r
+            + self.w_dense * loss_d
+            + self.w_output * loss_o
+        )
+        return {"total": total, "E": loss_e, "R": loss_r, "D": loss_d, "O": loss_o}
+
+    def _triplet(self, emb: torch.Tensor) -> torch.Tensor:
+        """Semi-hard triplet loss of one class's normalised embeddings ``[B_k, C, Q]``."""
+        b, c, _ = emb.shape
+        if self.negatives == "batch":
+            labels = torch.arange(c, device=emb.device).repeat(b)
+            return semihard_triplet_loss(emb.reshape(b * c, -1), labels, self.margin)
+        # "image": anchor (i, j), positive (i', j), negatives (i, j') for j' != j only.
+        d_ap = torch.cdist(emb.transpose(0, 1), emb.transpose(0, 1)).pow(2)  # [C, B, B]
+        d_an = torch.cdist(emb, emb).pow(2)  # [B, C, C]
+        ap = d_ap.permute(1, 0, 2)[..., None]  # [B(i), C(j), B(i'), 1]
+        an = d_an[:, :, None, :]  # [B(i), C(j), 1, C(j')]
+        not_self = ~torch.eye(c, dtype=torch.bool, device=emb.device)[None, :, None, :]
+        inf = torch.tensor(float("inf"), device=emb.device, dtype=emb.dtype)
+        farther = (an > ap) & not_self
+        closest = torch.where(farther, an, inf).amin(-1)
+        farthest = torch.where(not_self, an, -inf).amax(-1)
+        neg = torch.where(farther.any(-1), closest, farthest)
+        pair = ~torch.eye(b, dtype=torch.bool, device=emb.device)[:, None, :]
+        pair = pair.expand(b, c, b)
+        return torch.relu(d_ap.permute(1, 0, 2) - neg + self.margin)[pair].mean()
+
+    def _train(
+        self, cache: tuple[torch.Tensor, ...], epochs: int, gen: torch.Generator, progress: bool,
+        stage: str,
+    ) -> None:  # fmt: skip
+        feats, z, logits, labels = cache
+        params = [p for p in self.head_.parameters() if p.requires_grad]
+        opt = torch.optim.Adam(params, lr=self.lr)
+        n = feats.shape[0]
+        bar = tqdm(range(epochs), desc=f"MACE {stage}", disable=not progress)
+        for epoch in bar:
+            sums: dict[str, float] = {}
+            order = torch.randperm(n, generator=gen).to(feats.device)
+            for idx in order.split(self.batch_size):
+                losses = self._losses(feats[idx], z[idx], logits[idx], labels[idx])
+                opt.zero_grad()
+                losses["total"].backward()
+                opt.step()
+                for key, v in losses.items():
+                    sums[key] = sums.get(key, 0.0) + float(v.detach()) * len(idx) / n
+            self.history_.append({"stage": stage, "epoch": epoch, **sums})  # type: ignore[dict-item]
+            bar.set_postfix({k: f"{v:.3g}" for k, v in sums.items()})
+
+    # ---- pruning --------------------------------------------------------------------------
+    def _forward_all(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        maps, embs, rels = [], [], []
+        with torch.no_grad():
+            for f in feats.split(self.batch_size):
+                m, e, r, _ = self.head_(f)
+                maps.append(m)
+                embs.append(e)
+                rels.append(r)
+        return torch.cat(maps), torch.cat(embs), torch.cat(rels)
+
+    def _prune(self, feats: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Supplementary S2's four rules; pruned concepts are masked out of every head."""
+        maps, _, rel = self._forward_all(feats)
+        k, c = self.head_.k, self.head_.c
+        area = binarize(maps.flatten(0, 2), self.map_threshold).flatten(1).float().mean(1)
+        area = area.view(-1, k, c).mean(0)  # [K, C] mean fraction of the map that is on
+        positive = (rel > 0).float()  # [N, K, C]
+        t = min(self.prune_top_t, rel.shape[0])
+        for ki in range(k):
+            own = labels == ki
+            for j in range(c):
+                top = rel[:, ki, j].topk(t).indices
+                rules = [
+                    int((labels[top] != ki).sum()) > self.prune_top_s,
+                    float(positive[:, ki, j].mean()) > self.prune_max_positive,
+                    float(area[ki, j]) >= self.prune_max_area,
+                    bool(own.any())
+                    and float(positive[own, ki, j].mean()) < self.prune_min_own_positive,
+                ]
+                hit = next((name for name, on in zip(PRUNE_RULES, rules) if on), None)
+                if hit is not None:
+                    self.pruned_[self.concept_names_[ki * c + j]] = hit
+                    self.head_.active[ki, j] = 0.0
+
+    # ---- explaining ---------------------------------------------------------------------
+    def explain(  # type: ignore[override]
+        self, images: torch.Tensor, targets: Optional[torch.Tensor] = None
+    ) -> Explanation:
+        """Per image: the explained class (default: predicted), the relevance of its remaining
+        concepts (``concept_scores``: the target class's K·C columns, 0 elsewhere), their maps
+        upsampled to the image (``heatmaps``). ``extras``: ``relevance`` ``[B,K,C]`` for every
+        class (explains all outputs), ``embeddings`` ``[B,K,C,Q]``, ``active`` ``[K,C]``."""
+        self._check_fitted()
+        images = self._check_images(images).to(self._model_device())
+        feats, _, logits = self._extract(images)
+        maps, emb, rel = self._forward_all(feats)
+        if targets is None:
+            targets = logits.argmax(1)
+        targets = torch.as_tensor(targets, device=logits.device).long().view(-1)
+        if targets.shape[0] != images.shape[0] or not bool(
+            ((targets >= 0) & (targets < self.head_.k)).all()
+        ):
+            raise ValueError(
+                f"targets: expected {images.shape[0]} class ids in [0, {self.head_.k})"
+            )
+        b, k, c = rel.shape
+        own = F.one_hot(targets, k).bool()[..., None].expand(b, k, c)
+        scores = torch.where(own, rel, torch.zeros_like(rel)).flatten(1)
+        up = F.interpolate(
+            maps.flatten(1, 2), size=images.shape[-2:], mode="bilinear", align_corners=False
+        )
+        up = up * self.head_.active.flatten()[None, :, None, None]
+        return Explanation(
+            self.method, self.layer_, list(self.concept_names_), scores, logits, targets,
+            list(self.class_names_), heatmaps=up,
+            extras={"relevance": rel, "embeddings": emb, "active": self.head_.active.clone()},
+        )  # fmt: skip
+
+    def concept_maps_of(
+        self, images: torch.Tensor, upsample: bool = True, pruned: bool = True
+    ) -> torch.Tensor:
+        """Concept maps ``[B,K,C,H,W]`` of images (input size when ``upsample``); pruned
+        concepts' maps are 0 unless ``pruned=False``."""
+        self._check_fitted()
+        feats, _, _ = self._extract(self._check_images(images).to(self._model_device()))
+        maps, _, _ = self._forward_all(feats)
+        if upsample:
+            b, k, c = maps.shape[:3]
+            maps = F.interpolate(
+                maps.flatten(1, 2), size=images.shape[-2:], mode="bilinear", align_corners=False
+            )
+            maps = maps.view(b, k, c, *images.shape[-2:])
+        return maps * self.head_.active[None, :, :, None, None] if pruned else maps
+
+    # ---- persistence / ONNX ---------------------------------------------------------------
+    def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors = {f"head.{n}": t.detach() for n, t in self.head_.state_dict().items()}
+        state = {
+            "layer": self.layer_, "dense_layer": self.dense_layer_, "k": self.head_.k,
+            "d": self.head_.map_weight.shape[1], "hw": self.head_.emb_weights[0].shape[1],
+            "z_dim": self.head_.out.out_features, "pruned": self.pruned_,
+            "class_names": self.class_names_, "history": self.history_,
+        }  # fmt: skip
+        return tensors, state
+
+    def _set_state(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+        self.layer_, self.dense_layer_ = state["layer"], state["dense_layer"]
+        head = _Head(
+            state["k"], self.n_concepts, state["d"], state["hw"], self.embedding_sizes,
+            state["z_dim"],
+        )  # fmt: skip
+        head.load_state_dict({n[5:]: t for n, t in tensors.items() if n.startswith("head.")})
+        self.head_ = head.to(self._model_device())
+        self.tail_ = find_tail(self.model, self.dense_layer_)
+        self.pruned_ = dict(state["pruned"])
+        self.class_names_ = list(state["class_names"])
+        self.history_ = list(state["history"])
+        self.concept_names_ = concept_names(self.class_names_, self.n_concepts)
+
+    def _onnx_module(self) -> nn.Module:
+        return _OnnxModule(self.model, self.layer_, self.head_).eval()

@@ -1,0 +1,691 @@
+"""SRAE: sparse reconstruction autoencoder explanation module (Qi, Khorram & Li, 2018/2019).
+
+For each explained class k an autoencoder embeds the layer features Z (default: the first dense
+layer after its ReLU) into n x-features ``E_k(Z)`` (hidden layers 800-100-n), reads the logit
+back linearly ``ȳ_k = v_k·E_k(Z) + c_k`` and decodes ``Z ≈ D_k E_k(Z) + d_k``. Per class, the loss
+is the seed's Eq. (5)::
+
+    faithfulness  Σ_i w_i (ȳ_i − ŷ_i)² / Σ_i w_i        (positives up-weighted, w = positive_weight)
+  + β · mean_d log(1 + q·Q_d),  Q_d = mean_i (D E(Z_i) − Z_i)_d²     (sparse reconstruction)
+  + η · 1/(n(n−1)) Σ_{l≠l'} cos(E_l, E_l')²  over the batch         (pull-away term)
+  + λ1‖θ‖² + λ2‖θ̃‖² + λ3‖v‖²                                        (encoder, decoder, read-out)
+
+All classes are one grouped model: every weight has a leading class axis and the forward pass is
+batched matmuls, so one Adam run trains every class (the per-class losses are summed; parameters
+are disjoint and Adam is element-wise, so each class follows exactly the trajectory it would have
+alone). Each class sees its own positives/negatives through a ``[K, N]`` sample mask.
+
+Choices where the paper is silent (all parameters, see docs/methods.md): Z is standardised per
+dimension (folded into the first layer for excitation backprop, so heatmaps are exact); hidden
+layers use ReLU and the x-layer is linear; the decoder is one linear map E → Z; β=1, q=10 (the
+paper's Fig. 3c), η=0.5, λ=1e-4; positives weighted by n_neg/n_pos of the class; early stopping
+keeps, per class, the weights of the epoch with the best validation faithfulness.
+
+Baselines of the paper's tables are the same model with other losses (``variant``): ``"nn"``
+faithfulness only, ``"sae"`` faithfulness + plain mean squared reconstruction, ``"cae"`` plain
+reconstruction only (its read-out is fitted on the frozen x-features so F_reg is defined).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from pyconcepts.attribution.excitation import excitation_backprop
+from pyconcepts.data.batches import iter_batches
+from pyconcepts.explainers.base import ConceptExplainer, class_names_of
+from pyconcepts.explainers.result import Explanation
+from pyconcepts.models.features import resolve_layer
+from pyconcepts.reference.excitation import GatheredLinear, chain_of, excitation_backprop_chain
+
+VARIANTS = ("srae", "nn", "sae", "cae")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Weights of Eq. (5) and which terms a variant uses."""
+
+    beta: float = 1.0
+    q: float = 10.0
+    eta: float = 0.5
+    lambda1: float = 1e-4
+    lambda2: float = 1e-4
+    lambda3: float = 1e-4
+    variant: str = "srae"
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant: expected one of {VARIANTS}, got {self.variant!r}")
+        for name in ("beta", "q", "eta", "lambda1", "lambda2", "lambda3"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+        if self.q <= 0:
+            raise ValueError(f"q: expected q > 0, got {self.q!r}")
+
+
+class GroupedAutoencoder(nn.Module):
+    """K independent explanation autoencoders D → hidden… → n (x-layer), read-out and decoder.
+
+    Weights carry a leading group axis: ``encoder_weights[i]`` is ``[K, d_in, d_out]``.
+    ``forward(z)`` with z ``[B, D]`` (shared by all groups) returns E ``[K,B,n]``, ȳ ``[K,B]``
+    and the reconstruction ``[K,B,D]``.
+    """
+
+    def __init__(
+        self,
+        n_groups: int,
+        n_in: int,
+        hidden: Sequence[int] = (800, 100),
+        n_features: int = 5,
+        x_activation: str = "linear",
+        generator: Optional[torch.Generator] = None,
+    ) -> None:
+        super().__init__()
+        if x_activation not in ("linear", "relu"):
+            raise ValueError(f"x_activation: expected 'linear' or 'relu', got {x_activation!r}")
+        self.x_activation = x_activation
+        dims = [n_in, *hidden, n_features]
+
+        def uniform(*shape: int, fan_in: int) -> nn.Parameter:
+            bound = 1.0 / math.sqrt(fan_in)
+            return nn.Parameter((torch.rand(*shape, generator=generator) * 2 - 1) * bound)
+
+        self.encoder_weights = nn.ParameterList(
+            [uniform(n_groups, a, b, fan_in=a) for a, b in zip(dims[:-1], dims[1:])]
+        )
+        self.encoder_biases = nn.ParameterList(
+            [uniform(n_groups, b, fan_in=a) for a, b in zip(dims[:-1], dims[1:])]
+        )
+        self.decoder_weight = uniform(n_groups, n_features, n_in, fan_in=n_features)
+        self.decoder_bias = uniform(n_groups, n_in, fan_in=n_features)
+        self.readout_weight = uniform(n_groups, n_features, fan_in=n_features)
+        self.readout_bias = nn.Parameter(torch.zeros(n_groups))
+
+    @property
+    def n_groups(self) -> int:
+        return int(self.readout_bias.shape[0])
+
+    def encode(self, z: torch.Tensor) -> torch.Tensor:
+        """x-features ``[K, B, n]`` of features z ``[B, D]``."""
+        h = (
+            torch.einsum("bd,kde->kbe", z, self.encoder_weights[0])
+            + self.encoder_biases[0][:, None]
+        )
+        last = len(self.encoder_weights) - 1
+        for i in range(1, last + 1):
+            h = torch.baddbmm(self.encoder_biases[i][:, None], F.relu(h), self.encoder_weights[i])
+        return F.relu(h) if self.x_activation == "relu" else h
+
+    def readout(self, e: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("kbn,kn->kb", e, self.readout_weight) + self.readout_bias[:, None]
+
+    def decode(self, e: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.decoder_bias[:, None], e, self.decoder_weight)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        e = self.encode(z)
+        return e, self.readout(e), self.decode(e)
+
+    def group(self, k: int) -> GroupedAutoencoder:
+        """A one-group copy holding group k's weights (for per-class loops and export)."""
+        dims = [int(w.shape[1]) for w in self.encoder_weights] + [int(self.readout_weight.shape[1])]
+        single = GroupedAutoencoder(1, dims[0], dims[1:-1], dims[-1], self.x_activation)
+        with torch.no_grad():
+            for (_, dst), (_, src) in zip(single.named_parameters(), self.named_parameters()):
+                dst.copy_(src[k : k + 1])
+        return single.to(self.readout_bias.device, self.readout_bias.dtype)
+
+
+def pull_away(e: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Pull-away term per group: mean squared cosine between distinct x-feature columns.
+
+    e ``[K, B, n]``, mask ``[K, B]`` (rows outside a group's sample are ignored) → ``[K]``.
+    """
+    em = e * mask[..., None]
+    gram = em.transpose(1, 2) @ em  # [K, n, n]
+    norms = gram.diagonal(dim1=1, dim2=2).clamp_min(eps).sqrt()
+    cos2 = (gram / (norms[:, :, None] * norms[:, None, :])) ** 2
+    n = e.shape[-1]
+    if n < 2:
+        return torch.zeros(e.shape[0], dtype=e.dtype, device=e.device)
+    off = cos2.sum((1, 2)) - cos2.diagonal(dim1=1, dim2=2).sum(1)
+    return off / (n * (n - 1))
+
+
+def srae_losses(
+    module: GroupedAutoencoder,
+    z: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    weight: torch.Tensor,
+    config: LossConfig,
+) -> dict[str, torch.Tensor]:
+    """Per-group loss terms ``[K]`` of Eq. (5) for one mini-batch and their sum ``"total"``.
+
+    z ``[B, D]`` standardised features, target ``[K, B]`` logits ŷ, mask ``[K, B]`` 0/1 sample
+    membership, weight ``[K, B]`` faithfulness weights (positives up-weighted).
+    """
+    e, _, recon = module(z)
+    readout_e = e.detach() if config.variant == "cae" else e
+    approx = module.readout(readout_e)
+    w = weight * mask
+    faith = (w * (approx - target) ** 2).sum(1) / w.sum(1).clamp_min(1e-12)
+    count = mask.sum(1).clamp_min(1.0)
+    q_d = (mask[..., None] * (recon - z[None]) ** 2).sum(1) / count[:, None]  # [K, D]
+    zero = torch.zeros_like(faith)
+    if config.variant == "srae":
+        recon_term = config.beta * torch.log1p(config.q * q_d).mean(1)
+        ortho = config.eta * pull_away(e, mask)
+    elif config.variant in ("sae", "cae"):
+        recon_term, ortho = config.beta * q_d.mean(1), zero
+    else:
+        recon_term, ortho = zero, zero
+    enc = sum(w_.pow(2).sum((1, 2)) for w_ in module.encoder_weights)
+    reg = (
+        config.lambda1 * enc
+        + config.lambda2 * module.decoder_weight.pow(2).sum((1, 2))
+        + config.lambda3 * module.readout_weight.pow(2).sum(1)
+    )
+    per_group = faith + recon_term + ortho + reg
+    return {
+        "total": per_group.sum(),
+        "per_group": per_group,
+        "faithfulness": faith,
+        "reconstruction": recon_term,
+        "orthogonality": ortho,
+        "regularisation": reg,
+    }
+
+
+def validation_faithfulness(
+    module: GroupedAutoencoder,
+    z: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    weight: torch.Tensor,
+    batch_size: int = 4096,
+) -> torch.Tensor:
+    """Weighted mean squared faithfulness error per group ``[K]`` on a held-out set."""
+    num = torch.zeros(module.n_groups, dtype=z.dtype, device=z.device)
+    den = torch.zeros_like(num)
+    with torch.no_grad():
+        for s in range(0, z.shape[0], batch_size):
+            sl = slice(s, s + batch_size)
+            approx = module.readout(module.encode(z[sl]))
+            w = weight[:, sl] * mask[:, sl]
+            num += (w * (approx - target[:, sl]) ** 2).sum(1)
+            den += w.sum(1)
+    return num / den.clamp_min(1e-12)
+
+
+@dataclass
+class TrainResult:
+    """Per-epoch history of a grouped training run."""
+
+    train_loss: list[list[float]]  # [epoch][group]
+    val_faithfulness: list[list[float]]
+    best_epoch: list[int]
+    epochs_run: int
+
+
+def train_grouped(
+    module: GroupedAutoencoder,
+    z: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    weight: torch.Tensor,
+    val: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
+    config: LossConfig,
+    epochs: int = 100,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    patience: int = 10,
+    generator: Optional[torch.Generator] = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Adam on the summed per-group losses; mini-batches of shared rows; early stopping per
+    group on validation faithfulness (the best weights of each group are restored)."""
+    opt = torch.optim.Adam(module.parameters(), lr=lr)
+    n = z.shape[0]
+    k = module.n_groups
+    best = torch.full((k,), math.inf)
+    best_epoch = [0] * k
+    best_state = {name: p.detach().clone() for name, p in module.named_parameters()}
+    stale = torch.zeros(k, dtype=torch.long)
+    history: list[list[float]] = []
+    val_history: list[list[float]] = []
+    bar = tqdm(range(epochs), desc=f"SRAE[{config.variant}] x{k}", disable=not progress)
+    epoch = 0
+    for epoch in bar:
+        order = torch.randperm(n, generator=generator).to(z.device)
+        running = torch.zeros(k)
+        for s in range(0, n, batch_size):
+            idx = order[s : s + batch_size]
+            losses = srae_losses(
+                module, z[idx], target[:, idx], mask[:, idx], weight[:, idx], config
+            )
+            opt.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            opt.step()
+            running += losses["per_group"].detach().cpu() * idx.numel() / n
+        history.append(running.tolist())
+        if val is None:
+            continue
+        score = validation_faithfulness(module, *val).cpu()
+        val_history.append(score.tolist())
+        improved = score < best
+        best = torch.where(improved, score, best)
+        stale = torch.where(improved, torch.zeros_like(stale), stale + 1)
+        for g in improved.nonzero().flatten().tolist():
+            best_epoch[g] = epoch
+        with torch.no_grad():
+            sel = improved.to(z.device)
+            for name, p in module.named_parameters():
+                shape = (-1,) + (1,) * (p.dim() - 1)
+                best_state[name] = torch.where(sel.reshape(shape), p.detach(), best_state[name])
+        bar.set_postfix(val_faith=f"{float(score.mean()):.4f}")
+        if bool((stale >= patience).all()):
+            break
+    if val is not None:
+        with torch.no_grad():
+            for name, p in module.named_parameters():
+                p.copy_(best_state[name])
+    return TrainResult(history, val_history, best_epoch, epoch + 1)
+
+
+def class_samples(
+    labels: torch.Tensor,
+    classes: Sequence[int],
+    n_positive: Optional[int],
+    n_negative: Optional[int],
+    positive_weight: Optional[float],
+    generator: Optional[torch.Generator] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One-vs-all sample mask ``[K, N]`` (sampled positives/negatives per class) and the
+    faithfulness weights ``[K, N]`` (positives × positive_weight, default n_neg/n_pos)."""
+    n = labels.shape[0]
+    mask = torch.zeros(len(classes), n)
+    weight = torch.ones(len(classes), n)
+    for row, c in enumerate(classes):
+        for is_pos, cap in ((True, n_positive), (False, n_negative)):
+            idx = ((labels == c) == is_pos).nonzero().flatten()
+            if cap is not None and idx.numel() > cap:
+                idx = idx[torch.randperm(idx.numel(), generator=generator)[:cap]]
+            mask[row, idx] = 1.0
+        pos = (labels == c).float() * mask[row]
+        n_pos, n_neg = float(pos.sum()), float(mask[row].sum() - pos.sum())
+        w = positive_weight if positive_weight is not None else max(n_neg / max(n_pos, 1.0), 1.0)
+        weight[row] = torch.where(pos > 0, torch.tensor(float(w)), torch.tensor(1.0))
+    return mask, weight
+
+
+class _Standardised(nn.Module):
+    """Group k's encoder as plain Linear layers with the standardisation of Z folded into the
+    first one — the x-features of raw (non-negative) Z, as excitation backprop needs."""
+
+    def __init__(self, ae: GroupedAutoencoder, k: int, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        layers: list[nn.Module] = []
+        n_layers = len(ae.encoder_weights)
+        for i in range(n_layers):
+            w = ae.encoder_weights[i][k].detach().t()  # [out, in]
+            b = ae.encoder_biases[i][k].detach()
+            if i == 0:
+                b = b - w @ (mean / std)
+                w = w / std[None, :]
+            lin = nn.Linear(w.shape[1], w.shape[0]).to(w.dtype)
+            with torch.no_grad():
+                lin.weight.copy_(w)
+                lin.bias.copy_(b)
+            layers.append(lin)
+            if i < n_layers - 1 or ae.x_activation == "relu":
+                layers.append(nn.ReLU())
+        self.encoder = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.encoder(z)
+
+
+class _ThroughLayer(nn.Module):
+    """images → head(flattened output of ``layer``): the model up to Z, then an SRAE encoder."""
+
+    def __init__(self, model: nn.Module, layer: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.model, self.head = model, head
+        self._layer = [layer]  # not a submodule: it is already inside model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        store: dict[str, torch.Tensor] = {}
+        handle = self._layer[0].register_forward_hook(
+            lambda _m, _a, out: store.setdefault("z", out)
+        )
+        try:
+            self.model(images)
+        finally:
+            handle.remove()
+        return self.head(store["z"].flatten(1))
+
+
+class _OnnxHead(nn.Module):
+    """images → (logits, contributions v·E of the predicted class, c-MWP heatmaps of its
+    x-features, E of every class, ȳ of every class), heatmaps by the forward-only twin of
+    excitation backprop (the model must be a chain of supported layers)."""
+
+    classes: torch.Tensor
+
+    def __init__(self, explainer: SRAE) -> None:
+        super().__init__()
+        example = torch.rand(1, explainer.n_features_in_, *explainer.input_size_)
+        example = example.to(explainer._model_device())
+        chain = chain_of(explainer.model, example)
+        names = [name for name, _ in chain]
+        z_name, _ = resolve_layer(explainer.model, explainer.layer)
+        if z_name not in names:
+            raise ValueError(f"layer: {z_name!r} must be a leaf layer of the model for ONNX export")
+        self.z_index = names.index(z_name)
+        self.stop: Optional[int] = None
+        if explainer.heatmap_layer is not None:
+            stop_name, _ = resolve_layer(explainer.model, explainer.heatmap_layer)
+            if stop_name not in names[: self.z_index + 1]:
+                raise ValueError(f"heatmap_layer: {stop_name!r} must be a leaf layer below Z")
+            self.stop = names.index(stop_name)
+        self.model_chain = nn.ModuleList([m for _, m in chain])
+        ae = explainer.autoencoder_
+        mean, std = explainer.z_mean_, explainer.z_std_
+        head: list[nn.Module] = [nn.Flatten()]
+        n_layers = len(ae.encoder_weights)
+        for i in range(n_layers):
+            w, b = ae.encoder_weights[i].detach(), ae.encoder_biases[i].detach()
+            if i == 0:  # standardisation folded in: the head takes raw, non-negative Z
+                b = b - torch.einsum("d,kdo->ko", mean / std, w)
+                w = w / std[None, :, None]
+            head.append(GatheredLinear(w, b))
+            if i < n_layers - 1 or ae.x_activation == "relu":
+                head.append(nn.ReLU())
+        self.head = nn.ModuleList(head)
+        self.readout_weight = nn.Parameter(ae.readout_weight.detach().clone(), requires_grad=False)
+        self.readout_bias = nn.Parameter(ae.readout_bias.detach().clone(), requires_grad=False)
+        self.register_buffer("classes", torch.tensor(explainer.classes_, dtype=torch.long))
+        self.n_features = explainer.n_features
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        acts = [images]
+        for link in self.model_chain:
+            acts.append(link(acts[-1]))
+        logits, z = acts[-1], acts[self.z_index + 1].flatten(1)
+        k = self.classes.shape[0]
+        # x-features of every class: the head with each class's weights
+        e_all = []
+        for group in range(k):
+            h = z
+            for link in self.head:
+                if isinstance(link, GatheredLinear):
+                    link.select(torch.full_like(logits[:, 0], group, dtype=torch.long))
+                h = link(h)
+            e_all.append(h)
+        e = torch.stack(e_all, 1)  # [B, K, n]
+        approx = (e * self.readout_weight[None]).sum(-1) + self.readout_bias[None]
+        hit = logits.argmax(1)[:, None] == self.classes[None, :]  # [B, K]
+        row = (hit.long() * torch.arange(k, device=hit.device)[None]).sum(1)
+        scores = (e * self.readout_weight[None] * hit[..., None].to(e.dtype)).sum(1)
+        for link in self.head:
+            if isinstance(link, GatheredLinear):
+                link.select(row)
+        targets = torch.arange(self.n_features, device=images.device)[None].expand(
+            images.shape[0], -1
+        )
+        chain = [*self.model_chain[: self.z_index + 1], *self.head]
+        maps = excitation_backprop_chain(
+            chain, images, targets, stop=self.stop, size=images.shape[-2:]
+        )
+        maps = normalise_maps(maps) * hit.any(1).to(maps.dtype)[:, None, None, None]
+        return logits, scores, maps, e, approx
+
+
+class SRAE(ConceptExplainer):
+    """Sparse reconstruction autoencoder explanation module with c-MWP x-feature heatmaps.
+
+    Args:
+        model: the CNN to explain (eval mode).
+        layer: the layer whose (flattened) output is Z; default the first dense layer after ReLU.
+        classes: class indices to explain (one-vs-all each); None = every output.
+        n_features: x-features per class (n, the paper's 5).
+        hidden: hidden sizes before the x-layer (the paper's 800-100).
+        beta, q, eta, lambda1, lambda2, lambda3: weights of Eq. (5) (module docstring).
+        variant: "srae", or a baseline of the paper's tables: "nn", "sae", "cae".
+        x_activation: "linear" x-layer (default) or "relu".
+        positive_weight: faithfulness weight of positives; None = n_neg/n_pos per class.
+        n_positive, n_negative: per-class sample caps (None = all available).
+        epochs, batch_size, lr, patience: Adam training with early stopping on the validation
+            faithfulness of a held-out ``val_fraction`` of the fit data.
+        heatmap_layer: where c-MWP maps are read (None = the input pixels, which must then be
+            non-negative; else a layer name after a ReLU, upsampled to the image).
+        seed: initialisation, sampling and batching.
+    """
+
+    method = "srae"
+    onnx_outputs = ("logits", "concept_scores", "heatmaps", "x_features", "approximation")
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: str = "relu_fc1",
+        classes: Optional[Sequence[int]] = None,
+        n_features: int = 5,
+        hidden: Sequence[int] = (800, 100),
+        beta: float = 1.0,
+        q: float = 10.0,
+        eta: float = 0.5,
+        lambda1: float = 1e-4,
+        lambda2: float = 1e-4,
+        lambda3: float = 1e-4,
+        variant: str = "srae",
+        x_activation: str = "linear",
+        positive_weight: Optional[float] = None,
+        n_positive: Optional[int] = None,
+        n_negative: Optional[int] = None,
+        epochs: int = 100,
+        batch_size: int = 256,
+        lr: float = 1e-3,
+        patience: int = 10,
+        val_fraction: float = 0.1,
+        heatmap_layer: Optional[str] = None,
+        seed: int = 0,
+    ) -> None:
+        self.model = model
+        self.layer = layer
+        self.classes = classes
+        self.n_features = n_features
+        self.hidden = hidden
+        self.beta, self.q, self.eta = beta, q, eta
+        self.lambda1, self.lambda2, self.lambda3 = lambda1, lambda2, lambda3
+        self.variant = variant
+        self.x_activation = x_activation
+        self.positive_weight = positive_weight
+        self.n_positive, self.n_negative = n_positive, n_negative
+        self.epochs, self.batch_size, self.lr, self.patience = epochs, batch_size, lr, patience
+        self.val_fraction = val_fraction
+        self.heatmap_layer = heatmap_layer
+        self.seed = seed
+
+    # ---- features ------------------------------------------------------------------------
+    def features(
+        self, data: Any, batch_size: int = 256
+    ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+        """Z ``[N, D]`` (flattened ``layer`` output), logits ``[N, C]``, labels (or None) and
+        the first image batch (for the input layout) of any data ``iter_batches`` accepts."""
+        _, module = resolve_layer(self.model, self.layer)
+        zs, logits, labels, first = [], [], [], None
+        store: dict[str, torch.Tensor] = {}
+        handle = module.register_forward_hook(lambda _m, _a, out: store.__setitem__("z", out))
+        try:
+            with torch.no_grad():
+                for images, y in iter_batches(data, batch_size, device=self._model_device()):
+                    images = self._check_images(images, "data")
+                    first = images if first is None else first
+                    logits.append(self.model(images).float())
+                    zs.append(store["z"].flatten(1).float().clone())
+                    if y is not None:
+                        labels.append(y)
+        finally:
+            handle.remove()
+        if first is None:
+            raise ValueError("data: expected at least one image, got none")
+        return torch.cat(zs), torch.cat(logits), (torch.cat(labels) if labels else None), first
+
+    def _loss_config(self) -> LossConfig:
+        return LossConfig(
+            self.beta, self.q, self.eta, self.lambda1, self.lambda2, self.lambda3, self.variant
+        )
+
+    # ---- fit -----------------------------------------------------------------------------
+    def fit(self, data: Any, progress: bool = True, **kwargs: Any) -> SRAE:
+        """Train all classes' modules as one grouped model on ``data`` (images with labels; the
+        model's predictions stand in for missing labels)."""
+        config = self._loss_config()
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction: expected a value in [0, 1), got {self.val_fraction}")
+        z, logits, labels, first = self.features(data, self.batch_size)
+        n_classes = logits.shape[1]
+        classes = list(range(n_classes)) if self.classes is None else [int(c) for c in self.classes]
+        bad = [c for c in classes if not 0 <= c < n_classes]
+        if bad or not classes:
+            raise ValueError(f"classes: expected indices in [0, {n_classes}), got {self.classes!r}")
+        if labels is None:
+            labels = logits.argmax(1)
+        labels = labels.to(z.device)
+        gen = torch.Generator().manual_seed(self.seed)
+        self.z_mean_ = z.mean(0)
+        std = z.std(0) if z.shape[0] > 1 else torch.ones_like(self.z_mean_)
+        self.z_std_ = std.clamp_min(1e-3 * float(std.mean()) + 1e-12)
+        zs = (z - self.z_mean_) / self.z_std_
+        target = logits[:, classes].t().contiguous()  # [K, N]
+        mask, weight = class_samples(
+            labels.cpu(), classes, self.n_positive, self.n_negative, self.positive_weight, gen
+        )
+        mask, weight = mask.to(z.device), weight.to(z.device)
+        perm = torch.randperm(z.shape[0], generator=gen).to(z.device)
+        n_val = round(self.val_fraction * z.shape[0])
+        val_idx, tr_idx = perm[:n_val], perm[n_val:]
+        val = None
+        if n_val > 0:
+            val = (zs[val_idx], target[:, val_idx], mask[:, val_idx], weight[:, val_idx])
+        ae = GroupedAutoencoder(
+            len(classes), zs.shape[1], self.hidden, self.n_features, self.x_activation, gen
+        ).to(z.device)
+        self.history_ = train_grouped(
+            ae, zs[tr_idx], target[:, tr_idx], mask[:, tr_idx], weight[:, tr_idx], val, config,
+            self.epochs, self.batch_size, self.lr, self.patience, gen, progress,
+        )  # fmt: skip
+        self.autoencoder_ = ae.eval()
+        self.classes_ = classes
+        self.class_names_ = class_names_of(self.model, n_classes, None)
+        self.concept_names_ = [f"x{i + 1}" for i in range(self.n_features)]
+        self._record_fit(first)
+        return self
+
+    # ---- inference -----------------------------------------------------------------------
+    def _row(self, cls: int) -> int:
+        if cls not in self.classes_:
+            raise ValueError(f"targets: class {cls} is not explained (fitted: {self.classes_})")
+        return self.classes_.index(cls)
+
+    def transform(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x-features ``[K, B, n]`` and ȳ ``[K, B]`` of raw features z ``[B, D]``."""
+        self._check_fitted()
+        with torch.no_grad():
+            e = self.autoencoder_.encode((z - self.z_mean_) / self.z_std_)
+            return e, self.autoencoder_.readout(e)
+
+    def x_feature_module(self, cls: int) -> nn.Module:
+        """images → the n x-features of class ``cls`` (plain layers, for excitation backprop)."""
+        self._check_fitted()
+        _, layer = resolve_layer(self.model, self.layer)
+        head = _Standardised(self.autoencoder_, self._row(cls), self.z_mean_, self.z_std_)
+        return _ThroughLayer(self.model, layer, head.to(self.z_mean_.device))
+
+    def heatmaps(self, images: torch.Tensor, cls: int) -> torch.Tensor:
+        """c-MWP maps ``[B, n, H, W]`` of class ``cls``'s x-features, each summing to 1 (or 0)."""
+        module = self.x_feature_module(cls)
+        maps = excitation_backprop(
+            module, images, list(range(self.n_features)),
+            layer=None if self.heatmap_layer is None else f"model.{self.heatmap_layer}",
+            size=images.shape[-2:],
+        )  # fmt: skip
+        return normalise_maps(maps)
+
+    def explain(
+        self,
+        images: torch.Tensor,
+        targets: Optional[torch.Tensor] = None,
+        heatmaps: bool = True,
+        **kwargs: Any,
+    ) -> Explanation:
+        """x-feature contributions ``v_i E_i`` (concept_scores), ȳ and heatmaps for the target
+        class of each image (default: the prediction, which must be an explained class)."""
+        self._check_fitted()
+        images = self._check_images(images)
+        z, logits, _, _ = self.features(images)
+        targets = logits.argmax(1) if targets is None else torch.as_tensor(targets).long()
+        rows = torch.tensor([self._row(int(t)) for t in targets], device=z.device)
+        e, approx = self.transform(z)
+        b = torch.arange(z.shape[0], device=z.device)
+        e_t = e[rows, b]  # [B, n]
+        scores = e_t * self.autoencoder_.readout_weight.detach()[rows]
+        extras = {"x_features": e_t, "approximation": approx[rows, b]}
+        maps = None
+        if heatmaps:
+            maps = torch.zeros(z.shape[0], self.n_features, *images.shape[-2:])
+            for cls in targets.unique().tolist():
+                sel = (targets == cls).nonzero().flatten()
+                maps[sel] = self.heatmaps(images[sel], int(cls)).to(maps.dtype).cpu()
+            logit_maps = excitation_backprop(
+                self.model, images, targets.to(images.device),
+                layer=self.heatmap_layer, size=images.shape[-2:],
+            )  # fmt: skip
+            extras["logit_heatmap"] = normalise_maps(logit_maps)[:, 0]
+        return Explanation(
+            self.method, self.layer, list(self.concept_names_), scores, logits, targets,
+            list(self.class_names_), maps, extras,
+        )  # fmt: skip
+
+    # ---- persistence / export ------------------------------------------------------------
+    def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors = {f"ae.{k}": v for k, v in self.autoencoder_.state_dict().items()}
+        tensors["z_mean"], tensors["z_std"] = self.z_mean_, self.z_std_
+        state = {
+            "classes": self.classes_,
+            "class_names": self.class_names_,
+            "concept_names": self.concept_names_,
+            "n_in": int(self.z_mean_.shape[0]),
+        }
+        return tensors, state
+
+    def _set_state(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+        self.classes_ = [int(c) for c in state["classes"]]
+        ae = GroupedAutoencoder(
+            len(self.classes_), int(state["n_in"]), self.hidden, self.n_features, self.x_activation
+        )
+        ae.load_state_dict({k[3:]: v for k, v in tensors.items() if k.startswith("ae.")})
+        device = self._model_device()
+        self.autoencoder_ = ae.to(device).eval()
+        self.z_mean_, self.z_std_ = tensors["z_mean"].to(device), tensors["z_std"].to(device)
+        self.class_names_ = list(state["class_names"])
+        self.concept_names_ = list(state["concept_names"])
+
+    def _onnx_module(self) -> nn.Module:
+        return _OnnxHead(self)
+
+
+def normalise_maps(maps: torch.Tensor) -> torch.Tensor:
+    """Each map divided by its sum (the paper's S = C / Σ C); all-zero maps stay zero."""
+    total = maps.flatten(2).sum(-1)[..., None, None]
+    return torch.where(total > 0, maps / total.clamp_min(1e-30), torch.zeros_like(maps))

@@ -1,0 +1,1 @@
+"""Metrics of concept explanations (one module per family)."""

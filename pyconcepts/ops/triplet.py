@@ -1,0 +1,116 @@
+"""Semi-hard triplet loss and mining (FaceNet, Schroff et al. 2015; the TF-Addons rule).
+
+Distances are squared Euclidean when ``squared`` (else Euclidean). For every **ordered**
+positive pair (a, p) — a ≠ p, equal labels — the negative is the closest n (another label)
+with d(a, n) > d(a, p); when there is none, the farthest negative of a. Ties between negatives
+go to the lowest index. The loss is the mean over all such pairs of relu(d_ap − d_an + margin)
+(0 when no label has two members); gradients flow through the chosen triplets (the choice
+itself is piecewise constant). The Euclidean distance's gradient is taken as 0 at distance 0.
+Embeddings are used as given: normalise them first if you want normalised ones.
+
+The compiled kernels never build the N×N×N tensor of TF-Addons or pytorch-metric-learning:
+per anchor O(N·Q) work and O(N) memory (see ``csrc/cpu/triplet.cpp``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+from pyconcepts.ops import _bridge
+from pyconcepts.ops._dispatch import resolve_backend
+from pyconcepts.ops._triplet_checks import anchor_offsets, num_positive_pairs, validate
+from pyconcepts.reference import triplet as _reference
+
+
+def _cuda_workspace(emb: torch.Tensor) -> list[Any]:
+    """CUDA only: (workspace, rows) with one row of N distances per block; [] on the CPU."""
+    if emb.device.type != "cuda":
+        return []
+    sms = torch.cuda.get_device_properties(emb.device).multi_processor_count
+    rows = min(emb.shape[0], 4 * sms)
+    return [torch.empty(rows, emb.shape[0], dtype=emb.dtype, device=emb.device), rows]
+
+
+def _loss_and_grad(
+    emb: torch.Tensor, labels: torch.Tensor, margin: float, squared: bool, with_grad: bool
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Per-anchor loss sums (float64) and, when asked, the gradient of their total."""
+    emb = _bridge.dense(emb.detach())
+    labels = _bridge.dense(labels)
+    n, q = emb.shape
+    anchor_loss = torch.zeros(n, dtype=torch.float64, device=emb.device)
+    grad = torch.zeros_like(emb) if with_grad else None
+    _bridge.call(
+        "semihard_triplet_loss",
+        emb, labels, n, q, float(margin), bool(squared), *_cuda_workspace(emb), anchor_loss, grad,
+        dtype=emb.dtype, device=emb.device,
+    )  # fmt: skip
+    return anchor_loss, grad
+
+
+class _SemihardTripletLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any, emb: torch.Tensor, labels: torch.Tensor, margin: float, squared: bool
+    ) -> torch.Tensor:
+        anchor_loss, grad = _loss_and_grad(emb, labels, margin, squared, ctx.needs_input_grad[0])
+        pairs = num_positive_pairs(labels).clamp_min(1).to(emb.dtype)
+        ctx.save_for_backward(grad, pairs)
+        return (anchor_loss.sum().to(emb.dtype) / pairs).reshape(())
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(
+        ctx: Any, grad_out: torch.Tensor
+    ) -> tuple[Optional[torch.Tensor], None, None, None]:
+        grad, pairs = ctx.saved_tensors
+        return grad * (grad_out / pairs), None, None, None
+
+
+def semihard_triplet_loss(
+    emb: torch.Tensor,
+    labels: torch.Tensor,
+    margin: float = 1.0,
+    squared: bool = True,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """Mean semi-hard triplet loss of ``emb [N, Q]`` under integer ``labels [N]`` (0-D tensor).
+
+    Raises ValueError for NaN/inf embeddings, N < 2, labels of another length or device, or a
+    single label overall (no negatives). ``backend``: None (automatic), "cpu", "cuda",
+    "reference".
+    """
+    emb, labels = validate(emb, labels, margin)
+    if resolve_backend(emb, backend) == "reference":
+        return _reference.semihard_triplet_loss(emb, labels, margin, squared)
+    out: torch.Tensor = _SemihardTripletLoss.apply(emb, labels, float(margin), bool(squared))
+    return out
+
+
+def semihard_triplets(
+    emb: torch.Tensor,
+    labels: torch.Tensor,
+    margin: float = 1.0,
+    squared: bool = True,
+    backend: Optional[str] = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The mined (anchor, positive, negative) int64 index tensors, one entry per ordered
+    positive pair, ordered by anchor then positive index. ``margin`` and ``squared`` do not
+    change the choice (kept for the same signature as the loss)."""
+    emb, labels = validate(emb, labels, margin)
+    if resolve_backend(emb, backend) == "reference":
+        return _reference.semihard_triplets(emb, labels, margin, squared)
+    emb = _bridge.dense(emb.detach())
+    labels = _bridge.dense(labels)
+    offsets, total = anchor_offsets(labels)
+    a, p, n = (torch.empty(total, dtype=torch.int64, device=emb.device) for _ in range(3))
+    if total:
+        _bridge.call(
+            "semihard_triplets",
+            emb, labels, emb.shape[0], emb.shape[1], *_cuda_workspace(emb), _bridge.dense(offsets),
+            a, p, n,
+            dtype=emb.dtype, device=emb.device,
+        )  # fmt: skip
+    return a, p, n

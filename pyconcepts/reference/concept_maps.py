@@ -1,0 +1,44 @@
+"""Pure-torch twins of :mod:`pyconcepts.ops.concept_maps` (same names and signatures).
+
+Standard ONNX ops only (Conv with a 1x1 kernel, Relu, ReduceMax, ReduceMean, Greater, Cast), so an
+explainer head built on them exports with ``torch.onnx.export``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+
+
+class ConceptMapStats(NamedTuple):
+    """Per image and concept map, each ``[B, M]`` in the input dtype."""
+
+    max: torch.Tensor
+    mean: torch.Tensor
+    frac_above: torch.Tensor
+
+
+def concept_maps(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """``relu(conv1x1(x, weight, bias))``: x ``[B,D,H,W]``, weight ``[M,D]`` → ``[B,M,H,W]``."""
+    return torch.relu(torch.nn.functional.conv2d(x, weight[:, :, None, None], bias))
+
+
+def concept_map_stats(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    threshold: float = 0.0,
+) -> ConceptMapStats:
+    """Max, mean and fraction of positions ``> threshold`` of each concept map, each ``[B,M]``.
+
+    This twin materialises ``[B,M,H,W]``; the compiled op does not.
+    """
+    maps = concept_maps(x, weight, bias)
+    return ConceptMapStats(
+        max=maps.amax(dim=(2, 3)),
+        mean=maps.mean(dim=(2, 3)),
+        frac_above=(maps > threshold).to(maps.dtype).mean(dim=(2, 3)),
+    )

@@ -1,0 +1,228 @@
+"""Excitation backprop against hand-written propagation (numpy, dense matrices, explicit loops)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pyconcepts.attribution.excitation import excitation_backprop
+
+
+def _mwp_dense(weight: np.ndarray, x: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """P(x_j) = sum_i x_j w+_ij / sum_j' x_j' w+_ij' * P(y_i), written as loops."""
+    out = np.zeros_like(x)
+    for i in range(weight.shape[0]):
+        wp = np.maximum(weight[i], 0.0)
+        denom = float(np.dot(wp, x))
+        if denom <= 1e-12:
+            continue
+        for j in range(x.shape[0]):
+            out[j] += x[j] * wp[j] / denom * p[i]
+    return out
+
+
+def test_two_layer_mlp_by_hand() -> None:
+    w1 = np.array([[1.0, -2.0, 0.5], [0.3, 0.7, -1.0]])
+    b1 = np.array([0.1, 0.2])
+    w2 = np.array([[2.0, -1.0], [-0.5, 1.5]])
+    x = np.array([0.4, 0.2, 0.9])
+    net = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 2)).double()
+    with torch.no_grad():
+        net[0].weight.copy_(torch.from_numpy(w1))
+        net[0].bias.copy_(torch.from_numpy(b1))
+        net[2].weight.copy_(torch.from_numpy(w2))
+    h = np.maximum(w1 @ x + b1, 0.0)  # [0.1, 0.2+0.12+0.14-0.9 -> 0] -> h = [0.35, 0]
+    for target in (0, 1):
+        seed = np.eye(2)[target]
+        p_h_pos = _mwp_dense(w2, h, seed)
+        p_h_neg = _mwp_dense(-w2, h, seed)
+        mwp = _mwp_dense(w1, x, p_h_pos)
+        cmwp = np.maximum(mwp - _mwp_dense(w1, x, p_h_neg), 0.0)
+        got = excitation_backprop(net, torch.from_numpy(x)[None], target, contrastive=False)
+        np.testing.assert_allclose(got[0, 0].numpy(), mwp, rtol=1e-12, atol=1e-12)
+        got_c = excitation_backprop(net, torch.from_numpy(x)[None], target)
+        np.testing.assert_allclose(got_c[0, 0].numpy(), cmwp, rtol=1e-12, atol=1e-12)
+    # Plain MWP conserves probability mass where every unit on the path is excited.
+    assert excitation_backprop(net, torch.from_numpy(x)[None], 0, contrastive=False).sum() == (
+        pytest.approx(1.0)
+    )
+
+
+def _dense(op: nn.Module, shape: tuple[int, ...]) -> np.ndarray:
+    """The matrix of a linear op (no bias) found by probing it with basis vectors."""
+    n = int(np.prod(shape))
+    cols = []
+    with torch.no_grad():
+        for k in range(n):
+            e = torch.zeros(n, dtype=torch.float64)
+            e[k] = 1.0
+            cols.append(op(e.reshape(1, *shape)).reshape(-1).numpy())
+    return np.stack(cols, axis=1)
+
+
+def test_conv_pool_network_against_dense_oracle() -> None:
+    torch.manual_seed(0)
+    conv1 = nn.Conv2d(2, 3, 3, padding=1)
+    conv2 = nn.Conv2d(3, 2, 2, stride=1)
+    fc = nn.Linear(2 * 2 * 2, 3)
+    net = nn.Sequential(
+        conv1, nn.ReLU(), nn.MaxPool2d(2), conv2, nn.ReLU(), nn.AvgPool2d(1), nn.Flatten(), fc
+    ).double()
+    x = torch.rand(2, 2, 6, 6, dtype=torch.float64)
+    got = excitation_backprop(net, x, [0, 2], layer=net[2])  # maps at the max-pool output
+    assert got.shape == (2, 2, 3, 3)
+    for b in range(2):
+        with torch.no_grad():
+            a1 = net[2](net[1](net[0](x[b : b + 1])))  # [1,3,3,3] pooled activations
+            a2 = net[4](net[3](a1))  # [1,2,2,2]
+        m2 = _dense(lambda t: nn.functional.conv2d(t, conv2.weight), (3, 3, 3))
+        for t, target in enumerate((0, 2)):
+            seed = np.eye(3)[target]
+            v2 = a2.reshape(-1).numpy()
+            p2 = _mwp_dense(fc.weight.detach().numpy(), v2, seed) - _mwp_dense(
+                -fc.weight.detach().numpy(), v2, seed
+            )
+            p1 = _mwp_dense(m2, a1.reshape(-1).numpy(), p2)
+            want = np.maximum(p1.reshape(3, 3, 3).sum(0), 0.0)
+            np.testing.assert_allclose(got[b, t].numpy(), want, rtol=1e-10, atol=1e-12)
+
+
+def test_avgpool_rule_and_input_maps() -> None:
+    torch.manual_seed(1)
+    net = nn.Sequential(
+        nn.Conv2d(1, 2, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 2)
+    ).double()
+    x = torch.rand(1, 1, 5, 5, dtype=torch.float64)
+    got = excitation_backprop(net, x, 1, contrastive=False)
+    conv = net[0]
+    with torch.no_grad():
+        a = net[1](conv(x))  # [1,2,3,3]
+        pooled = a.mean(dim=(2, 3)).reshape(-1).numpy()
+    p_pool = _mwp_dense(net[4].weight.detach().numpy(), pooled, np.eye(2)[1])
+    p_a = _mwp_dense(_dense(nn.AdaptiveAvgPool2d(1), (2, 3, 3)), a.reshape(-1).numpy(), p_pool)
+    p_x = _mwp_dense(
+        _dense(lambda t: nn.functional.conv2d(t, conv.weight), (1, 5, 5)),
+        x.reshape(-1).numpy(),
+        p_a,
+    )
+    np.testing.assert_allclose(got[0, 0].numpy(), p_x.reshape(5, 5), rtol=1e-10, atol=1e-12)
+
+
+def test_batchnorm_is_folded_into_the_conv() -> None:
+    torch.manual_seed(2)
+    conv = nn.Conv2d(2, 3, 3, padding=1, bias=False)
+    bn = nn.BatchNorm2d(3)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([1.5, -0.7, 0.3]))
+        bn.running_var.copy_(torch.tensor([0.5, 2.0, 1.0]))
+        bn.running_mean.copy_(torch.tensor([0.1, -0.2, 0.0]))
+    head = nn.Linear(3, 2)
+    net = nn.Sequential(conv, bn, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), head).eval()
+    folded_conv = nn.Conv2d(2, 3, 3, padding=1)
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    with torch.no_grad():
+        folded_conv.weight.copy_(conv.weight * scale[:, None, None, None])
+        folded_conv.bias.copy_(bn.bias - bn.running_mean * scale)
+    folded = nn.Sequential(folded_conv, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), head)
+    x = torch.rand(3, 2, 4, 4)
+    torch.testing.assert_close(net(x), folded(x))
+    torch.testing.assert_close(
+        excitation_backprop(net, x, [0, 1]), excitation_backprop(folded, x, [0, 1])
+    )
+
+
+def test_output_layer_scalar_and_per_sample_targets() -> None:
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3), nn.ReLU(), nn.Linear(3, 2))
+    x = torch.rand(5, 4)
+    # A hidden unit of the first layer: only that layer's weights matter (contrastive at it).
+    got = excitation_backprop(net, x, [1, 4], output_layer=net[1])
+    w = net[0].weight.detach().double().numpy()
+    for b in range(5):
+        for t, unit in enumerate((1, 4)):
+            seed = np.eye(6)[unit]
+            xb = x[b].double().numpy()
+            want = np.maximum(_mwp_dense(w, xb, seed) - _mwp_dense(-w, xb, seed), 0.0)
+            if net[0](x[b])[unit] <= 0:  # a ReLU that is off passes nothing
+                want = np.zeros_like(want)
+            np.testing.assert_allclose(got[b, t].numpy(), want, rtol=1e-5, atol=1e-6)
+    per_sample = excitation_backprop(net, x, torch.tensor([0, 1, 1, 0, 1]))
+    both = excitation_backprop(net, x, [0, 1])
+    torch.testing.assert_close(
+        per_sample[:, 0], both[torch.arange(5), torch.tensor([0, 1, 1, 0, 1])]
+    )
+    named = excitation_backprop(net, x, 2, output_layer="2")
+    assert named.shape == (5, 1, 4)
+
+
+def test_errors_are_clear() -> None:
+    net = nn.Sequential(nn.Linear(3, 3), nn.GELU(), nn.Linear(3, 2))
+    with pytest.raises(ValueError, match="GELU"):
+        excitation_backprop(net, torch.rand(1, 3), 0)
+    mlp = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2))
+    with pytest.raises(ValueError, match="non-negative"):
+        excitation_backprop(mlp, -torch.ones(1, 3), 0)
+    with pytest.raises(ValueError, match="no layer named"):
+        excitation_backprop(mlp, torch.rand(1, 3), 0, layer="nope")
+    with pytest.raises(ValueError, match="indices"):
+        excitation_backprop(mlp, torch.rand(1, 3), 7)
+    bn_net = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3), nn.ReLU(), nn.Linear(3, 2))
+    with pytest.raises(ValueError, match="eval"):
+        excitation_backprop(bn_net, torch.rand(2, 3), 0)
+    # The model's hooks are removed afterwards, also after an error.
+    assert all(not m._forward_hooks for m in bn_net.modules())
+
+
+def test_upsampled_maps_and_normalised_inputs_with_a_layer() -> None:
+    torch.manual_seed(4)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    )
+    x = torch.randn(2, 3, 8, 8)  # normalised images: negative pixels are fine above the first ReLU
+    maps = excitation_backprop(net, x, [0, 1, 2], layer=net[2], size=(8, 8))
+    assert maps.shape == (2, 3, 8, 8)
+    assert bool((maps >= 0).all())
+
+
+def test_forward_only_twin_matches_the_hooks() -> None:
+    from pyconcepts.models import cw_vgg
+    from pyconcepts.reference.excitation import chain_of, excitation_backprop_chain
+
+    torch.manual_seed(5)
+    model = cw_vgg(n_classes=4, image_size=32).eval()
+    x = (torch.rand(3, 3, 32, 32) * 2).floor() / 2  # flat regions: ties in max pooling
+    chain = [m for _, m in chain_of(model, x[:1])]
+    targets = torch.tensor([[0, 3], [1, 2], [2, 2]])
+    want = excitation_backprop(model, x, targets)
+    got = excitation_backprop_chain(chain, x, targets)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+    # maps read at an intermediate layer (after the second ReLU), upsampled
+    names = [n for n, _ in chain_of(model, x[:1])]
+    stop = names.index("features.relu2")
+    want = excitation_backprop(model, x, targets, layer="features.relu2", size=(32, 32))
+    got = excitation_backprop_chain(chain, x, targets, stop=stop, size=(32, 32))
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+
+
+def test_chain_of_rejects_non_chains() -> None:
+    from pyconcepts.reference.excitation import chain_of
+
+    class Residual(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 3), nn.Linear(3, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(x) + self.a(x)
+
+    with pytest.raises(ValueError, match="chain"):
+        chain_of(Residual(), torch.rand(1, 3))

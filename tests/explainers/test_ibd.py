@@ -1,0 +1,168 @@
+"""IBD: concept vectors from masks, class decomposition, exact contributions, heatmaps summing to
+the CAM, Grad-CAM mode, persistence, ONNX, and scoring against the concept world's ground truth."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from pyconcepts.data import ConceptWorld
+from pyconcepts.errors import NotFittedError
+from pyconcepts.explainers.ibd import IBD
+from pyconcepts.models import cw_resnet, cw_vgg
+from pyconcepts.ops import greedy_nnls_basis
+
+FAST = {"steps": 15, "mining_rounds": 2}
+
+
+@pytest.fixture(scope="module")
+def world() -> ConceptWorld:
+    return ConceptWorld(120, seed=11)
+
+
+@pytest.fixture(scope="module")
+def fitted(world: ConceptWorld) -> IBD:
+    torch.manual_seed(0)
+    return IBD(cw_resnet().eval(), **FAST).fit(world)
+
+
+def test_constructor_stores_only_and_unfitted_raises() -> None:
+    e = IBD(cw_resnet(), n_terms=5)
+    assert e.get_config()["n_terms"] == 5 and not e.is_fitted
+    with pytest.raises(NotFittedError):
+        e.explain(torch.rand(1, 3, 64, 64))
+
+
+def test_concept_vectors_and_class_decomposition(fitted: IBD, world: ConceptWorld) -> None:
+    Q = fitted.concept_vectors_
+    assert Q.shape == (16, 128) and fitted.concept_names_ == list(world.concepts)
+    assert torch.allclose(Q.norm(dim=1), torch.ones(16), atol=1e-5)
+    assert torch.allclose(Q.mean(1), torch.zeros(16), atol=1e-6)
+    assert fitted.mode_ == "cam" and fitted.concept_ap_.shape == (16,)
+    W = fitted.model.fc.weight.detach()
+    fit = greedy_nnls_basis(W, Q, 7)
+    assert torch.equal(fitted.basis_indices_, fit.indices)
+    assert (fitted.basis_coefs_ >= 0).all()
+    recon = (fitted.basis_coefs_[:, :, None] * Q[fitted.basis_indices_]).sum(1)
+    assert torch.allclose(recon + fitted.residuals_, W, atol=1e-6)
+    assert ((fitted.residual_ratio_ >= 0) & (fitted.residual_ratio_ <= 1 + 1e-6)).all()
+    edges = fitted.class_concept_graph()
+    assert all(s > 0 for _, _, s in edges) and {c for c, _, _ in edges} <= set(fitted.class_names_)
+
+
+def test_contributions_sum_to_the_logit_and_heatmaps_to_the_cam(
+    fitted: IBD, world: ConceptWorld
+) -> None:
+    images = world.image(slice(0, 6))
+    result = fitted.explain(images)
+    logit = result.logits.gather(1, result.targets[:, None])[:, 0]
+    ex = result.extras
+    total = result.concept_scores.sum(1) + ex["residual_contribution"] + ex["bias"]
+    assert torch.allclose(total, logit, atol=1e-4)
+    assert torch.allclose(ex["score"], logit, atol=1e-4)
+    # concept heatmaps + residual heatmap = CAM w_k^T A (upsampled)
+    acts = fitted.model[:-3](images)  # stem .. layer3
+    W = fitted.model.fc.weight.detach()[result.targets]
+    cam = torch.einsum("bd,bdhw->bhw", W, acts)[:, None]
+    cam = F.interpolate(cam, size=(64, 64), mode="bilinear", align_corners=False)[:, 0]
+    assert torch.allclose(ex["cam"], cam, atol=1e-4)
+    assert torch.allclose(result.heatmaps.sum(1) + ex["residual_heatmap"], cam, atol=1e-4)
+    # a concept's contribution is the mean of its (layer-resolution) heatmap; zero off-basis
+    outside = torch.ones_like(result.concept_scores, dtype=torch.bool)
+    outside.scatter_(1, ex["basis_indices"], False)
+    assert (result.concept_scores[outside] == 0).all()
+    fig = result.plot(0, images[0])
+    assert len(fig.axes) == 4
+
+
+def test_explain_given_targets(fitted: IBD, world: ConceptWorld) -> None:
+    images = world.image(slice(0, 3))
+    result = fitted.explain(images, targets=torch.tensor([0, 1, 2]))
+    assert result.targets.tolist() == [0, 1, 2]
+    assert torch.equal(result.extras["basis_indices"], fitted.basis_indices_[:3])
+    with pytest.raises(ValueError, match="targets"):
+        fitted.explain(images, targets=torch.tensor([0, 1, 99]))
+    # GAP + linear head: the pooled gradient w_k(a) is w_k / (h w), so the per-image Grad-CAM
+    # decomposition picks the class basis, with coefficients and score scaled by 1 / (h w)
+    per_image = fitted.explain(images, targets=torch.tensor([0, 1, 2]), per_image=True)
+    assert torch.equal(per_image.extras["basis_indices"], fitted.basis_indices_[:3])
+    hw = 64.0  # layer3 is 8x8 at 64 px
+    assert torch.allclose(per_image.extras["basis_coefs"] * hw, fitted.basis_coefs_[:3], atol=1e-5)
+
+
+def test_gradcam_mode_decomposes_per_image(world: ConceptWorld) -> None:
+    torch.manual_seed(0)
+    e = IBD(cw_vgg().eval(), layer="features.relu4", **FAST).fit(world, max_images=60)
+    assert e.mode_ == "gradcam"  # the VGG head is not linear in pooled features
+    from pyconcepts.attribution.gradcam import grad_cam
+
+    images = world.image(slice(0, 4))
+    result = e.explain(images)
+    cam = grad_cam(e.model, "features.relu4", images, upsample=False)
+    fit = greedy_nnls_basis(cam.weights, e.concept_vectors_, 7)
+    assert torch.equal(result.extras["basis_indices"], fit.indices)
+    score = (cam.weights * cam.activations.mean((2, 3))).sum(1)  # w_k(a)^T a
+    assert torch.allclose(result.extras["score"], score, atol=1e-5)
+    with pytest.raises(NotImplementedError, match="CAM mode"):
+        e.export_onnx("never.onnx")
+    with pytest.raises(ValueError, match="mode='gradcam'"):
+        IBD(cw_vgg().eval(), layer="features.relu4", mode="cam", **FAST).fit(world, max_images=20)
+
+
+def test_fit_from_tensors_and_batches_equals_fit_from_world(
+    fitted: IBD, world: ConceptWorld
+) -> None:
+    images, masks = world.image(slice(None)), world.concept_masks(slice(None))
+    names = list(world.concepts)
+    a = IBD(fitted.model, **FAST).fit((images, masks), concept_names=names)
+    batches = [
+        (images[i : i + 50], world.labels[i : i + 50], masks[i : i + 50]) for i in (0, 50, 100)
+    ]
+    b = IBD(fitted.model, **FAST).fit(batches, concept_names=names)
+    assert torch.allclose(a.concept_vectors_, fitted.concept_vectors_, atol=1e-6)
+    assert torch.allclose(b.concept_vectors_, fitted.concept_vectors_, atol=1e-6)
+
+
+def test_bad_inputs(world: ConceptWorld) -> None:
+    model = cw_resnet().eval()
+    images, masks = world.image(slice(0, 8)), world.concept_masks(slice(0, 8))
+    with pytest.raises(ValueError, match="mode"):
+        IBD(model, mode="linear").fit(world)
+    with pytest.raises(ValueError, match="masks"):
+        IBD(model, **FAST).fit((images, masks[:, :, :32]))
+    with pytest.raises(ValueError, match="concept_names"):
+        IBD(model, **FAST).fit((images, masks), concept_names=["a"])
+    with pytest.raises(ValueError, match="heldout"):
+        IBD(model, heldout=1.0).fit(world)
+    with pytest.raises(TypeError, match="data"):
+        IBD(model, **FAST).fit([images])
+
+
+def test_save_load_and_onnx(fitted: IBD, world: ConceptWorld, tmp_path) -> None:
+    images = world.image(slice(0, 5))
+    path = fitted.save(tmp_path / "ibd.pcx")
+    loaded = IBD.load(path, model=fitted.model)
+    a, b = fitted.explain(images), loaded.explain(images)
+    assert torch.equal(a.concept_scores, b.concept_scores) and loaded.mode_ == "cam"
+    pytest.importorskip("onnxruntime")
+    from pyconcepts.export import OnnxExplainer
+
+    out = OnnxExplainer(fitted.export_onnx(tmp_path / "ibd.onnx")).run(images)
+    assert torch.allclose(torch.from_numpy(out["concept_scores"]), a.concept_scores, atol=1e-4)
+    assert torch.allclose(torch.from_numpy(out["heatmaps"]), a.heatmaps, atol=1e-4)
+    resid = torch.from_numpy(out["residual_heatmap"])
+    assert torch.allclose(resid, a.extras["residual_heatmap"], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_ground_truth_on_the_trained_resnet(resnet: torch.nn.Module) -> None:
+    """On the trained cw-resnet the concept classifiers are accurate and each class's basis
+    contains the concepts that define it (concept world ground truth)."""
+    world = ConceptWorld(400, seed=5)
+    e = IBD(resnet, steps=30, mining_rounds=3).fit(world)
+    assert float(e.concept_ap_.nanmean()) > 0.6
+    gt = e.ground_truth_scores(world.class_concept_matrix())
+    assert float(gt["mean_recall"]) >= 0.5
+    assert float(gt["mean_precision_at_k"]) >= 0.3
+    assert 0 < float(e.residual_ratio_.mean()) < 1

@@ -1,0 +1,208 @@
+"""MACE: contract (fit → explain → save/load → ONNX), its pieces, pruning, metrics, ground truth."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pyconcepts.errors import NotFittedError
+from pyconcepts.explainers.mace import MACE, PRUNE_RULES, find_tail
+from pyconcepts.metrics import saliency
+from pyconcepts.models import cw_vgg
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """An untrained cw-vgg and random images: enough to exercise the mechanics quickly."""
+    torch.manual_seed(0)
+    model = cw_vgg().eval()
+    images = torch.rand(40, 3, 64, 64)
+    labels = torch.arange(40) % 4
+    explainer = MACE(model, layer="features.relu4", n_concepts=3, embedding_sizes=(16, 8),
+                     batch_size=20, lr=1e-3)  # fmt: skip
+    explainer.fit((images, labels), epochs=2, progress=False)
+    return model, images, labels, explainer
+
+
+def test_constructor_stores_only_and_unfitted_use_raises():
+    e = MACE(cw_vgg(), n_concepts=4)
+    assert e.get_config()["n_concepts"] == 4 and e.get_config()["lr"] == 1e-4
+    with pytest.raises(NotFittedError):
+        e.explain(torch.rand(1, 3, 64, 64))
+    with pytest.raises(ValueError, match="negatives"):
+        MACE(cw_vgg(), layer="features.relu4", negatives="x").fit(torch.rand(4, 3, 64, 64))
+    with pytest.raises(ValueError, match="no layer named"):
+        MACE(cw_vgg(), layer="features.nope").fit(torch.rand(4, 3, 64, 64))
+
+
+def test_tail_maps_the_dense_output_to_the_logits():
+    model = cw_vgg().eval()
+    x = torch.rand(3, 3, 64, 64)
+    z = model.fc1(model.flatten(model.features(x)))
+    torch.testing.assert_close(find_tail(model, "fc1")(z), model(x))
+
+
+def test_explain_shapes_and_relevance(tiny):
+    model, images, _, e = tiny
+    out = e.explain(images[:5])
+    k, c = 10, 3
+    assert out.concept_scores.shape == (5, k * c) and out.heatmaps.shape == (5, k * c, 64, 64)
+    rel = out.extras["relevance"]
+    assert rel.shape == (5, k, c) and out.extras["embeddings"].shape == (5, k, c, 8)
+    # concept_scores = the explained class's relevances, zero elsewhere
+    for i, t in enumerate(out.targets.tolist()):
+        torch.testing.assert_close(out.concept_scores[i].view(k, c)[t], rel[i, t])
+        assert float(out.concept_scores[i].view(k, c).abs().sum()) == pytest.approx(
+            float(rel[i, t].abs().sum()), abs=1e-5
+        )
+    assert torch.equal(out.logits.argmax(1), model(images[:5]).argmax(1))
+    with pytest.raises(ValueError, match="targets"):
+        e.explain(images[:2], targets=torch.tensor([0, 99]))
+
+
+def test_pruned_concepts_are_reported_and_masked(tiny):
+    _, images, labels, _ = tiny
+    e = MACE(cw_vgg().eval(), layer="features.relu4", n_concepts=2, embedding_sizes=(8,),
+             prune_max_positive=0.0, batch_size=20)  # fmt: skip
+    e.fit((images, labels), epochs=1, progress=False)
+    assert set(e.pruned_.values()) <= set(PRUNE_RULES)
+    active = e.head_.active
+    assert int(active.numel() - active.sum()) == len(e.pruned_)
+    out = e.explain(images[:3])
+    gone = active.flatten() == 0
+    assert float(out.heatmaps[:, gone].abs().sum()) == 0.0
+    assert float(out.extras["relevance"].flatten(1)[:, gone].abs().sum()) == 0.0
+
+
+def test_save_load_roundtrip(tiny, tmp_path):
+    model, images, _, e = tiny
+    path = e.save(tmp_path / "mace.pcx")
+    loaded = MACE.load(path, model=model)
+    a, b = e.explain(images[:4]), loaded.explain(images[:4])
+    torch.testing.assert_close(a.concept_scores, b.concept_scores)
+    torch.testing.assert_close(a.heatmaps, b.heatmaps)
+    assert loaded.pruned_ == e.pruned_
+
+
+def test_export_onnx_matches_torch(tiny, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    _, images, _, e = tiny
+    path = e.export_onnx(tmp_path / "mace.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    _, scores, maps, rel = session.run(None, {"images": images[:3].numpy()})
+    out = e.explain(images[:3])
+    torch.testing.assert_close(torch.from_numpy(rel), out.extras["relevance"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(torch.from_numpy(maps), out.heatmaps, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(torch.from_numpy(scores), out.concept_scores, atol=1e-4, rtol=1e-4)
+
+
+def test_image_negatives_follow_the_per_image_rule():
+    """negatives='image' vs a plain loop: anchor (i,j), positive (i',j), semi-hard negative among
+    (i,j'), j' != j, else the farthest of them."""
+    torch.manual_seed(1)
+    emb = F.normalize(torch.randn(4, 3, 5, dtype=torch.float64), dim=-1)
+    e = MACE(cw_vgg(), negatives="image", margin=0.7)
+    got = e._triplet(emb)
+    b, c, _ = emb.shape
+    terms = []
+    for i, j, i2 in itertools.product(range(b), range(c), range(b)):
+        if i2 == i:
+            continue
+        d_ap = float(((emb[i, j] - emb[i2, j]) ** 2).sum())
+        d_n = [float(((emb[i, j] - emb[i, j2]) ** 2).sum()) for j2 in range(c) if j2 != j]
+        farther = [d for d in d_n if d > d_ap]
+        d_an = min(farther) if farther else max(d_n)
+        terms.append(max(0.0, d_ap - d_an + 0.7))
+    assert float(got) == pytest.approx(sum(terms) / len(terms), rel=1e-9)
+
+
+def test_metrics_on_known_maps():
+    masks = torch.zeros(2, 3, 8, 8, dtype=torch.bool)
+    masks[:, 0, :4] = True
+    masks[:, 1, :, :2] = True
+    maps = masks.float()[:, None].repeat(1, 2, 1, 1, 1)  # [N=2, K=2, C=3, H, W] = GT masks
+    truth = saliency.ground_truth_score(
+        maps, torch.ones(2, 3), masks, torch.tensor([0, 1]),
+        torch.tensor([[True, False, False], [True, True, False]]),
+    )  # fmt: skip
+    assert truth["best_iou"] == [1.0, 1.0] and truth["mean_found"] == 1.0
+    a = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
+    a[..., :2, :] = True
+    b = torch.zeros_like(a)
+    b[..., :1, :] = True
+    assert float(saliency.iou(a, b)) == pytest.approx(0.5)
+    clustered = torch.randn(1, 3, 4) * 10 + torch.randn(10, 3, 4) * 0.01  # [10 images, 3, Q]
+    assert saliency.stability(clustered)["ratio"] < 0.05
+
+
+def test_faithfulness_drops_more_when_the_evidence_is_masked():
+    class LeftHalf(torch.nn.Module):  # class 0 evidence = brightness of the left half
+        def forward(self, x):
+            s = x[..., : x.shape[-1] // 2].mean((1, 2, 3)) * 20
+            return torch.stack([s, torch.full_like(s, 5.0)], 1)
+
+    images = torch.ones(4, 3, 8, 8)
+    left = torch.zeros(4, 1, 8, 8)
+    left[..., :4] = 1
+    model = LeftHalf()
+    drop_left = saliency.faithfulness(model, images, left, torch.zeros(4, dtype=torch.long),
+                                      fill="zero")[0.5]["drop"]  # fmt: skip
+    drop_right = saliency.faithfulness(model, images, 1 - left, torch.zeros(4, dtype=torch.long),
+                                       fill="zero")[0.5]["drop"]  # fmt: skip
+    assert drop_left > 0.9 and drop_right == pytest.approx(0.0, abs=1e-6)
+
+
+def test_ground_truth_on_the_concept_world(vgg, small_world):
+    """Fitted on the concept world, MACE's maps overlap the classes' defining concepts better
+    than random combinations of the same layer's activation maps (the paper's baseline)."""
+    x, y = small_world.tensors()
+    e = MACE(vgg, n_concepts=4, embedding_sizes=(32, 16), lr=1e-3, batch_size=50, prune=False)
+    e.fit((x, y), epochs=6, progress=False)
+    gt, cc = small_world.concept_masks(slice(None)), small_world.class_concept_matrix()
+    ours = saliency.ground_truth_score(e.concept_maps_of(x), e.head_.active, gt, y, cc)
+    k = len(small_world.class_names)
+    rand = saliency.random_maps(e._extract(x)[0], k * 4, x.shape[-2:]).view(len(x), k, 4, 64, 64)
+    base = saliency.ground_truth_score(rand, torch.ones(k, 4), gt, y, cc)
+    assert ours["mean_best_iou"] > base["mean_best_iou"]
+
+
+def test_resnet_like_model_and_a_model_it_cannot_split():
+    from pyconcepts.models import cw_resnet
+
+    torch.manual_seed(0)
+    images, labels = torch.rand(12, 3, 64, 64), torch.arange(12) % 3
+    e = MACE(cw_resnet().eval(), layer="layer3", n_concepts=2, embedding_sizes=(8,))
+    e.fit((images, labels), epochs=1, progress=False)
+    assert e.dense_layer_ == "fc" and e.explain(images[:2]).heatmaps.shape == (2, 20, 64, 64)
+
+    class Opaque(torch.nn.Module):  # the dense layer is not followed inside a Sequential
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc1, self.fc2 = (
+                torch.nn.Conv2d(3, 4, 3),
+                torch.nn.Linear(4, 5),
+                torch.nn.Linear(5, 3),
+            )
+
+        def forward(self, x):
+            return self.fc2(torch.relu(self.fc1(self.conv(x).mean((2, 3)))))
+
+    with pytest.raises(ValueError, match="dense_layer"):
+        MACE(Opaque(), layer="conv", n_concepts=2).fit((images, labels), epochs=1, progress=False)
+
+
+def test_the_shared_explainer_contract():
+    from pyconcepts.testing import check_explainer
+
+    torch.manual_seed(0)
+    model = cw_vgg().eval()
+    images, labels = torch.rand(12, 3, 64, 64), torch.arange(12) % 3
+    report = check_explainer(
+        lambda: MACE(model, layer="features.relu4", n_concepts=2, embedding_sizes=(8,),
+                     finetune_epochs=1),
+        (images, labels), images[:4],
+    )  # fmt: skip
+    assert "fit_is_deterministic_given_the_seed" in report.passed

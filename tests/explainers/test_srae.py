@@ -1,0 +1,226 @@
+"""SRAE on the concept world at small sizes: losses by hand, grouped = per-class training,
+the explainer contract, exact x-feature heatmap modules, errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pyconcepts.data import ConceptWorld
+from pyconcepts.errors import NotFittedError
+from pyconcepts.explainers.srae import (
+    SRAE,
+    GroupedAutoencoder,
+    LossConfig,
+    class_samples,
+    pull_away,
+    srae_losses,
+    train_grouped,
+    validation_faithfulness,
+)
+from pyconcepts.models import cw_vgg
+
+TINY = {"hidden": (16, 8), "n_features": 3, "epochs": 2, "batch_size": 64}
+
+
+@pytest.fixture(scope="module")
+def world() -> ConceptWorld:
+    return ConceptWorld(96, seed=11)
+
+
+@pytest.fixture(scope="module")
+def vgg() -> torch.nn.Module:
+    """An untrained, seeded cw-vgg: the mechanics need no trained model (and no zoo cache)."""
+    torch.manual_seed(0)
+    return cw_vgg().eval()
+
+
+@pytest.fixture(scope="module")
+def fitted(vgg, world):
+    return SRAE(vgg, classes=[0, 1, 3], **TINY).fit(world.tensors(), progress=False)
+
+
+def test_losses_match_the_formula_by_hand() -> None:
+    gen = torch.Generator().manual_seed(0)
+    ae = GroupedAutoencoder(2, 4, (5,), 3, generator=gen).double()
+    z = torch.randn(6, 4, dtype=torch.float64, generator=gen)
+    target = torch.randn(2, 6, dtype=torch.float64, generator=gen)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 0, 1, 0, 1, 1]], dtype=torch.float64)
+    weight = torch.tensor([[3, 1, 1, 1, 1, 1], [1, 1, 2, 1, 1, 1]], dtype=torch.float64)
+    cfg = LossConfig(beta=0.7, q=5.0, eta=0.3, lambda1=0.01, lambda2=0.02, lambda3=0.03)
+    got = {k: v.detach() for k, v in srae_losses(ae, z, target, mask, weight, cfg).items()}
+    ae.requires_grad_(False)
+    for k in range(2):
+        rows = mask[k].bool()
+        w1, b1 = ae.encoder_weights[0][k], ae.encoder_biases[0][k]
+        w2, b2 = ae.encoder_weights[1][k], ae.encoder_biases[1][k]
+        e = torch.relu(z[rows] @ w1 + b1) @ w2 + b2
+        approx = e @ ae.readout_weight[k] + ae.readout_bias[k]
+        w = weight[k][rows]
+        faith = (w * (approx - target[k][rows]) ** 2).sum() / w.sum()
+        recon = e @ ae.decoder_weight[k] + ae.decoder_bias[k]
+        q_d = ((recon - z[rows]) ** 2).mean(0)
+        sparse = 0.7 * torch.log(1 + 5.0 * q_d).mean()
+        pt = 0.0
+        for a in range(3):
+            for b in range(3):
+                if a != b:
+                    pt += (
+                        float((e[:, a] @ e[:, b] / (e[:, a].norm() * e[:, b].norm())).detach()) ** 2
+                    )
+        pt = 0.3 * pt / 6
+        reg = (
+            0.01 * (w1.pow(2).sum() + w2.pow(2).sum())
+            + 0.02 * ae.decoder_weight[k].pow(2).sum()
+            + 0.03 * ae.readout_weight[k].pow(2).sum()
+        )
+        assert float(got["faithfulness"][k]) == pytest.approx(float(faith), rel=1e-10)
+        assert float(got["reconstruction"][k]) == pytest.approx(float(sparse), rel=1e-10)
+        assert float(got["orthogonality"][k]) == pytest.approx(pt, rel=1e-10)
+        assert float(got["per_group"][k]) == pytest.approx(float(faith + sparse + reg) + pt)
+
+
+def test_pull_away_is_zero_for_orthogonal_and_one_for_parallel_features() -> None:
+    ones = torch.ones(1, 4)
+    orth = torch.eye(4)[None, :, :3]
+    par = torch.ones(1, 4, 3)
+    assert float(pull_away(orth, ones)) == pytest.approx(0.0)
+    assert float(pull_away(par, ones)) == pytest.approx(1.0)
+
+
+def test_variants_use_their_terms() -> None:
+    gen = torch.Generator().manual_seed(1)
+    ae = GroupedAutoencoder(1, 4, (5,), 2, generator=gen)
+    z, t = torch.randn(8, 4, generator=gen), torch.randn(1, 8, generator=gen)
+    m = torch.ones(1, 8)
+    nn_ = srae_losses(ae, z, t, m, m, LossConfig(variant="nn"))
+    assert float(nn_["reconstruction"]) == 0 and float(nn_["orthogonality"]) == 0
+    cae = srae_losses(ae, z, t, m, m, LossConfig(variant="cae"))
+    cae["total"].backward()
+    # CAE: faithfulness trains the read-out only, never the encoder.
+    enc_grad = ae.encoder_weights[0].grad.clone()
+    ae.zero_grad()
+    recon_only = srae_losses(ae, z, t, m, m, LossConfig(variant="cae"))["reconstruction"].sum()
+    (recon_only + cae["regularisation"].sum().detach() * 0).backward()
+    reg = 2 * 1e-4 * ae.encoder_weights[0].detach()
+    torch.testing.assert_close(enc_grad, ae.encoder_weights[0].grad + reg)
+    with pytest.raises(ValueError, match="variant"):
+        LossConfig(variant="pca")
+
+
+def test_grouped_training_equals_a_loop_of_per_class_trainings() -> None:
+    gen = torch.Generator().manual_seed(2)
+    z = torch.randn(50, 6, generator=gen)
+    labels = torch.randint(0, 3, (50,), generator=gen)
+    target = torch.randn(3, 50, generator=gen)
+    mask, weight = class_samples(labels, [0, 1, 2], 10, 20, None, torch.Generator().manual_seed(0))
+    grouped = GroupedAutoencoder(3, 6, (7, 4), 2, generator=torch.Generator().manual_seed(3))
+    singles = [grouped.group(k) for k in range(3)]
+    cfg = LossConfig()
+    train_grouped(grouped, z, target, mask, weight, None, cfg, epochs=3, batch_size=16,
+                  generator=torch.Generator().manual_seed(4), progress=False)  # fmt: skip
+    for k, single in enumerate(singles):
+        train_grouped(single, z, target[k : k + 1], mask[k : k + 1], weight[k : k + 1], None,
+                      cfg, epochs=3, batch_size=16, generator=torch.Generator().manual_seed(4),
+                      progress=False)  # fmt: skip
+        for (_, a), (_, b) in zip(grouped.group(k).named_parameters(), single.named_parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_class_samples_caps_and_balances() -> None:
+    labels = torch.tensor([0] * 5 + [1] * 15)
+    mask, weight = class_samples(labels, [0, 1], 3, 8, None, torch.Generator().manual_seed(0))
+    assert mask[0, :5].sum() == 3 and mask[0, 5:].sum() == 8
+    assert float(weight[0, :5].max()) == pytest.approx(8 / 3)
+    assert float(weight[1, 5:].max()) == pytest.approx(5 / 3)  # 3 positives vs 5 negatives
+    _, weight = class_samples(labels, [1], None, None, None)
+    assert float(weight.max()) == 1.0  # more positives than negatives: never down-weighted
+
+
+def test_early_stopping_restores_the_best_validation_weights() -> None:
+    gen = torch.Generator().manual_seed(5)
+    z, target = torch.randn(40, 5, generator=gen), torch.randn(2, 40, generator=gen)
+    mask = torch.ones(2, 40)
+    ae = GroupedAutoencoder(2, 5, (6,), 2, generator=gen)
+    val = (z[:10], target[:, :10], mask[:, :10], mask[:, :10])
+    res = train_grouped(ae, z[10:], target[:, 10:], mask[:, 10:], mask[:, 10:], val,
+                        LossConfig(), epochs=30, batch_size=8, lr=0.05, patience=2,
+                        generator=gen, progress=False)  # fmt: skip
+    best = torch.tensor(res.val_faithfulness).min(0).values
+    torch.testing.assert_close(validation_faithfulness(ae, *val), best)
+    assert res.epochs_run <= 30
+
+
+def test_contract_fit_explain_save_load_onnx(fitted, world, tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+
+    images = world.image(slice(0, 4))
+    targets = torch.tensor([0, 1, 3, 0])
+    result = fitted.explain(images, targets=targets)
+    assert result.concept_scores.shape == (4, 3) and result.heatmaps.shape == (4, 3, 64, 64)
+    sums = result.heatmaps.flatten(2).sum(-1)
+    assert bool(((sums - 1).abs() < 1e-4).logical_or(sums == 0).all())
+    # concept scores are the contributions v_i E_i: with the read-out bias they give ȳ.
+    rows = torch.tensor([fitted.classes_.index(int(t)) for t in targets])
+    approx = result.concept_scores.sum(1) + fitted.autoencoder_.readout_bias.detach()[rows]
+    torch.testing.assert_close(approx, result.extras["approximation"])
+    loaded = SRAE.load(fitted.save(tmp_path / "srae.pcx"), model=fitted.model)
+    again = loaded.explain(images, targets=targets, heatmaps=False)
+    torch.testing.assert_close(again.concept_scores, result.concept_scores)
+    assert again.heatmaps is None
+    path = fitted.export_onnx(tmp_path / "srae.onnx")
+    logits, scores, maps, e, approx_all = ort.InferenceSession(str(path)).run(
+        None, {"images": images.numpy()}
+    )
+    predicted = fitted.explain(images)
+    np.testing.assert_allclose(maps, predicted.heatmaps.numpy(), atol=1e-5)
+    np.testing.assert_allclose(scores, predicted.concept_scores.numpy(), atol=1e-4)
+    z, ref_logits, _, _ = fitted.features(images)
+    ref_e, ref_approx = fitted.transform(z)
+    np.testing.assert_allclose(logits, ref_logits.numpy(), atol=1e-4)
+    np.testing.assert_allclose(e, ref_e.transpose(0, 1).numpy(), atol=1e-4)
+    np.testing.assert_allclose(approx_all, ref_approx.t().numpy(), atol=1e-4)
+    assert scores.shape == (4, 3)
+
+
+def test_x_feature_module_is_exact(fitted, world) -> None:
+    images = world.image(slice(0, 3))
+    z, _, _, _ = fitted.features(images)
+    e, _ = fitted.transform(z)
+    with torch.no_grad():
+        direct = fitted.x_feature_module(1)(images)
+    torch.testing.assert_close(direct, e[1], rtol=1e-4, atol=1e-4)
+
+
+def test_faithfulness_training_reduces_the_error(vgg, world) -> None:
+    ex = SRAE(vgg, classes=[2], **{**TINY, "epochs": 6}, lr=3e-3, val_fraction=0.0)
+    ex.fit(world.tensors(), progress=False)
+    first, last = ex.history_.train_loss[0][0], ex.history_.train_loss[-1][0]
+    assert math.isfinite(last) and last < first
+
+
+def test_errors(vgg, fitted, world) -> None:
+    with pytest.raises(NotFittedError):
+        SRAE(vgg).explain(world.image(slice(0, 1)))
+    with pytest.raises(ValueError, match="classes"):
+        SRAE(vgg, classes=[12], **TINY).fit(world.tensors(), progress=False)
+    with pytest.raises(ValueError, match="not explained"):
+        fitted.explain(world.image(slice(0, 1)), targets=torch.tensor([5]))
+    with pytest.raises(ValueError, match="layer"):
+        SRAE(vgg, layer="fc9", **TINY).fit(world.tensors(), progress=False)
+
+
+def test_check_explainer_contract(vgg, world) -> None:
+    pytest.importorskip("onnxruntime")
+    from pyconcepts.testing import check_explainer
+
+    report = check_explainer(
+        lambda: SRAE(vgg, **{**TINY, "epochs": 1}),
+        world.tensors(),
+        world.image(slice(0, 4)),
+    )
+    assert "onnx_batch_1_heatmaps" in report.passed

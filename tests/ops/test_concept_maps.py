@@ -1,0 +1,354 @@
+"""concept_maps / concept_map_stats: compiled kernels vs torch conv2d+relu vs the reference twin.
+
+Oracle: ``torch.nn.functional.conv2d`` + ``relu`` (+ torch reductions for the statistics).
+Edge cases covered: B = 0 (empty result, allowed; M = 0 and D = 0 are refused, as by conv2d),
+D = 1, M = 1, H != W, 1x1 spatial, non-contiguous x (channels_last, a transposed H/W view, a
+channel slice), float32 and float64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pyconcepts import _backends
+from pyconcepts.ops import concept_map_stats, concept_maps
+from pyconcepts.reference import concept_maps as reference
+
+needs_cpu = pytest.mark.skipif(_backends.core() is None, reason="compiled CPU core not built")
+
+LAYOUTS = ("contiguous", "channels_last", "transposed", "channel_slice")
+
+
+def make_x(batch, channels, height, width, dtype, layout, gen, device="cpu"):
+    """x of the given logical shape, stored in the given memory layout."""
+    if layout == "transposed":  # a [B,D,W,H] tensor viewed as [B,D,H,W]
+        return (
+            torch.randn(batch, channels, width, height, dtype=dtype, generator=gen)
+            .to(device)
+            .transpose(2, 3)
+        )
+    if layout == "channel_slice":  # every other channel of a wider tensor
+        return torch.randn(batch, 2 * channels, height, width, dtype=dtype, generator=gen).to(
+            device
+        )[:, ::2]
+    x = torch.randn(batch, channels, height, width, dtype=dtype, generator=gen).to(device)
+    return x.to(memory_format=torch.channels_last) if layout == "channels_last" else x
+
+
+def oracle(x, weight, bias):
+    return torch.relu(torch.nn.functional.conv2d(x, weight[:, :, None, None], bias))
+
+
+def tolerances(dtype, channels):
+    """float32 sums of D products in a different order: the error grows with D."""
+    if dtype == torch.float64:
+        return {"rtol": 1e-10, "atol": 1e-11 * channels}
+    return {"rtol": 1e-5, "atol": 2e-6 * channels}
+
+
+shapes = st.tuples(
+    st.integers(0, 3),  # B
+    st.integers(1, 40),  # D
+    st.integers(1, 20),  # M
+    st.integers(1, 6),  # H
+    st.integers(1, 6),  # W
+)
+
+
+@needs_cpu
+@given(
+    shape=shapes,
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    layout=st.sampled_from(LAYOUTS),
+    with_bias=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_forward_matches_conv2d_and_reference(shape, dtype, layout, with_bias, seed):
+    batch, channels, n_maps, height, width = shape
+    gen = torch.Generator().manual_seed(seed)
+    x = make_x(batch, channels, height, width, dtype, layout, gen)
+    weight = torch.randn(n_maps, channels, dtype=dtype, generator=gen)
+    bias = torch.randn(n_maps, dtype=dtype, generator=gen) if with_bias else None
+    out = concept_maps(x, weight, bias)
+    assert out.shape == (batch, n_maps, height, width)
+    assert out.is_contiguous()
+    tol = tolerances(dtype, channels)
+    torch.testing.assert_close(out, oracle(x, weight, bias), **tol)
+    torch.testing.assert_close(out, reference.concept_maps(x, weight, bias), **tol)
+
+
+@needs_cpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_forward_many_tiles(dtype, layout):
+    """Several register tiles, column chunks cutting images, partial edge tiles on both axes."""
+    gen = torch.Generator().manual_seed(1)
+    x = make_x(9, 300, 7, 7, dtype, layout, gen)
+    weight = torch.randn(37, 300, dtype=dtype, generator=gen) / 10
+    bias = torch.randn(37, dtype=dtype, generator=gen)
+    torch.testing.assert_close(
+        concept_maps(x, weight, bias), oracle(x, weight, bias), **tolerances(dtype, 300)
+    )
+
+
+def stats_oracle(x, weight, bias, threshold):
+    maps = oracle(x, weight, bias)
+    return maps.amax((2, 3)), maps.mean((2, 3)), (maps > threshold).to(x.dtype).mean((2, 3)), maps
+
+
+def assert_stats_close(got, x, weight, bias, threshold):
+    tol = tolerances(x.dtype, x.shape[1])
+    want_max, want_mean, want_frac, maps = stats_oracle(x, weight, bias, threshold)
+    torch.testing.assert_close(got.max, want_max, **tol)
+    torch.testing.assert_close(got.mean, want_mean, **tol)
+    # Positions within rounding of the threshold may fall either side.
+    borderline = ((maps - threshold).abs() <= tol["atol"] + tol["rtol"] * maps.abs()).to(x.dtype)
+    slack = borderline.sum((2, 3)) / (x.shape[2] * x.shape[3])
+    assert bool(((got.frac_above - want_frac).abs() <= slack + 1e-12).all())
+
+
+@needs_cpu
+@given(
+    shape=shapes,
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    layout=st.sampled_from(LAYOUTS),
+    with_bias=st.booleans(),
+    threshold=st.floats(-1.0, 2.0),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_stats_match_torch_reductions(shape, dtype, layout, with_bias, threshold, seed):
+    batch, channels, n_maps, height, width = shape
+    gen = torch.Generator().manual_seed(seed)
+    x = make_x(batch, channels, height, width, dtype, layout, gen)
+    weight = torch.randn(n_maps, channels, dtype=dtype, generator=gen)
+    bias = torch.randn(n_maps, dtype=dtype, generator=gen) if with_bias else None
+    got = concept_map_stats(x, weight, bias, threshold)
+    assert all(t.shape == (batch, n_maps) and t.dtype == dtype for t in got)
+    assert_stats_close(got, x, weight, bias, threshold)
+    ref = reference.concept_map_stats(x, weight, bias, threshold)
+    torch.testing.assert_close(got.max, ref.max, **tolerances(dtype, channels))
+
+
+@needs_cpu
+@pytest.mark.parametrize("shape", [(5, 300, 7, 7), (2, 20, 30, 17), (40, 16, 1, 1)])
+def test_stats_many_tiles(shape):
+    """Image groups, images longer than a column chunk, and many images per register tile."""
+    gen = torch.Generator().manual_seed(2)
+    x = make_x(*shape, torch.float64, "contiguous", gen)
+    weight = torch.randn(19, shape[1], dtype=torch.float64, generator=gen)
+    bias = torch.randn(19, dtype=torch.float64, generator=gen)
+    assert_stats_close(concept_map_stats(x, weight, bias, 0.3), x, weight, bias, 0.3)
+
+
+@needs_cpu
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_gradcheck_float64(layout, with_bias):
+    gen = torch.Generator().manual_seed(3)
+    x = make_x(2, 5, 3, 4, torch.float64, layout, gen).requires_grad_()
+    weight = torch.randn(6, 5, dtype=torch.float64, generator=gen).requires_grad_()
+    bias = (
+        torch.randn(6, dtype=torch.float64, generator=gen).requires_grad_() if with_bias else None
+    )
+    assert torch.autograd.gradcheck(lambda *a: concept_maps(*a, backend="cpu"), (x, weight, bias))
+
+
+@needs_cpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "needs", [(True, True, True), (True, False, False), (False, True, True), (False, False, True)]
+)
+def test_backward_matches_autograd_of_reference(dtype, needs):
+    """Multiple k-blocks, m-blocks and d-panels in the grad_W GEMM; partial gradient requests."""
+    gen = torch.Generator().manual_seed(4)
+    base = (
+        make_x(3, 70, 5, 9, dtype, "contiguous", gen),
+        torch.randn(75, 70, dtype=dtype, generator=gen) / 8,
+        torch.randn(75, dtype=dtype, generator=gen),
+    )
+    grad_out = torch.randn(3, 75, 5, 9, dtype=dtype, generator=gen)
+    grads = []
+    for fn in (concept_maps, reference.concept_maps):
+        inputs = [t.clone().requires_grad_(need) for t, need in zip(base, needs)]
+        fn(*inputs).backward(grad_out)
+        grads.append([t.grad for t in inputs])
+    tol = tolerances(dtype, 3 * 5 * 9)  # grad_W sums over B*H*W terms
+    for got, want in zip(*grads):
+        if want is None:
+            assert got is None
+        else:
+            torch.testing.assert_close(got, want, **tol)
+
+
+@needs_cpu
+def test_empty_batch():
+    x = torch.randn(0, 4, 3, 3, requires_grad=True)
+    weight = torch.randn(5, 4, requires_grad=True)
+    bias = torch.randn(5, requires_grad=True)
+    out = concept_maps(x, weight, bias)
+    assert out.shape == (0, 5, 3, 3)
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+    assert torch.equal(weight.grad, torch.zeros_like(weight))
+    assert torch.equal(bias.grad, torch.zeros_like(bias))
+    assert concept_map_stats(x.detach(), weight.detach()).max.shape == (0, 5)
+    assert concept_maps(torch.randn(2, 4, 0, 3), weight.detach()).shape == (2, 5, 0, 3)
+
+
+@needs_cpu
+def test_nan_behaviour():
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    x[0, 1, 2, 3] = float("nan")
+    weight = torch.randn(4, 3, dtype=torch.float64)
+    out = concept_maps(x, weight)
+    torch.testing.assert_close(out, oracle(x, weight, None), equal_nan=True)
+    assert bool(out[0, :, 2, 3].isnan().all()) and not bool(out[1].isnan().any())
+    stats = concept_map_stats(x, weight, None, 0.1)
+    assert bool(stats.max[0].isnan().all()) and bool(stats.mean[0].isnan().all())
+    assert not bool(stats.max[1].isnan().any()) and not bool(stats.frac_above.isnan().any())
+    want_frac = ((oracle(x, weight, None) > 0.1).double()).mean((2, 3))
+    torch.testing.assert_close(stats.frac_above, want_frac)
+
+
+@needs_cpu
+def test_stats_with_grad_uses_differentiable_reference():
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4, 3, dtype=torch.float64)
+    stats = concept_map_stats(x, weight)
+    stats.mean.sum().backward()
+    assert x.grad is not None
+
+
+def test_reference_backend_forced_and_fallback_dtype():
+    x = torch.randn(2, 3, 4, 5)
+    weight = torch.randn(6, 3)
+    torch.testing.assert_close(
+        concept_maps(x, weight, backend="reference"), oracle(x, weight, None)
+    )
+    got = concept_map_stats(x, weight, None, 0.2, backend="reference")
+    assert_stats_close(got, x, weight, None, 0.2)
+    half = concept_maps(x.bfloat16(), weight.bfloat16())  # no compiled bfloat16: reference
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), oracle(x, weight, None), rtol=0.05, atol=0.1)
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "match"),
+    [
+        (
+            (torch.randn(3, 4, 5), torch.randn(2, 3)),
+            ValueError,
+            r"x: expected a 4-D tensor.*got shape \(3, 4, 5\)",
+        ),
+        (
+            (torch.randn(1, 3, 2, 2), torch.randn(2, 4)),
+            ValueError,
+            r"weight: expected shape \[M, 3\].*got \(2, 4\)",
+        ),
+        ((torch.randn(1, 3, 2, 2), torch.randn(3)), ValueError, r"weight: expected a 2-D tensor"),
+        (
+            (torch.randn(1, 3, 2, 2), torch.randn(2, 3), torch.randn(3)),
+            ValueError,
+            r"bias: expected shape \[2\].*got \(3,\)",
+        ),
+        (
+            (torch.randn(1, 3, 2, 2), torch.randn(2, 3), torch.randn(2, 1)),
+            ValueError,
+            r"bias: expected shape \[2\]",
+        ),
+        (
+            (torch.randn(1, 3, 2, 2), torch.randn(2, 3).double()),
+            TypeError,
+            r"weight: expected dtype torch.float32.*got torch.float64",
+        ),
+        (
+            (torch.randn(1, 3, 2, 2), torch.randn(2, 3, device="meta")),
+            ValueError,
+            r"weight: expected device cpu.*got meta",
+        ),
+        (
+            (torch.ones(1, 3, 2, 2, dtype=torch.int64), torch.ones(2, 3, dtype=torch.int64)),
+            TypeError,
+            r"x: expected a floating-point tensor",
+        ),
+        (
+            (torch.randn(1, 0, 2, 2), torch.randn(2, 0)),
+            ValueError,
+            r"x: expected at least one channel",
+        ),
+        (
+            (torch.randn(1, 3, 2, 2), torch.randn(0, 3)),
+            ValueError,
+            r"weight: expected at least one concept",
+        ),
+        (([[1.0]], torch.randn(2, 3)), TypeError, r"x: expected a torch.Tensor, got list"),
+    ],
+)
+def test_bad_inputs(args, error, match):
+    with pytest.raises(error, match=match):
+        concept_maps(*args)
+    with pytest.raises(error, match=match):
+        concept_map_stats(*args)
+
+
+def test_bad_stats_arguments():
+    x, weight = torch.randn(1, 3, 2, 2), torch.randn(2, 3)
+    with pytest.raises(TypeError, match="threshold: expected a real number, got str"):
+        concept_map_stats(x, weight, None, "0.5")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"x: expected H\*W >= 1"):
+        concept_map_stats(torch.randn(1, 3, 0, 2), weight)
+    with pytest.raises(ValueError, match="backend: expected one of"):
+        concept_maps(x, weight, backend="gpu")
+
+
+# ---- CUDA (the cuda marker skips these without a usable GPU: see tests/conftest.py) ----
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", [(3, 70, 37, 5, 9), (9, 300, 100, 7, 7), (1, 1, 1, 1, 1)])
+def test_cuda_forward_backward_stats(dtype, layout, shape):
+    batch, channels, n_maps, height, width = shape
+    gen = torch.Generator().manual_seed(5)
+    x_cpu = make_x(batch, channels, height, width, dtype, layout, gen)
+    weight_cpu = torch.randn(n_maps, channels, dtype=dtype, generator=gen) / math.sqrt(channels)
+    bias_cpu = torch.randn(n_maps, dtype=dtype, generator=gen)
+    grad_cpu = torch.randn(batch, n_maps, height, width, dtype=dtype, generator=gen)
+    tol = tolerances(dtype, channels)
+    if dtype == torch.float32:  # the oracle runs on the CPU; tensor cores are not used by ours
+        tol = {"rtol": 1e-4, "atol": 1e-5 * channels}
+    results = {}
+    for device in ("cuda", "cpu"):
+        x, weight, bias = (
+            t.to(device, copy=True).requires_grad_() for t in (x_cpu, weight_cpu, bias_cpu)
+        )
+        fn = concept_maps if device == "cuda" else reference.concept_maps
+        out = fn(x, weight, bias)
+        out.backward(grad_cpu.to(device))
+        with torch.no_grad():
+            stats = (concept_map_stats if device == "cuda" else reference.concept_map_stats)(
+                x, weight, bias, 0.25
+            )
+        results[device] = [out, x.grad, weight.grad, bias.grad, stats.max, stats.mean]
+    for got, want in zip(results["cuda"], results["cpu"]):
+        torch.testing.assert_close(got.cpu(), want, **tol)
+
+
+@pytest.mark.cuda
+def test_cuda_gradcheck_and_frac():
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 5, 3, 4, dtype=torch.float64, generator=gen).cuda().requires_grad_()
+    weight = torch.randn(6, 5, dtype=torch.float64, generator=gen).cuda().requires_grad_()
+    bias = torch.randn(6, dtype=torch.float64, generator=gen).cuda().requires_grad_()
+    assert torch.autograd.gradcheck(lambda *a: concept_maps(*a, backend="cuda"), (x, weight, bias))
+    with torch.no_grad():
+        got = concept_map_stats(x, weight, bias, 0.4)
+        assert_stats_close(
+            type(got)(*(t.cpu() for t in got)), x.cpu(), weight.cpu(), bias.cpu(), 0.4
+        )
