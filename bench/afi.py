@@ -33,8 +33,8 @@ def _time(fn, repeats: int) -> float:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--classes", type=int, default=10)
-    parser.add_argument("--per-class", type=int, default=8)
-    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--per-class", type=int, default=4)
+    parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     torch.manual_seed(0)

@@ -19,10 +19,12 @@ from pyconcepts.explainers import afi
 from pyconcepts.explainers.tcav import gradient_feature_importance, tcav_concept_scores
 from pyconcepts.metrics.afi import topk_precision
 
-IMAGES_PER_CLASS = 12  # occluder images per class (3 of them held out for the attack rate)
-MAX_ITER = 60
-IMPRESSION_STEPS = 60
-N_PROBE = 20
+IMAGES_PER_CLASS = 8  # occluder images per class (2 of them held out for the attack rate)
+MAX_ITER = 40
+IMPRESSION_STEPS = 30
+N_PROBE = 12
+N_EDIT = 6  # test images per class in the editing test
+N_DISTILL = 30  # images per side of each class's balanced distillation set
 
 
 def _subset(world: ConceptWorld, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,7 +46,7 @@ def run(ctx: DemoContext) -> dict[str, Any]:
     explainer.save(folder / "afi.pcx")
     classes, layers = explainer.classes_, explainer.layers_
     # baselines: TCAV (CAV ranking + gradient FIS) and the seed's ablation without t
-    tcav_rank = tcav_concept_scores(model, layers, probes, benchmarks, x, y, classes, epochs=100)
+    tcav_rank = tcav_concept_scores(model, layers, probes, benchmarks, x, y, classes, epochs=50)
     grad_cis = {
         n: afi.channel_importance(s)
         for n, s in gradient_feature_importance(model, layers, x, y, classes).items()
@@ -59,12 +61,16 @@ def run(ctx: DemoContext) -> dict[str, Any]:
         for name, r in (("afi", explainer.concept_importance_), ("tcav", tcav_rank))
     }
     curves = afi.editing_curves(
-        model, test, {"afi": explainer.concept_importance_, "tcav": tcav_rank}, classes, n_images=10
+        model,
+        test,
+        {"afi": explainer.concept_importance_, "tcav": tcav_rank},
+        classes,
+        n_images=N_EDIT,
     )
     tx, ty = test.tensors()
     distill = afi.distillation_test(
         model, layers, {"afi": explainer.cis_, "tcav": grad_cis, "afi_without_t": no_t.cis_},
-        tx, ty, classes, n_per_class=40,
+        tx, ty, classes, n_per_class=N_DISTILL,
     )  # fmt: skip
     figures = {
         "impressions_and_occluders.png": explainer.plot_impressions(),

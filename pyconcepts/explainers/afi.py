@@ -530,10 +530,9 @@ def editing_curves(
     for mode in out:
         for name in names:
             out[mode][name] = torch.zeros(len(classes), max_concepts + 1, dtype=torch.float64)
-    with torch.no_grad():
-        pred = torch.cat([model(x).argmax(1) for x in world.image(slice(None)).split(256)])
     for k, c in enumerate(classes):
-        idx = ((world.labels == c) & (pred == c)).nonzero().flatten()[:n_images]
+        idx = (world.labels == c).nonzero().flatten()[: 4 * n_images]  # candidates
+        idx = idx[_predict(model, world.image(idx), 256) == c][:n_images]
         if not len(idx):
             continue
         parts, ids = world.parts[idx], world.concept_ids_of_parts(idx)  # [n,P,7], [n,P,3]
@@ -578,9 +577,7 @@ def distillation_test(
     from pyconcepts.metrics.afi import distillation_accuracy
 
     gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        pred = torch.cat([model(x).argmax(1) for x in images.split(256)])
-    correct = pred == labels
+    correct = _predict(model, images, batch_size) == labels
     result = {
         name: torch.full((len(classes),), float("nan"), dtype=torch.float64) for name in weights
     }

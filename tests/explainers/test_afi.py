@@ -15,9 +15,16 @@ CLASSES = [0, 1, 3]
 
 
 @pytest.fixture(scope="module")
-def fitted(vgg, small_world):
-    ex = AfI(vgg, classes=CLASSES, max_iter=4, impression_steps=2, n_probe=6, holdout_fraction=0.25)
-    return ex.fit(small_world)
+def world():
+    from pyconcepts.data import ConceptWorld
+
+    return ConceptWorld(90, seed=7)
+
+
+@pytest.fixture(scope="module")
+def fitted(vgg, world):
+    ex = AfI(vgg, classes=CLASSES, max_iter=2, impression_steps=1, n_probe=4, holdout_fraction=0.25)
+    return ex.fit(world)
 
 
 # ---- the transformation t and occlusion ------------------------------------------------------
@@ -60,14 +67,14 @@ def _class_images(world, classes, n):
 
 
 def test_batched_occluders_equal_per_class_loop(vgg, small_world):
-    x, y = _class_images(small_world, CLASSES, 4)
-    kw = dict(max_iter=3, lr=0.02, seed=5)
+    x, y = _class_images(small_world, CLASSES, 2)
+    kw = dict(max_iter=2, lr=0.02, seed=5)
     batched = afi.fit_occluders(vgg, x, y, CLASSES, **kw)
     looped = afi.fit_occluders(vgg, x, y, CLASSES, batched=False, **kw)
     torch.testing.assert_close(batched.delta, looped.delta, atol=1e-5, rtol=0)
     assert torch.equal(batched.iterations, looped.iterations)
     assert torch.equal(batched.used, looped.used)
-    assert batched.delta.shape == (3, *x.shape[1:]) and bool((batched.iterations <= 3).all())
+    assert batched.delta.shape == (3, *x.shape[1:]) and bool((batched.iterations <= 2).all())
 
 
 class _Tiny(nn.Module):
@@ -147,7 +154,7 @@ def test_tcav_parts():
 
 
 # ---- the explainer -----------------------------------------------------------------------------
-def test_fit_state(fitted, small_world):
+def test_fit_state(fitted, world):
     k = len(CLASSES)
     assert fitted.delta_.shape == (k, 3, 64, 64)
     assert fitted.layers_ == afi.middle_layers(fitted.model)
@@ -155,15 +162,15 @@ def test_fit_state(fitted, small_world):
     for name in fitted.layers_:
         w = fitted.cis_[name]
         assert w.shape[0] == k and bool(((w >= 0) & (w <= 1)).all())
-    assert fitted.concept_importance_.shape == (k, len(small_world.concepts))
+    assert fitted.concept_importance_.shape == (k, len(world.concepts))
     sums = fitted.concept_importance_.sum(1)
     assert bool(((sums - 1).abs() < 1e-9).all())
     assert fitted.impression_layer_ in fitted.layers_
     assert set(fitted.impressions_) == set(fitted.layers_)
 
 
-def test_explain_save_load_onnx(fitted, small_world, tmp_path):
-    x = small_world.image(slice(0, 5))
+def test_explain_save_load_onnx(fitted, world, tmp_path):
+    x = world.image(slice(0, 5))
     e = fitted.explain(x)
     assert e.concept_scores.shape == (5, 16) and e.extras["meta_heatmaps"].shape == (5, 3, 64, 64)
     table = fitted._importance_table()
@@ -196,20 +203,29 @@ def test_errors(vgg, small_world):
         AfI(vgg, layers=["nope"]).fit(small_world.tensors())
 
 
-def test_editing_and_distillation(fitted, small_world):
+def test_editing_and_distillation(fitted, world):
     curves = afi.editing_curves(
-        fitted.model, small_world, {"afi": fitted.concept_importance_}, CLASSES,
-        n_images=3, max_concepts=2, n_random=1,
+        fitted.model, world, {"afi": fitted.concept_importance_}, CLASSES,
+        n_images=2, max_concepts=1, n_random=1,
     )  # fmt: skip
     for mode in ("add", "remove"):
         for name in ("afi", "random"):
             c = curves[mode][name]
-            assert c.shape == (3, 3) and bool(((c >= 0) & (c <= 1)).all())
+            assert c.shape == (3, 2) and bool(((c >= 0) & (c <= 1)).all())
     assert bool((curves["remove"]["afi"][:, 0] >= 0.6).all())  # nothing removed yet
-    x, y = small_world.tensors()
-    grad = gradient_feature_importance(fitted.model, ["relu_fc1"], x[:40], y[:40], [0])
+    x, y = world.tensors()
+    grad = gradient_feature_importance(
+        fitted.model, ["relu_fc1"], x[y == 0][:5], y[y == 0][:5], [0]
+    )
     assert grad["relu_fc1"].shape == (1, 256) and bool((grad["relu_fc1"] >= 0).all())
     acc = afi.distillation_test(
-        fitted.model, ["relu_fc1"], {"afi": fitted.cis_}, x, y, CLASSES, n_per_class=6, epochs=5
+        fitted.model,
+        ["relu_fc1"],
+        {"afi": fitted.cis_},
+        x[:80],
+        y[:80],
+        CLASSES,
+        n_per_class=5,
+        epochs=5,
     )
     assert acc["afi"].shape == (3,)
