@@ -1,4 +1,4 @@
-"""Command line: ``pyconcepts demo | backends | zoo``. Every command has ``--help``."""
+"""Command line: ``pyconcepts demo | explain | backends | zoo``. Every command has ``--help``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -48,6 +48,82 @@ def _zoo(args: argparse.Namespace) -> int:
     return 0
 
 
+_METHODS = {
+    # method -> (explainer class name, default zoo model, fit data: "world" or "pair")
+    "mace": ("MACE", "cw-vgg", "pair"),
+    "srae": ("SRAE", "cw-vgg", "pair"),
+    "afi": ("AfI", "cw-vgg", "world"),
+    "pattern_mining": ("FilterPatterns", "cw-vgg", "pair"),
+    "ibd": ("IBD", "cw-resnet", "world"),
+}
+
+
+def _explainer_class(method: str) -> Any:
+    import pyconcepts.explainers as explainers
+
+    return getattr(explainers, _METHODS[method][0])
+
+
+def _fit(args: argparse.Namespace) -> Any:
+    """Fit ``args.method`` on the concept world with a zoo model; returns (explainer, model)."""
+    from pyconcepts.data import ConceptWorld
+    from pyconcepts.models import load
+
+    _, default_model, data_kind = _METHODS[args.method]
+    model = load(args.model or default_model)
+    world = ConceptWorld(args.n_fit, seed=args.seed)
+    data = world if data_kind == "world" else world.tensors()
+    options = json.loads(args.options) if args.options else {}
+    explainer = _explainer_class(args.method)(model, **options)
+    print(f"fitting {explainer!r} on {args.n_fit} concept-world images ...")
+    return explainer.fit(data), model
+
+
+def _load_images(args: argparse.Namespace, size: tuple[int, int]) -> Any:
+    """Images from a folder (PNG/JPEG, resized to the explainer's input) or the concept world."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    if args.images:
+        files = sorted(
+            p for p in Path(args.images).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg")
+        )
+        if not files:
+            raise SystemExit(f"--images: no .png/.jpg files in {args.images}")
+        arrays = [
+            np.asarray(Image.open(f).convert("RGB").resize((size[1], size[0]))) for f in files
+        ]
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+    from pyconcepts.data import ConceptWorld
+
+    return ConceptWorld(args.n_images, seed=args.seed + 1).image(slice(None))
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from pyconcepts.models import load
+
+    if args.method not in _METHODS:
+        raise SystemExit(f"--method: expected one of {sorted(_METHODS)}, got {args.method!r}")
+    if args.explainer:
+        model = load(args.model or _METHODS[args.method][1])
+        explainer = _explainer_class(args.method).load(args.explainer, model=model)
+    else:
+        explainer, model = _fit(args)
+        if args.save:
+            print(f"saved the fitted explainer to {explainer.save(args.save)}")
+    images = _load_images(args, tuple(explainer.input_size_))
+    result = explainer.explain(images)
+    folder = result.save(args.out, pngs=min(len(images), args.pngs))
+    if args.onnx:
+        print(f"exported ONNX graph to {explainer.export_onnx(Path(args.out) / 'explainer.onnx')}")
+    for i in range(min(3, len(result))):
+        top = ", ".join(f"{n} {v:.3g}" for n, v in result.top_concepts(i, 3))
+        print(f"image {i}: {result.class_names[int(result.targets[i])]} <- {top}")
+    print(f"explanations of {len(result)} images under {folder.resolve()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyconcepts", description="Concept-based explanations of CNN image classifiers."
@@ -61,6 +137,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--only", default="", help="comma-separated steps to run (default: all)")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
     demo.set_defaults(func=_demo)
+
+    ex = sub.add_parser(
+        "explain",
+        help="fit (or load) an explainer and explain images",
+        description="Fit an explainer on the concept world with a zoo model (or load a saved "
+        "one with --explainer), explain images from a folder or the concept world, and write "
+        "the explanations (tensors, manifest, plots) under --out.",
+    )
+    ex.add_argument("--method", required=True, choices=sorted(_METHODS))
+    ex.add_argument("--explainer", help="a saved explainer file (skips fitting)")
+    ex.add_argument("--model", help="zoo model (default: the method's usual one)")
+    ex.add_argument("--images", help="folder of .png/.jpg images (default: concept-world images)")
+    ex.add_argument("--n-images", type=int, default=8, help="concept-world images to explain")
+    ex.add_argument("--n-fit", type=int, default=1000, help="concept-world images to fit on")
+    ex.add_argument("--options", help="constructor options as JSON, e.g. '{\"n_concepts\": 5}'")
+    ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument("--save", help="also save the fitted explainer to this file")
+    ex.add_argument("--onnx", action="store_true", help="also export explainer.onnx")
+    ex.add_argument("--pngs", type=int, default=4, help="plots to write (default: %(default)s)")
+    ex.add_argument("--out", default="pyconcepts-explanations", help="output folder")
+    ex.set_defaults(func=_explain)
 
     be = sub.add_parser("backends", help="which compiled backends loaded, and why not")
     be.set_defaults(func=_backends)

@@ -59,3 +59,27 @@ def test_cuda_module_status_is_explained():
         assert "cuda" in pyconcepts.backends()
     else:
         assert _backends.core_cuda().device_count() >= 0
+
+
+def test_cli_explain_fits_saves_exports_then_reloads_on_image_files(tmp_path, resnet, capsys):
+    from PIL import Image
+
+    from pyconcepts.data import ConceptWorld
+
+    saved = tmp_path / "ibd.pcx"
+    options = '{"steps": 5, "mining_rounds": 1}'
+    args = ["explain", "--method", "ibd", "--n-fit", "60", "--n-images", "3", "--options", options]
+    assert main([*args, "--save", str(saved), "--onnx", "--out", str(tmp_path / "a")]) == 0
+    assert saved.is_file() and (tmp_path / "a" / "explainer.onnx").is_file()
+    assert (tmp_path / "a" / "manifest.json").is_file()
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i, image in enumerate(ConceptWorld(2, seed=1).image(slice(None))):
+        array = (image.permute(1, 2, 0).numpy() * 255).astype("uint8")
+        Image.fromarray(array).save(folder / f"{i}.png")
+    out = tmp_path / "b"
+    assert main(["explain", "--method", "ibd", "--explainer", str(saved), "--images",
+                 str(folder), "--out", str(out)]) == 0  # fmt: skip
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["method"] == "ibd" and len(manifest["targets"]) == 2
+    assert "image 0:" in capsys.readouterr().out

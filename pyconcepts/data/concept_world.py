@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+# Bumped whenever generation changes, so models cached for an older world are retrained.
+WORLD_VERSION = 2
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "crescent")
 COLOURS = ("red", "green", "blue", "yellow", "magenta")
 TEXTURES = ("solid", "stripes", "checker", "dots", "grid")

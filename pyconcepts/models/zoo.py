@@ -1,8 +1,9 @@
 """Model zoo: small CNNs for the concept world, trained on first use and cached.
 
-``load("cw-vgg")`` — VGG-like: ``features`` (conv1…conv4 with ReLUs and max-pools; the last
-conv feature map is ``features.relu4``, 128×8×8 at 64 px) → ``flatten`` → dense ``fc1``
-(+ ``relu_fc1``) → ``fc2`` logits. MACE and SRAE explain its first dense layer.
+``load("cw-vgg")`` — VGG-like (VGG-BN style): ``features`` (conv1…conv4, each with batch norm,
+ReLU and max-pool; the last conv feature map is ``features.relu4``, 128×8×8 at 64 px, pooled to
+4×4) → ``flatten`` → dense ``fc1`` (+ ``relu_fc1``) → ``fc2`` logits. MACE and SRAE explain its
+first dense layer.
 
 ``load("cw-resnet")`` — ResNet-like: ``stem`` → ``layer1``…``layer3`` (basic residual blocks
 with batch norm; ``layer3`` is 128×8×8 at 64 px) → ``pool`` (global average) → ``flatten`` →
@@ -37,15 +38,15 @@ def _conv(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
 
 
 def cw_vgg(n_classes: int = N_CLASSES, image_size: int = 64) -> nn.Module:
-    """The VGG-like concept-world CNN (untrained)."""
+    """The VGG-like concept-world CNN (untrained): VGG-BN style blocks, 4×4 map before flatten."""
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     widths = (3, 16, 32, 64, 128)
     for i in range(1, 5):
         layers[f"conv{i}"] = _conv(widths[i - 1], widths[i])
+        layers[f"bn{i}"] = nn.BatchNorm2d(widths[i])
         layers[f"relu{i}"] = nn.ReLU()
-        if i < 4:
-            layers[f"pool{i}"] = nn.MaxPool2d(2)
-    side = image_size // 8
+        layers[f"pool{i}"] = nn.MaxPool2d(2)
+    side = image_size // 16
     return nn.Sequential(
         OrderedDict(
             features=nn.Sequential(layers),
@@ -104,13 +105,17 @@ def cw_resnet(n_classes: int = N_CLASSES, image_size: int = 64) -> nn.Module:
 
 @dataclass(frozen=True)
 class Recipe:
-    """How a zoo model is trained; part of the cache key."""
+    """How a zoo model is trained; part of the cache key.
 
-    n_train: int = 8000
+    Every epoch draws ``images_per_epoch`` fresh concept-world images (the world is procedural,
+    so there is no fixed training set to overfit); the test set is seeded apart from them.
+    """
+
+    images_per_epoch: int = 4000
+    epochs: int = 14
     n_test: int = 1000
-    epochs: int = 8
     batch_size: int = 64
-    lr: float = 2e-3
+    lr: float = 3e-3
     weight_decay: float = 1e-4
     seed: int = 0
 
@@ -127,11 +132,11 @@ class ZooEntry:
 
 ZOO: dict[str, ZooEntry] = {
     "cw-vgg": ZooEntry(
-        "cw-vgg", cw_vgg, 1, Recipe(), "features.relu4",
+        "cw-vgg", cw_vgg, 2, Recipe(), "features.relu4",
         "VGG-like CNN for the concept world: 4 conv + fc1 + fc2",
     ),
     "cw-resnet": ZooEntry(
-        "cw-resnet", cw_resnet, 1, Recipe(), "layer3",
+        "cw-resnet", cw_resnet, 2, Recipe(), "layer3",
         "ResNet-like CNN for the concept world: stem + 3 residual blocks + GAP + fc",
     ),
 }  # fmt: skip
@@ -175,7 +180,14 @@ def load(name: str, *, progress: bool = True, retrain: bool = False) -> nn.Modul
 
 
 def _expected_info(entry: ZooEntry) -> dict[str, object]:
-    return {"name": entry.name, "version": entry.version, "recipe": asdict(entry.recipe)}
+    from pyconcepts.data.concept_world import WORLD_VERSION
+
+    return {
+        "name": entry.name,
+        "version": entry.version,
+        "recipe": asdict(entry.recipe),
+        "world_version": WORLD_VERSION,
+    }
 
 
 def _load_cached(entry: ZooEntry, path: Path) -> nn.Module:
@@ -200,21 +212,21 @@ def _load_cached(entry: ZooEntry, path: Path) -> nn.Module:
 
 def train(name: str, *, progress: bool = True) -> tuple[nn.Module, dict]:
     """Train zoo model ``name`` from scratch on the concept world; returns (model, info)."""
-    from pyconcepts.data.concept_world import train_test
+    from pyconcepts.data.concept_world import ConceptWorld
 
     entry = _entry(name)
     r = entry.recipe
     torch.manual_seed(r.seed)
-    train_world, test_world = train_test(r.n_train, r.n_test, seed=r.seed)
-    x, y = train_world.tensors()
+    test_world = ConceptWorld(r.n_test, seed=r.seed + 1_000_003)
     model = entry.build()
     opt = torch.optim.AdamW(model.parameters(), lr=r.lr, weight_decay=r.weight_decay)
-    steps = r.epochs * ((len(x) + r.batch_size - 1) // r.batch_size)
+    steps = r.epochs * ((r.images_per_epoch + r.batch_size - 1) // r.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=r.lr, total_steps=steps)
     gen = torch.Generator().manual_seed(r.seed)
     bar = tqdm(total=steps, desc=f"training {name}", disable=not progress, leave=False)
     model.train()
-    for _ in range(r.epochs):
+    for epoch in range(r.epochs):
+        x, y = ConceptWorld(r.images_per_epoch, seed=r.seed * 1000 + epoch).tensors()
         order = torch.randperm(len(x), generator=gen)
         for idx in order.split(r.batch_size):
             xb = x[idx]
@@ -233,8 +245,8 @@ def train(name: str, *, progress: bool = True) -> tuple[nn.Module, dict]:
     info = {
         **_expected_info(entry),
         "feature_layer": entry.feature_layer,
-        "class_names": list(train_world.class_names),
-        "concepts": list(train_world.concepts),
+        "class_names": list(test_world.class_names),
+        "concepts": list(test_world.concepts),
         "test_accuracy": acc,
         "description": entry.description,
     }

@@ -4,12 +4,14 @@ The twin of :func:`pyconcepts.attribution.excitation.excitation_backprop` for se
 networks, with no autograd: every rule is spelled out (conv_transpose for convolutions,
 max-unpooling to the winners for max pooling), so the computation traces into a
 standard ONNX graph. Supported chain links: Linear, Conv2d, ReLU, MaxPool2d (kernel = stride,
-no padding or dilation), Flatten, Dropout (eval), Identity, and :class:`GatheredLinear` (a
+no padding or dilation), Flatten, Dropout (eval), Identity, BatchNorm (eval, directly after a
+Linear / Conv2d: folded into it, as the hook version does), and :class:`GatheredLinear` (a
 per-sample choice among K linear layers, e.g. one SRAE encoder layer per explained class).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Optional
 
@@ -45,6 +47,25 @@ class GatheredLinear(nn.Module):
 
 
 _LINKS = (nn.Linear, nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Dropout, nn.Identity)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def _fold(layer: nn.Module, bn: nn.Module) -> nn.Module:
+    """A copy of Linear/Conv2d ``layer`` with the eval-mode BatchNorm ``bn`` after it folded in."""
+    assert isinstance(layer, (nn.Linear, nn.Conv2d)) and isinstance(bn, _NORMS)
+    assert bn.running_mean is not None and bn.running_var is not None
+    scale = bn.running_var.add(bn.eps).rsqrt()
+    if bn.weight is not None:
+        scale = scale * bn.weight.detach()
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias.detach()
+    folded = copy.deepcopy(layer)
+    with torch.no_grad():
+        folded.weight.mul_(scale.reshape(-1, *([1] * (folded.weight.dim() - 1))))
+        bias = torch.zeros_like(shift) if layer.bias is None else layer.bias.detach()
+        folded.bias = nn.Parameter(bias * scale + shift, requires_grad=False)
+    return folded
 
 
 def chain_of(model: nn.Module, example: torch.Tensor) -> list[tuple[str, nn.Module]]:
@@ -65,7 +86,20 @@ def chain_of(model: nn.Module, example: torch.Tensor) -> list[tuple[str, nn.Modu
     finally:
         for h in handles:
             h.remove()
+    chain: list[tuple[str, nn.Module]] = []
     for (name, module, x_id, _), prev in zip(order, [None, *order[:-1]]):
+        if isinstance(module, _NORMS):
+            if (
+                module.training
+                or prev is None
+                or not isinstance(prev[1], (nn.Linear, nn.Conv2d))
+                or x_id != prev[3]
+            ):
+                raise ValueError(
+                    f"model: {name} must be an eval-mode BatchNorm right after a Linear/Conv2d"
+                )
+            chain[-1] = (name, _fold(chain[-1][1], module))
+            continue
         if not isinstance(module, _LINKS):
             raise ValueError(f"model: {name} ({type(module).__name__}) is not supported here")
         if prev is not None and x_id != prev[3]:
@@ -76,7 +110,8 @@ def chain_of(model: nn.Module, example: torch.Tensor) -> list[tuple[str, nn.Modu
             raise ValueError(f"model: {name} uses padding={module.padding!r}; give it as numbers")
         if isinstance(module, nn.MaxPool2d) and not _simple_pool(module):
             raise ValueError(f"model: {name} needs kernel_size == stride, no padding/dilation")
-    return [(name, module) for name, module, _, _ in order]
+        chain.append((name, module))
+    return chain
 
 
 def _simple_pool(m: nn.MaxPool2d) -> bool:

@@ -15,8 +15,9 @@ def test_matches_a_hand_written_grad_cam_and_works_under_no_grad():
     with torch.no_grad():
         result = grad_cam(model, "features.relu4", x, targets, upsample=False)
     # independent reading: split the network at the layer and differentiate by hand
-    acts = model.features(x).requires_grad_(True)
-    logits = model.fc2(model.relu_fc1(model.fc1(model.flatten(acts))))
+    acts = model.features[:-1](x).requires_grad_(True)  # up to relu4
+    pooled = model.features.pool4(acts)
+    logits = model.fc2(model.relu_fc1(model.fc1(model.flatten(pooled))))
     logits.gather(1, targets[:, None]).sum().backward()
     alpha = acts.grad.mean((2, 3))
     expected = torch.relu((alpha[:, :, None, None] * acts.detach()).sum(1))

@@ -8,10 +8,8 @@ from pyconcepts.models import zoo
 def tiny(monkeypatch, tmp_path):
     """A zoo entry that trains in a second, cached in a private folder."""
     monkeypatch.setenv("PYCONCEPTS_CACHE", str(tmp_path))
-    entry = zoo.ZooEntry(
-        "tiny", zoo.cw_resnet, 1, zoo.Recipe(n_train=96, n_test=32, epochs=1, batch_size=32),
-        "layer3", "test model",
-    )  # fmt: skip
+    recipe = zoo.Recipe(images_per_epoch=96, n_test=32, epochs=1, batch_size=32)
+    entry = zoo.ZooEntry("tiny", zoo.cw_resnet, 1, recipe, "layer3", "test model")
     monkeypatch.setitem(zoo.ZOO, "tiny", entry)
     return entry
 
@@ -38,13 +36,13 @@ def test_corrupt_or_incompatible_cache_is_retrained_with_a_warning(tiny, monkeyp
     with pytest.warns(UserWarning, match="retraining tiny"):
         zoo.load("tiny", progress=False)
     # same file name, other recipe: the header says so, and it is retrained
+    other = zoo.Recipe(images_per_epoch=64, n_test=32, epochs=1, batch_size=32)
     monkeypatch.setitem(
-        zoo.ZOO, "tiny", zoo.ZooEntry("tiny", zoo.cw_resnet, 1, zoo.Recipe(n_train=64, n_test=32,
-        epochs=1, batch_size=32), "layer3", "test model"),
-    )  # fmt: skip
+        zoo.ZOO, "tiny", zoo.ZooEntry("tiny", zoo.cw_resnet, 1, other, "layer3", "test model")
+    )
     with pytest.warns(UserWarning, match="retraining"):
         model = zoo.load("tiny", progress=False)
-    assert model.zoo_info["recipe"]["n_train"] == 64
+    assert model.zoo_info["recipe"]["images_per_epoch"] == 64
 
 
 def test_unknown_names_are_refused():
