@@ -9,7 +9,7 @@ dev:
 	cmake -S . -B $(BUILD) -G Ninja -DPYCONCEPTS_CUDA=$(CUDA) \
 	  -Dpybind11_DIR=$$($(PY) -m pybind11 --cmakedir) -DPython_EXECUTABLE=$$(which $(PY))
 	cmake --build $(BUILD)
-	cp $(BUILD)/_core*.so $(BUILD)/_build_info.json pyconcepts/  # _core and, if built, _core_cuda
+	cp --remove-destination $(BUILD)/_core*.so $(BUILD)/_build_info.json pyconcepts/  # _core and, if built, _core_cuda
 
 test:
 	PYTHONPATH=$(CURDIR) $(PY) -m pytest -q

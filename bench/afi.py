@@ -10,24 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
+from bench._timing import median_seconds
 from pyconcepts.data.concept_world import ConceptWorld
 from pyconcepts.explainers.afi import fit_occluders
 from pyconcepts.models import load
-
-
-def _time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -51,8 +41,12 @@ def main(argv: list[str] | None = None) -> dict:
     diff = float((batched.delta - looped.delta).abs().max())
     if diff > 1e-4 or not torch.equal(batched.iterations, looped.iterations):
         raise SystemExit(f"batched and per-class occluders disagree (max |Δδ| = {diff:.2e})")
-    t_batched = _time(lambda: fit_occluders(model, x, y, classes, batched=True, **kw), args.repeats)
-    t_loop = _time(lambda: fit_occluders(model, x, y, classes, batched=False, **kw), args.repeats)
+    t_batched = median_seconds(
+        lambda: fit_occluders(model, x, y, classes, batched=True, **kw), args.repeats
+    )
+    t_loop = median_seconds(
+        lambda: fit_occluders(model, x, y, classes, batched=False, **kw), args.repeats
+    )
     result = {
         "classes": args.classes,
         "images_per_class": args.per_class,

@@ -12,30 +12,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
+from bench._timing import median_seconds
 from pyconcepts.data import ConceptWorld
 from pyconcepts.export import OnnxExplainer
 from pyconcepts.models import cw_resnet, cw_vgg
 from pyconcepts.testing import quick_explainers
-
-
-def _median_seconds(
-    fn: Callable[[torch.Tensor], object], images: torch.Tensor, repeats: int
-) -> float:
-    fn(images)  # warm-up (allocations, onnxruntime graph optimisation)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(images)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _agree(a: Optional[torch.Tensor], b: Optional[torch.Tensor], atol: float) -> bool:
@@ -74,8 +62,10 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, object]]:
                 )
                 if not agree:
                     raise SystemExit(f"{method}: onnxruntime disagrees with torch at batch {batch}")
-                t_torch = _median_seconds(explainer.explain, images, args.repeats)
-                t_onnx = _median_seconds(served.explain, images, args.repeats)
+                explainer.explain(images)  # warm-up (allocations)
+                t_torch = median_seconds(partial(explainer.explain, images), args.repeats)
+                served.explain(images)  # warm-up (onnxruntime graph optimisation)
+                t_onnx = median_seconds(partial(served.explain, images), args.repeats)
                 rows.append(
                     {
                         "method": method,

@@ -20,7 +20,6 @@ import argparse
 import functools
 import json
 import os
-import statistics
 import threading
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Callable, Optional
 
 import torch
 
+from bench._timing import median_seconds
 from pyconcepts.ops import semihard_triplet_loss, semihard_triplets
 from pyconcepts.reference import triplet as reference
 
@@ -58,15 +58,6 @@ def peak_memory(fn: Callable[[], object]) -> int:
         done.set()
         thread.join()
     return max(peak[0], _rss() - base)
-
-
-def timed(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def pml_step(emb: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
@@ -125,7 +116,9 @@ def run(sizes: list[int]) -> list[dict[str, object]]:
                 row["skipped"] = f"needs ~{est[name]:.0f} GiB (estimate)"
             else:
                 row["peak_mib"] = peak_memory(step) / 2**20
-                row["seconds"] = timed(step, 1 if name == "pytorch-metric-learning" else repeats)
+                row["seconds"] = median_seconds(
+                    step, 1 if name == "pytorch-metric-learning" else repeats
+                )
                 if name == "pytorch-metric-learning":
                     row["loss"], row["triplets"] = pml_step(emb, labels)
                 else:

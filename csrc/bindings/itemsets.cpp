@@ -29,13 +29,13 @@ py::array_t<T> to_numpy(std::vector<T>&& v) {
 // (the Python objects are made here, after the kernel, not inside it).
 template <typename Index>
 py::list mine(std::uintptr_t indptr, std::uintptr_t indices, std::int64_t n_transactions,
-              std::int64_t min_count, std::int64_t max_len) {
+              std::int64_t min_count, std::int64_t max_len, std::int64_t max_itemsets) {
   pyconcepts::ItemsetTable table;
   {
     py::gil_scoped_release release;
     table = pyconcepts::frequent_itemsets(pyconcepts::as_ptr<const std::int64_t>(indptr),
                                           pyconcepts::as_ptr<const Index>(indices), n_transactions,
-                                          min_count, max_len);
+                                          min_count, max_len, max_itemsets);
   }
   const std::size_t n_sets = table.counts.size();
   py::list result(n_sets);
@@ -120,9 +120,9 @@ py::tuple transactions_to_csr(py::handle transactions, const std::string& name) 
 
 PYCONCEPTS_BINDINGS(bind_itemsets) {
   m.def("frequent_itemsets_i32", &mine<std::int32_t>,
-        "(indptr, indices, n_transactions, min_count, max_len) -> [(items, count)]");
+        "(indptr, indices, n_transactions, min_count, max_len, max_itemsets) -> [(items, count)]");
   m.def("frequent_itemsets_i64", &mine<std::int64_t>,
-        "(indptr, indices, n_transactions, min_count, max_len) -> [(items, count)]");
+        "(indptr, indices, n_transactions, min_count, max_len, max_itemsets) -> [(items, count)]");
   m.def("itemset_support_i32", &support<std::int32_t>,
         "(indptr, indices, n_transactions, query_offsets, query_items, n_queries, counts)",
         py::call_guard<py::gil_scoped_release>());

@@ -6,6 +6,7 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <limits>
 #include <numeric>
@@ -239,15 +240,31 @@ constexpr bool kCanCompact = false;
 inline std::int64_t compact_count(const Word*, const Word*, Word*, std::int64_t) { return 0; }
 #endif
 
+// The number of itemsets all threads may still report; once it is overdrawn every Miner stops
+// (the result would not fit the caller's limit, so mining further is wasted work).
+class ResultBudget {
+ public:
+  explicit ResultBudget(std::int64_t limit) : left_(limit) {}
+  // Takes n itemsets from the budget; false (and stays false) once the limit is exceeded.
+  bool take(std::int64_t n) { return left_.fetch_sub(n, std::memory_order_relaxed) - n >= 0; }
+  bool exceeded() const { return left_.load(std::memory_order_relaxed) < 0; }
+
+ private:
+  std::atomic<std::int64_t> left_;
+};
+
 // Depth-first eclat inside first-level branches; one Miner per thread.
 class Miner {
  public:
   static constexpr std::int64_t kPrefetch = 16;  // transactions read ahead in a branch's scans
 
-  Miner(const RankedDatabase& db, std::int64_t n_ranks, std::int64_t min_count, std::int64_t max_len)
-      : db_(db), min_count_(min_count), max_len_(max_len), count_(n_ranks, 0), local_(n_ranks, -1) {}
+  Miner(const RankedDatabase& db, std::int64_t n_ranks, std::int64_t min_count, std::int64_t max_len,
+        ResultBudget& budget)
+      : db_(db), min_count_(min_count), max_len_(max_len), budget_(budget), count_(n_ranks, 0),
+        local_(n_ranks, -1) {}
 
   void branch(std::int32_t r, BranchOut& out) {
+    if (!budget_.take(1)) return;
     const std::uint32_t* rows = db_.v.data() + db_.v_begin[r];
     const std::int64_t support = db_.v_begin[r + 1] - db_.v_begin[r];
     const std::int32_t* h = db_.h.data();
@@ -273,6 +290,7 @@ class Miner {
       if (count_[q] >= min_count_) level.push_back({q, count_[q], 0});
       count_[q] = 0;
     }
+    if (!budget_.take(static_cast<std::int64_t>(level.size()))) return;
     prefix_.push_back(r);
     for (const Ext& e : level) out.emit(prefix_, e.rank, e.count);
     if (max_len_ >= 3 && level.size() >= 2) {
@@ -337,6 +355,10 @@ class Miner {
         }
       }
       if (!child.empty()) {
+        if (!budget_.take(static_cast<std::int64_t>(child.size()))) {
+          top_ = base;
+          return;
+        }
         prefix_.push_back(level[a].rank);
         for (const Ext& e : child) out.emit(prefix_, e.rank, e.count);
         if (child.size() >= 2) expand(child, child_w, out);
@@ -348,6 +370,7 @@ class Miner {
 
   const RankedDatabase& db_;
   const std::int64_t min_count_, max_len_;
+  ResultBudget& budget_;
   std::vector<std::int64_t> count_;
   std::vector<std::int32_t> local_;
   std::vector<std::int32_t> touched_;
@@ -404,10 +427,11 @@ ItemsetTable assemble(const std::vector<BranchOut>& branches, const std::vector<
 template <typename Index>
 ItemsetTable frequent_itemsets(const std::int64_t* indptr, const Index* indices,
                                std::int64_t n_transactions, std::int64_t min_count,
-                               std::int64_t max_len) {
+                               std::int64_t max_len, std::int64_t max_itemsets) {
   check_csr(indptr, n_transactions);
   check(min_count >= 1, "frequent_itemsets: min_count must be >= 1, got ", min_count);
   if (max_len <= 0) max_len = std::numeric_limits<std::int64_t>::max();
+  if (max_itemsets <= 0) max_itemsets = std::numeric_limits<std::int64_t>::max();
   const IdMap map(indices, indptr[n_transactions]);
   const std::vector<std::int64_t> support = item_supports(indptr, indices, n_transactions, map);
 
@@ -431,12 +455,14 @@ ItemsetTable frequent_itemsets(const std::int64_t* indptr, const Index* indices,
       rank_database(indptr, indices, n_transactions, map, rank_of_dense, support_of_rank);
 
   std::vector<BranchOut> branches(n_ranks);
+  ResultBudget budget(max_itemsets);
 #pragma omp parallel if (n_ranks > 1 && indptr[n_transactions] >= kParallelEntries)
   {
-    Miner miner(db, n_ranks, min_count, max_len);
+    Miner miner(db, n_ranks, min_count, max_len, budget);
 #pragma omp for schedule(dynamic, 1)
     for (std::int64_t r = 0; r < n_ranks; ++r) miner.branch(static_cast<std::int32_t>(r), branches[r]);
   }
+  if (budget.exceeded()) throw ResultLimitExceeded(max_itemsets);
   return assemble(branches, id_of_rank);
 }
 
@@ -498,9 +524,11 @@ void itemset_support(const std::int64_t* indptr, const Index* indices, std::int6
 }
 
 template ItemsetTable frequent_itemsets<std::int32_t>(const std::int64_t*, const std::int32_t*,
-                                                      std::int64_t, std::int64_t, std::int64_t);
+                                                      std::int64_t, std::int64_t, std::int64_t,
+                                                      std::int64_t);
 template ItemsetTable frequent_itemsets<std::int64_t>(const std::int64_t*, const std::int64_t*,
-                                                      std::int64_t, std::int64_t, std::int64_t);
+                                                      std::int64_t, std::int64_t, std::int64_t,
+                                                      std::int64_t);
 template void itemset_support<std::int32_t>(const std::int64_t*, const std::int32_t*, std::int64_t,
                                             const std::int64_t*, const std::int64_t*, std::int64_t,
                                             std::int64_t*);

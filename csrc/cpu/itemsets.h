@@ -3,6 +3,8 @@
 // duplicates inside a transaction count once). Torch-ABI-free: raw pointers and sizes.
 #pragma once
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 namespace pyconcepts {
@@ -25,7 +27,18 @@ struct ItemsetTable {
 template <typename Index>
 ItemsetTable frequent_itemsets(const std::int64_t* indptr, const Index* indices,
                                std::int64_t n_transactions, std::int64_t min_count,
-                               std::int64_t max_len);
+                               std::int64_t max_len, std::int64_t max_itemsets);
+
+// Thrown (as ValueError in Python) when more than max_itemsets itemsets are frequent: the number
+// of frequent itemsets grows exponentially with the transaction length, so without a cap a low
+// support on long, similar transactions exhausts memory instead of answering.
+class ResultLimitExceeded : public std::invalid_argument {
+ public:
+  explicit ResultLimitExceeded(std::int64_t limit)
+      : std::invalid_argument("frequent_itemsets: more than " + std::to_string(limit) +
+                              " itemsets reach min_support (max_itemsets); raise min_support, "
+                              "set max_len or raise max_itemsets") {}
+};
 
 // counts[q] = number of transactions containing every item of query q, whose (original) ids are
 // query_items[query_offsets[q] : query_offsets[q+1]] (an empty query counts every transaction).

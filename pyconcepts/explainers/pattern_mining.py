@@ -155,6 +155,11 @@ class FilterPatterns(ConceptExplainer):
             transactions (seed: 0.5).
         top_rules: q, rules kept per class by support × confidence (seed: 10).
         min_confidence: minimum rule confidence (seed: none, default 0).
+        max_itemset_len: longest filter itemset mined (seed: no limit, the default).
+        max_itemsets: per class, stop with a ValueError when more itemsets than this are
+            frequent (seed: no limit; default 1,000,000). Long transactions of similar filters
+            (large ``top_filters``) make their number grow like 2^top_filters; the cap turns
+            running out of memory into an error that suggests ``max_itemset_len``.
         batch_size: images per Grad-CAM / perturbation batch.
         seed: seeds the random candidate windows.
         class_names: names of the model's classes (default: the zoo's, else ``class_i``).
@@ -175,6 +180,8 @@ class FilterPatterns(ConceptExplainer):
         tau_support: float = 0.5,
         top_rules: int = 10,
         min_confidence: float = 0.0,
+        max_itemset_len: Optional[int] = None,
+        max_itemsets: Optional[int] = 1_000_000,
         batch_size: int = 32,
         seed: int = 0,
         class_names: Optional[Sequence[str]] = None,
@@ -189,6 +196,8 @@ class FilterPatterns(ConceptExplainer):
         self.tau_support = tau_support
         self.top_rules = top_rules
         self.min_confidence = min_confidence
+        self.max_itemset_len = max_itemset_len
+        self.max_itemsets = max_itemsets
         self.batch_size = batch_size
         self.seed = seed
         self.class_names = class_names
@@ -208,6 +217,12 @@ class FilterPatterns(ConceptExplainer):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
+        for name in ("max_itemset_len", "max_itemsets"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ValueError(f"{name}: expected None or an int >= 1, got {value!r}")
         if self.patch_size > min(height, width):
             raise ValueError(
                 f"patch_size: expected at most the image side {min(height, width)}, "
@@ -339,7 +354,23 @@ class FilterPatterns(ConceptExplainer):
         for c in sorted(set(classes.tolist())):
             rows = filters[classes == c].numpy()
             item = n_filters + c
-            for items, count in frequent_itemsets(rows.tolist(), self.tau_support):
+            try:
+                frequent = frequent_itemsets(
+                    rows.tolist(),
+                    self.tau_support,
+                    self.max_itemset_len,
+                    max_itemsets=self.max_itemsets,
+                )
+            except ValueError as exc:
+                if "max_itemsets" not in str(exc):
+                    raise
+                raise ValueError(
+                    f"max_itemsets: class {self.class_names_[c]!r} has more than "
+                    f"{self.max_itemsets} frequent filter itemsets at tau_support="
+                    f"{self.tau_support}; set max_itemset_len (e.g. 4), raise tau_support or "
+                    "lower top_filters"
+                ) from exc
+            for items, count in frequent:
                 counts[(*items, item)] = count
                 frequent_in.setdefault(items, []).append(c)
             counts[(item,)] = len(rows)

@@ -109,10 +109,14 @@ class Recipe:
 
     Every epoch draws ``images_per_epoch`` fresh concept-world images (the world is procedural,
     so there is no fixed training set to overfit); the test set is seeded apart from them.
+    Measured on 2 idle CPU cores (2026-11-26): cw-vgg, 36 epochs, about 3.5 min, test accuracy
+    0.955; cw-resnet, 28 epochs, about 5 min, 0.981. Accuracy rises steeply in the last epochs
+    of the one-cycle schedule (cw-vgg: 0.85 after a 14-epoch schedule, 0.93 after 28), so
+    shorter recipes trade accuracy for time.
     """
 
     images_per_epoch: int = 4000
-    epochs: int = 14
+    epochs: int = 28
     n_test: int = 1000
     batch_size: int = 64
     lr: float = 3e-3
@@ -132,11 +136,11 @@ class ZooEntry:
 
 ZOO: dict[str, ZooEntry] = {
     "cw-vgg": ZooEntry(
-        "cw-vgg", cw_vgg, 2, Recipe(), "features.relu4",
+        "cw-vgg", cw_vgg, 3, Recipe(epochs=36), "features.relu4",
         "VGG-like CNN for the concept world: 4 conv + fc1 + fc2",
     ),
     "cw-resnet": ZooEntry(
-        "cw-resnet", cw_resnet, 2, Recipe(), "layer3",
+        "cw-resnet", cw_resnet, 3, Recipe(), "layer3",
         "ResNet-like CNN for the concept world: stem + 3 residual blocks + GAP + fc",
     ),
 }  # fmt: skip

@@ -148,12 +148,17 @@ def min_count(min_support: object, n_transactions: int) -> int:
 
 def max_len(value: object) -> int:
     """The longest itemset to report, 0 meaning no limit (None)."""
+    return positive_or_none(value, "max_len")
+
+
+def positive_or_none(value: object, name: str) -> int:
+    """A limit given as None (no limit, returned as 0) or an int >= 1."""
     if value is None:
         return 0
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"max_len: expected None or an int >= 1, got {type(value).__name__}")
+        raise TypeError(f"{name}: expected None or an int >= 1, got {type(value).__name__}")
     if int(value) < 1:
-        raise ValueError(f"max_len: expected None or an int >= 1, got {int(value)}")
+        raise ValueError(f"{name}: expected None or an int >= 1, got {int(value)}")
     return int(value)
 
 

@@ -53,14 +53,18 @@ def frequent_itemsets(
     min_support: Union[int, float],
     max_len: Optional[int] = None,
     *,
+    max_itemsets: Optional[int] = None,
     backend: Optional[str] = None,
 ) -> list[tuple[Itemset, int]]:
     """Every itemset whose support reaches ``min_support``, with its support count.
 
     ``min_support``: an int is an absolute count (>= 1); a float is a fraction in (0, 1] of all
     transactions (frequent when ``count >= ceil(min_support * n)``, so 0.1 of 30 is 3).
-    ``max_len``: longest itemset reported (None: no limit). ``backend``: ``"cpu"`` (compiled
-    core), ``"reference"`` (pure Python) or None (the core when built).
+    ``max_len``: longest itemset reported (None: no limit). ``max_itemsets``: raise ValueError
+    as soon as more itemsets than this are frequent (None: no limit) — their number grows
+    exponentially with the length of similar transactions, and a cap turns an out-of-memory
+    crash into an answer. ``backend``: ``"cpu"`` (compiled core), ``"reference"`` (pure Python)
+    or None (the core when built).
 
     Returns ``[(items, count), ...]`` with the items of each itemset in ascending id order and the
     list sorted by length, then lexicographically; as a set it equals pyfim's
@@ -75,10 +79,13 @@ def frequent_itemsets(
     n = indptr.size - 1
     count = _tx.min_count(min_support, n)
     limit = _tx.max_len(max_len)
+    cap = _tx.positive_or_none(max_itemsets, "max_itemsets")
     if not use_core:
         from pyconcepts.reference import itemsets as reference
 
-        return reference.frequent_itemsets((indptr, indices), count, max_len)
+        return reference.frequent_itemsets(
+            (indptr, indices), count, max_len, max_itemsets=max_itemsets
+        )
     result: list[tuple[Itemset, int]] = _bridge.call(
         f"frequent_itemsets_{_index_suffix(indices)}",
         torch.from_numpy(indptr),
@@ -86,6 +93,7 @@ def frequent_itemsets(
         n,
         count,
         limit,
+        cap,
         dtype=torch.int64,
         device=_CPU,
     )

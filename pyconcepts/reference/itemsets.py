@@ -33,6 +33,7 @@ def frequent_itemsets(
     min_support: Union[int, float],
     max_len: Optional[int] = None,
     *,
+    max_itemsets: Optional[int] = None,
     backend: Optional[str] = None,
 ) -> list[tuple[Itemset, int]]:
     """Every itemset with support >= ``min_support`` (see ``pyconcepts.ops.frequent_itemsets``)."""
@@ -40,12 +41,18 @@ def frequent_itemsets(
     n, tidsets = _tidsets(transactions)
     count = _tx.min_count(min_support, n)
     limit = _tx.max_len(max_len) or float("inf")
+    cap = _tx.positive_or_none(max_itemsets, "max_itemsets") or float("inf")
     found: list[tuple[Itemset, int]] = []
 
     def grow(prefix: Itemset, extensions: list[tuple[int, set[int]]]) -> None:
         for k, (item, tids) in enumerate(extensions):
             itemset = (*prefix, item)
             found.append((itemset, len(tids)))
+            if len(found) > cap:
+                raise ValueError(
+                    f"frequent_itemsets: more than {max_itemsets} itemsets reach min_support "
+                    "(max_itemsets); raise min_support, set max_len or raise max_itemsets"
+                )
             if len(itemset) < limit:
                 deeper = [(other, tids & more) for other, more in extensions[k + 1 :]]
                 grow(itemset, [(other, both) for other, both in deeper if len(both) >= count])

@@ -81,6 +81,23 @@ def test_hierarchical_mining_on_planted_transactions():
         assert r.count == len(both) and r.confidence == pytest.approx(len(both) / len(body))
 
 
+def test_itemset_caps_bound_the_mining():
+    rows = torch.arange(12).repeat(30, 1)  # one class, identical transactions: 2^12 - 1 itemsets
+    classes = torch.zeros(30, dtype=torch.long)
+
+    def mine(**caps):
+        explainer = FilterPatterns(cw_vgg(), "features.relu4", **caps)
+        explainer.class_names_ = ["c0"]
+        return explainer._mine(rows, classes, n_filters=64)[0]
+
+    with pytest.raises(ValueError, match="max_itemset_len"):
+        mine(max_itemsets=1000)
+    rules = mine(max_itemsets=1000, max_itemset_len=2)
+    assert rules and max(len(r.filters) for r in rules) <= 2
+    with pytest.raises(ValueError, match="max_itemset_len"):
+        FilterPatterns(cw_vgg(), "features.relu4", max_itemset_len=0).fit(torch.rand(2, 3, 64, 64))
+
+
 def test_explainer_contract(small_world):
     images, labels = small_world.tensors()
     model = cw_vgg().eval()

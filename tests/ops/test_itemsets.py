@@ -240,7 +240,36 @@ def test_bad_inputs(backend, transactions, min_support, error, match):
         frequent_itemsets(transactions, min_support, backend=backend)
 
 
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@settings(max_examples=30, deadline=None)
+@given(small_id_databases, st.integers(1, 3), st.one_of(st.none(), st.integers(1, 4)))
+def test_max_itemsets_caps_the_result_exactly(backend, transactions, min_count, max_len):
+    if backend == "cpu" and _backends.core() is None:
+        pytest.skip("compiled core not built")
+    full = frequent_itemsets(transactions, min_count, max_len, backend=backend)
+    limit = max(1, len(full))
+    capped = frequent_itemsets(
+        transactions, min_count, max_len, max_itemsets=limit, backend=backend
+    )
+    assert capped == full  # reaching the cap exactly is allowed
+    if len(full) >= 2:
+        with pytest.raises(ValueError, match="max_itemsets"):
+            frequent_itemsets(
+                transactions, min_count, max_len, max_itemsets=len(full) - 1, backend=backend
+            )
+
+
+@needs_core
+def test_max_itemsets_stops_an_exponential_result():
+    # 30 identical transactions of 40 items: 2^40 - 1 frequent itemsets, which no memory holds
+    rows = [list(range(40))] * 30
+    with pytest.raises(ValueError, match="max_itemsets"):
+        frequent_itemsets(rows, 1, max_itemsets=100_000)
+
+
 def test_bad_options():
+    with pytest.raises(ValueError, match="max_itemsets"):
+        frequent_itemsets([[1]], 1, max_itemsets=0)
     with pytest.raises(ValueError, match="max_len"):
         frequent_itemsets([[1]], 1, max_len=0)
     with pytest.raises(TypeError, match="max_len"):
