@@ -1,4 +1,5 @@
-"""Command line: ``pyconcepts demo | explain | backends | zoo``. Every command has ``--help``."""
+"""Command line: ``pyconcepts demo | explain | export | serve | backends | zoo``. Every command
+has ``--help``."""
 
 from __future__ import annotations
 
@@ -79,6 +80,19 @@ def _fit(args: argparse.Namespace) -> Any:
     return explainer.fit(data), model
 
 
+def _fit_or_load(args: argparse.Namespace) -> Any:
+    """The explainer of ``args.method``: loaded from ``args.explainer`` (on its zoo model), or
+    fitted with :func:`_fit`."""
+    from pyconcepts.models import load
+
+    if args.method not in _METHODS:
+        raise SystemExit(f"--method: expected one of {sorted(_METHODS)}, got {args.method!r}")
+    if args.explainer:
+        model = load(args.model or _METHODS[args.method][1])
+        return _explainer_class(args.method).load(args.explainer, model=model)
+    return _fit(args)[0]
+
+
 def _load_images(args: argparse.Namespace, size: tuple[int, int]) -> Any:
     """Images from a folder (PNG/JPEG, resized to the explainer's input) or the concept world."""
     import numpy as np
@@ -101,17 +115,9 @@ def _load_images(args: argparse.Namespace, size: tuple[int, int]) -> Any:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from pyconcepts.models import load
-
-    if args.method not in _METHODS:
-        raise SystemExit(f"--method: expected one of {sorted(_METHODS)}, got {args.method!r}")
-    if args.explainer:
-        model = load(args.model or _METHODS[args.method][1])
-        explainer = _explainer_class(args.method).load(args.explainer, model=model)
-    else:
-        explainer, model = _fit(args)
-        if args.save:
-            print(f"saved the fitted explainer to {explainer.save(args.save)}")
+    explainer = _fit_or_load(args)
+    if args.save and not args.explainer:
+        print(f"saved the fitted explainer to {explainer.save(args.save)}")
     images = _load_images(args, tuple(explainer.input_size_))
     result = explainer.explain(images)
     folder = result.save(args.out, pngs=min(len(images), args.pngs))
@@ -122,6 +128,39 @@ def _explain(args: argparse.Namespace) -> int:
         print(f"image {i}: {result.class_names[int(result.targets[i])]} <- {top}")
     print(f"explanations of {len(result)} images under {folder.resolve()}")
     return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    explainer = _fit_or_load(args)
+    path = explainer.export_onnx(args.out)
+    print(f"wrote the {args.method} ONNX export to {Path(path).resolve()}")
+    print(f"outputs: {', '.join(explainer.onnx_outputs)}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from pyconcepts.serve import Limits, serve
+
+    try:
+        limits = Limits(
+            max_body_bytes=int(args.max_body_mib * 2**20),
+            max_concurrency=args.max_concurrency,
+            timeout=args.timeout,
+        )
+        serve(args.model, args.host, args.port, limits, quiet=args.quiet)
+    except (ValueError, OSError) as exc:  # bad limits, not an export, port taken
+        raise SystemExit(f"serve: {exc}") from exc
+    return 0
+
+
+def _add_explainer_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments that choose, fit or load an explainer (shared by explain and export)."""
+    parser.add_argument("--method", required=True, choices=sorted(_METHODS))
+    parser.add_argument("--explainer", help="a saved explainer file (skips fitting)")
+    parser.add_argument("--model", help="zoo model (default: the method's usual one)")
+    parser.add_argument("--n-fit", type=int, default=1000, help="concept-world images to fit on")
+    parser.add_argument("--options", help="constructor options as JSON, e.g. '{\"n_concepts\": 5}'")
+    parser.add_argument("--seed", type=int, default=0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,19 +184,50 @@ def build_parser() -> argparse.ArgumentParser:
         "one with --explainer), explain images from a folder or the concept world, and write "
         "the explanations (tensors, manifest, plots) under --out.",
     )
-    ex.add_argument("--method", required=True, choices=sorted(_METHODS))
-    ex.add_argument("--explainer", help="a saved explainer file (skips fitting)")
-    ex.add_argument("--model", help="zoo model (default: the method's usual one)")
+    _add_explainer_arguments(ex)
     ex.add_argument("--images", help="folder of .png/.jpg images (default: concept-world images)")
     ex.add_argument("--n-images", type=int, default=8, help="concept-world images to explain")
-    ex.add_argument("--n-fit", type=int, default=1000, help="concept-world images to fit on")
-    ex.add_argument("--options", help="constructor options as JSON, e.g. '{\"n_concepts\": 5}'")
-    ex.add_argument("--seed", type=int, default=0)
     ex.add_argument("--save", help="also save the fitted explainer to this file")
     ex.add_argument("--onnx", action="store_true", help="also export explainer.onnx")
     ex.add_argument("--pngs", type=int, default=4, help="plots to write (default: %(default)s)")
     ex.add_argument("--out", default="pyconcepts-explanations", help="output folder")
     ex.set_defaults(func=_explain)
+
+    exp = sub.add_parser(
+        "export",
+        help="fit (or load) an explainer and write its ONNX export",
+        description="Fit an explainer on the concept world with a zoo model (or load a saved "
+        "one with --explainer) and export model + explainer as one ONNX graph, loadable with "
+        "pyconcepts.export.OnnxExplainer and servable with `pyconcepts serve`.",
+    )
+    _add_explainer_arguments(exp)
+    exp.add_argument("--out", required=True, help="the .onnx file to write")
+    exp.set_defaults(func=_export)
+
+    srv = sub.add_parser(
+        "serve",
+        help="serve an ONNX export over HTTP (/health, /metadata, /explain)",
+        description="HTTP inference service for an export of `pyconcepts export`: GET /health, "
+        "GET /metadata, POST /explain (PNG/JPEG body or JSON with a base64 image). See "
+        "docs/serving.md.",
+    )
+    srv.add_argument("model", help="the .onnx export to serve")
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    srv.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    srv.add_argument(
+        "--max-body-mib", type=float, default=16, help="largest body (default: %(default)s MiB)"
+    )
+    srv.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=32,
+        help="requests explained at once, more get 503 (default: %(default)s)",
+    )
+    srv.add_argument(
+        "--timeout", type=float, default=30, help="seconds per request read (default: %(default)s)"
+    )
+    srv.add_argument("--quiet", action="store_true", help="no per-request log lines")
+    srv.set_defaults(func=_serve)
 
     be = sub.add_parser("backends", help="which compiled backends loaded, and why not")
     be.set_defaults(func=_backends)

@@ -1,0 +1,179 @@
+"""Load test of the HTTP service (``pyconcepts serve``): throughput, latency, statuses, memory.
+
+Fits one explainer in its small configuration (``pyconcepts.testing.quick_explainers``, seeded
+untrained zoo architectures), exports it to ONNX and starts :func:`pyconcepts.serve.build_server`
+in this process on 127.0.0.1 (a free port). ``--requests`` requests then go out from
+``--concurrency`` client threads, each on its own keep-alive connection: valid ones (concept-world
+images as raw PNG bodies, or as base64 JSON, every other one asking for the heatmap overlay)
+and a ``--malformed`` fraction of malformed ones (corrupt image, wrong content type, broken or
+deeply nested JSON, bad base64, gzip body, huge Content-Length, unknown path), shuffled.
+
+Reports requests/s, p50/p90/p99 latency of the valid requests, counts per status and this
+process's resident memory (VmRSS from /proc/self/status) after a warm-up and after each quarter;
+exits with an error if a valid request got anything but 200 or a malformed one anything but its
+expected 4xx. Client and server share this process (and its GIL), so the numbers are those of a
+service sharing its CPU with its clients. Results: ``bench/results/serve_load.json``.
+Run: ``python -m bench.serve_load --requests 2000 --concurrency 32 --malformed 0.1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import gzip
+import http.client
+import io
+import json
+import random
+import tempfile
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pyconcepts.data import ConceptWorld
+from pyconcepts.models import cw_resnet, cw_vgg
+from pyconcepts.serve import build_server
+from pyconcepts.testing import quick_explainers
+
+# (method, path, body, headers, expected status)
+Request = tuple[str, str, Optional[bytes], dict[str, str], int]
+PNG = {"Content-Type": "image/png"}
+JSON = {"Content-Type": "application/json"}
+MALFORMED: list[Request] = [
+    ("POST", "/explain", b"\x89PNG\r\n\x1a\n" + b"\x00" * 200, PNG, 400),
+    ("POST", "/explain", b"hello", {"Content-Type": "text/plain"}, 415),
+    ("POST", "/explain", b'{"image": ', JSON, 400),
+    ("POST", "/explain", b"[" * 100_000, JSON, 400),
+    ("POST", "/explain", b'{"image": "not*base64!"}', JSON, 400),
+    (
+        "POST",
+        "/explain",
+        gzip.compress(b'{"image": ""}'),
+        {**JSON, "Content-Encoding": "gzip"},
+        415,
+    ),
+    ("POST", "/explain", None, {**PNG, "Content-Length": str(10**12)}, 413),
+    ("GET", "/admin", None, {}, 404),
+]
+
+
+def rss_mib() -> float:
+    """This process's resident set size (VmRSS) in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("/proc/self/status: expected a VmRSS line, found none")
+
+
+def valid_requests(world: ConceptWorld) -> list[Request]:
+    """Each image of ``world`` as a raw PNG and as base64 JSON (every other one with heatmap)."""
+    requests: list[Request] = []
+    for i in range(len(world)):
+        buffer = io.BytesIO()
+        array = (world.image(i).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(array).save(buffer, format="PNG")
+        png = buffer.getvalue()
+        doc = {"image": base64.b64encode(png).decode(), "top_k": 3, "heatmap_png": i % 2 == 0}
+        requests.append(("POST", "/explain", png, PNG, 200))
+        requests.append(("POST", "/explain", json.dumps(doc).encode(), JSON, 200))
+    return requests
+
+
+def main(argv: Optional[list[str]] = None) -> dict[str, object]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=32, help="client threads")
+    parser.add_argument("--malformed", type=float, default=0.1, help="fraction malformed")
+    parser.add_argument("--method", default="ibd", help="quick explainer to serve")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if not 0 <= args.malformed <= 1:
+        raise SystemExit(f"--malformed: expected a fraction in [0, 1], got {args.malformed}")
+
+    torch.manual_seed(args.seed)
+    world = ConceptWorld(64, seed=3)
+    make, data, fit_kwargs = quick_explainers(world, cw_vgg().eval(), cw_resnet().eval())[
+        args.method
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = make().fit(data, **fit_kwargs).export_onnx(Path(tmp) / f"{args.method}.onnx")
+        server = build_server(path, "127.0.0.1", 0, quiet=True)  # loads the model: tmp can go
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+
+    valid = valid_requests(ConceptWorld(16, seed=args.seed + 1))
+    n_bad = round(args.malformed * args.requests)
+    plan = [valid[i % len(valid)] for i in range(args.requests - n_bad)]
+    plan += [MALFORMED[i % len(MALFORMED)] for i in range(n_bad)]
+    random.Random(args.seed).shuffle(plan)
+    local = threading.local()
+
+    def send(request: Request) -> tuple[Request, object, float]:
+        """(request, status or exception name, seconds) on this thread's connection."""
+        if not hasattr(local, "conn"):
+            local.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        method, target, body, headers, _ = request
+        start = time.perf_counter()
+        try:
+            local.conn.request(method, target, body=body, headers=headers)
+            response = local.conn.getresponse()
+            response.read()
+            status: object = response.status
+        except (OSError, http.client.HTTPException) as exc:
+            local.conn.close()  # reconnects on the next request
+            status = type(exc).__name__
+        return request, status, time.perf_counter() - start
+
+    try:
+        with ThreadPoolExecutor(args.concurrency) as pool:
+            list(pool.map(send, valid[:32]))  # warm-up: connections, onnxruntime, allocations
+            rss = [rss_mib()]
+            start = time.perf_counter()
+            results = []
+            for quarter in np.array_split(np.arange(len(plan)), 4):  # RSS after each quarter
+                results += pool.map(send, [plan[i] for i in quarter])
+                rss.append(rss_mib())
+            seconds = time.perf_counter() - start
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    latencies = np.array([t for r, _, t in results if r[4] == 200]) * 1e3
+    by_kind: dict[str, Counter[str]] = {"valid": Counter(), "malformed": Counter()}
+    wrong: Counter[tuple[str, str, int, str]] = Counter()  # (method, path, expected, got)
+    for (method, target, _, _, expected), status, _ in results:
+        by_kind["valid" if expected == 200 else "malformed"][str(status)] += 1
+        if status != expected:
+            wrong[(method, target, expected, str(status))] += 1
+    report: dict[str, object] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "method": args.method,
+        "requests": args.requests,
+        "malformed": n_bad,
+        "concurrency": args.concurrency,
+        "requests_per_s": len(results) / seconds,
+        "valid_latency_ms": {f"p{q}": float(np.percentile(latencies, q)) for q in (50, 90, 99)},
+        "status_counts": {kind: dict(sorted(c.items())) for kind, c in by_kind.items()},
+        "valid_5xx": sum(n for s, n in by_kind["valid"].items() if s.startswith("5")),
+        "rss_mib_after_warmup_and_each_quarter": rss,
+        "rss_growth_mib": rss[-1] - rss[0],
+    }
+    print(json.dumps(report, indent=2))
+    out = Path(__file__).parent / "results" / "serve_load.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    if wrong:
+        found = [[*key, n] for key, n in wrong.items()]
+        raise SystemExit(f"unexpected answers as [method, path, expected, got, count]: {found}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,263 @@
+"""The HTTP service (pyconcepts.serve) on a real socket, and the ``export`` CLI command."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import http.client
+import io
+import json
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pyconcepts.cli import main
+from pyconcepts.data import ConceptWorld
+from pyconcepts.export import OnnxExplainer
+from pyconcepts.serve import Limits, build_server
+from pyconcepts.testing import quick_explainers
+
+MAX_BODY = 256 * 1024
+MAX_PIXELS = 128 * 128
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory, vgg, resnet):
+    """A quick IBD on the zoo ResNet: saved (.pcx) and exported (.onnx)."""
+    folder = tmp_path_factory.mktemp("serve")
+    torch.manual_seed(0)
+    make, data, fit_kwargs = quick_explainers(ConceptWorld(24, seed=3), vgg, resnet)["ibd"]
+    explainer = make().fit(data, **fit_kwargs)
+    return explainer.save(folder / "ibd.pcx"), explainer.export_onnx(folder / "ibd.onnx")
+
+
+@pytest.fixture(scope="module")
+def server(fitted):
+    limits = Limits(max_body_bytes=MAX_BODY, max_concurrency=1, timeout=5, max_pixels=MAX_PIXELS)
+    srv = build_server(fitted[1], "127.0.0.1", 0, limits, quiet=True)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+    thread.join(5)
+
+
+def request(server, method, path, body=None, headers=None):
+    """(status, response, parsed JSON body) of one request on a new connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        data = response.read()
+        assert response.getheader("Content-Type") == "application/json", data
+        return response.status, response, json.loads(data)
+    finally:
+        conn.close()
+
+
+def raw_request(server, data: bytes, half_close: bool = False):
+    """Status and JSON body of the answer to raw bytes sent on a socket."""
+    with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=10) as sock:
+        sock.sendall(data)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def png_bytes(array: np.ndarray, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def image():
+    """A concept-world image (with three distinct non-zero concept scores) as uint8 HWC at the
+    export's input size (64×64)."""
+    tensor = ConceptWorld(4, seed=11).image(2)
+    return (tensor.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def test_health_and_metadata(server):
+    status, _, health = request(server, "GET", "/health")
+    served = server.explainer
+    assert status == 200
+    assert health == {
+        "status": "ok",
+        "method": "ibd",
+        "inputs": [3, 64, 64],
+        "concepts": len(served.concept_names),
+    }
+    status, _, meta = request(server, "GET", "/metadata")
+    assert status == 200 and meta["method"] == "ibd"
+    assert meta["class_names"] == served.class_names
+    assert meta["concept_names"] == served.concept_names
+    assert meta["output_names"] == ["logits", "concept_scores", "heatmaps", "residual_heatmap"]
+
+
+def test_png_and_base64_json_match_onnx_explainer(server, fitted, image):
+    want = OnnxExplainer(fitted[1]).explain(torch.from_numpy(image).permute(2, 0, 1)[None] / 255)
+    top = want.top_concepts(0, 3)
+    assert len({s for _, s in top}) == 3 and top[2][1] > 0  # no ties: the order is defined
+    png = png_bytes(image)
+    status, _, raw = request(server, "POST", "/explain", png, {"Content-Type": "image/png"})
+    assert status == 200
+    doc = json.dumps({"image": base64.b64encode(png).decode(), "top_k": 3, "heatmap_png": True})
+    status, _, js = request(server, "POST", "/explain", doc, {"Content-Type": "application/json"})
+    assert status == 200
+    for answer, k in ((raw, 5), (js, 3)):
+        assert answer["method"] == "ibd" and len(answer["top_concepts"]) == k
+        assert answer["prediction"]["class"] == int(want.predictions[0])
+        assert answer["prediction"]["name"] == want.class_names[int(want.predictions[0])]
+        assert np.allclose(answer["logits"], want.logits[0].numpy(), atol=1e-4)
+        got = [(c["name"], c["score"]) for c in answer["top_concepts"][:3]]
+        assert [n for n, _ in got] == [n for n, _ in top]
+        assert np.allclose([s for _, s in got], [s for _, s in top], atol=1e-4)
+    assert "heatmap_png" not in raw
+    overlay = Image.open(io.BytesIO(base64.b64decode(js["heatmap_png"])))
+    assert overlay.format == "PNG" and overlay.size == (64, 64)
+
+
+def test_jpeg_of_another_size_is_resized_bilinearly(server, fitted, image):
+    big = np.asarray(Image.fromarray(image).resize((96, 80)))
+    jpeg = png_bytes(big, "JPEG")
+    decoded = Image.open(io.BytesIO(jpeg)).convert("RGB").resize((64, 64), Image.BILINEAR)
+    tensor = torch.from_numpy(np.asarray(decoded).copy()).permute(2, 0, 1)[None] / 255
+    want = OnnxExplainer(fitted[1]).explain(tensor)
+    status, _, got = request(server, "POST", "/explain", jpeg, {"Content-Type": "image/jpeg"})
+    assert status == 200
+    assert np.allclose(got["logits"], want.logits[0].numpy(), atol=1e-4)
+
+
+JSON = {"Content-Type": "application/json"}
+PNG = {"Content-Type": "image/png"}
+NESTED_FIELD = b'{"image": ' + b"[" * 65 + b"]" * 65 + b"}"
+GZIP = {**JSON, "Content-Encoding": "gzip"}
+LARGE_PNG = png_bytes(np.zeros((200, 200, 3), np.uint8))  # 40000 pixels > MAX_PIXELS
+MALFORMED = {
+    "corrupt image": ("POST", "/explain", b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 50, PNG, 400),
+    "empty body": ("POST", "/explain", b"", PNG, 400),
+    "wrong content type": ("POST", "/explain", b"hello", {"Content-Type": "text/plain"}, 415),
+    "no content type": ("POST", "/explain", b"hello", {}, 415),
+    "body over the limit": ("POST", "/explain", b"\x00" * (MAX_BODY + 1), PNG, 413),
+    "deeply nested json": ("POST", "/explain", b"[" * 100_000, JSON, 400),
+    "nested inside object": ("POST", "/explain", NESTED_FIELD, JSON, 400),
+    "invalid json": ("POST", "/explain", b'{"image": ', JSON, 400),
+    "json not an object": ("POST", "/explain", b"[1, 2]", JSON, 400),
+    "invalid base64": ("POST", "/explain", b'{"image": "not*base64!"}', JSON, 400),
+    "base64 of non-image": ("POST", "/explain", b'{"image": "aGVsbG8="}', JSON, 400),
+    "image not a string": ("POST", "/explain", b'{"image": 3}', JSON, 400),
+    "unknown field": ("POST", "/explain", b'{"image": "", "topk": 3}', JSON, 400),
+    "bad top_k": ("POST", "/explain", b'{"image": "", "top_k": 0}', JSON, 400),
+    "bad heatmap_png": ("POST", "/explain", b'{"image": "", "heatmap_png": 1}', JSON, 400),
+    "too many pixels": ("POST", "/explain", LARGE_PNG, PNG, 400),
+    "gzip encoding": ("POST", "/explain", gzip.compress(b'{"image": ""}'), GZIP, 415),
+    "unknown path": ("GET", "/admin", None, {}, 404),
+    "wrong method": ("GET", "/explain", None, {}, 405),
+    "unsupported method": ("PUT", "/explain", b"x", PNG, 501),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_requests_get_a_json_error_and_health_still_answers(server, case):
+    method, path, body, headers, expected = MALFORMED[case]
+    status, response, answer = request(server, method, path, body, headers)
+    assert status == expected, answer
+    assert isinstance(answer["error"], str) and answer["error"]
+    assert response.getheader("Connection") == "close"
+    assert request(server, "GET", "/health")[0] == 200
+
+
+def test_raw_protocol_abuse_gets_a_json_error(server):
+    head = "POST /explain HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+    status, answer = raw_request(server, f"{head}Content-Length: {10**12}\r\n\r\n".encode())
+    assert status == 413 and "Content-Length" in answer["error"]
+    status, answer = raw_request(server, f"{head}Transfer-Encoding: chunked\r\n\r\n5\r\n".encode())
+    assert status == 411
+    status, answer = raw_request(server, f"{head}Content-Length: 1e3\r\n\r\n".encode())
+    assert status == 400
+    status, answer = raw_request(server, f"{head}Content-Length: 100\r\n\r\nshort".encode(), True)
+    assert status == 400 and "got 5" in answer["error"]
+    status, answer = raw_request(server, b"GET /health HTTP/1.1\r\n" + b"X: y\r\n" * 200 + b"\r\n")
+    assert status == 431
+    assert request(server, "GET", "/health")[0] == 200
+
+
+def request_until(server, want, *args):
+    """Repeat a request (for up to 5 s) until it is answered ``want``; the last answer."""
+    deadline = time.monotonic() + 5
+    while True:
+        status, response, answer = request(server, *args)
+        if status == want or time.monotonic() > deadline:
+            return status, response, answer
+
+
+def test_busy_service_answers_503(server, image):
+    """max_concurrency=1: a request stuck sending its body holds the only slot."""
+    png = png_bytes(image)
+    with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=10) as slow:
+        head = f"POST /explain HTTP/1.1\r\nContent-Type: image/png\r\nContent-Length: {len(png)}"
+        slow.sendall(head.encode() + b"\r\n\r\n" + png[:10])
+        status, response, _ = request_until(server, 503, "POST", "/explain", png, PNG)
+        assert status == 503 and response.getheader("Retry-After") == "1"
+    assert request_until(server, 200, "POST", "/explain", png, PNG)[0] == 200  # slot freed
+
+
+def test_a_handler_exception_is_a_json_500_and_the_service_survives(server, image, monkeypatch):
+    def broken(*_args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(server, "explain_image", broken)
+    status, _, answer = request(server, "POST", "/explain", png_bytes(image), PNG)
+    assert status == 500 and "RuntimeError" in answer["error"]
+    assert request(server, "GET", "/health")[0] == 200
+
+
+def test_a_body_that_does_not_arrive_in_time_gets_408(fitted):
+    srv = build_server(fitted[1], "127.0.0.1", 0, Limits(timeout=0.3), quiet=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        head = "POST /explain HTTP/1.1\r\nContent-Type: image/png\r\nContent-Length: 100\r\n\r\n"
+        status, answer = raw_request(srv, head.encode() + b"12345")
+        assert status == 408 and "timed out" in answer["error"]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_keep_alive_serves_several_requests_on_one_connection(server, image):
+    conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
+    try:
+        for _ in range(3):
+            conn.request("POST", "/explain", body=png_bytes(image), headers=PNG)
+            response = conn.getresponse()
+            assert response.status == 200 and json.loads(response.read())["top_concepts"]
+            assert response.getheader("Connection") is None
+    finally:
+        conn.close()
+
+
+def test_limits_are_validated():
+    with pytest.raises(ValueError, match="max_concurrency"):
+        Limits(max_concurrency=0)
+
+
+def test_cli_export_writes_a_loadable_onnx(fitted, tmp_path, capsys):
+    out = tmp_path / "cli.onnx"
+    assert (
+        main(["export", "--method", "ibd", "--explainer", str(fitted[0]), "--out", str(out)]) == 0
+    )
+    served = OnnxExplainer(out)
+    assert served.method == "ibd" and served.output_names[:2] == ["logits", "concept_scores"]
+    printed = capsys.readouterr().out
+    assert str(out.resolve()) in printed and "logits, concept_scores" in printed
