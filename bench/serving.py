@@ -5,7 +5,7 @@ seeded untrained zoo architectures — the graph's cost does not depend on the w
 with ``export_onnx`` and loaded with ``pyconcepts.export.OnnxExplainer`` (CPU provider, or CUDA
 when onnxruntime-gpu sees a GPU). Before timing, the ONNX outputs are checked against torch
 (concept scores, logits, heatmaps within ``--atol``). Median of ``--repeats`` runs per batch.
-Run: ``python -m bench.serving [--batches 1 32 256] [--methods mace ibd]``.
+Run: ``python -m bench.serving [--batches 1 32 256] [--methods mace ibd] [--threads 1]``.
 """
 
 from __future__ import annotations
@@ -32,14 +32,29 @@ def _agree(a: Optional[torch.Tensor], b: Optional[torch.Tensor], atol: float) ->
     return a.shape == b.shape and bool(torch.allclose(a.float(), b.float(), atol=atol, rtol=1e-3))
 
 
+def _limit_threads(served: OnnxExplainer, path: Path, threads: int) -> None:
+    """Recreate the onnxruntime session with ``threads`` intra-op threads (same providers)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    providers = served.session.get_providers()
+    served.session = ort.InferenceSession(str(path), options, providers=providers)
+
+
 def main(argv: Optional[list[str]] = None) -> list[dict[str, object]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32, 256])
     parser.add_argument("--methods", nargs="+", default=None)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--atol", type=float, default=1e-3)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="intra-op threads of torch and onnxruntime"
+    )
     args = parser.parse_args(argv)
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     world = ConceptWorld(max(64, max(args.batches)), seed=3)
     cases = quick_explainers(world, cw_vgg().eval(), cw_resnet().eval())
@@ -49,6 +64,8 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, object]]:
             make, data, fit_kwargs = cases[method]
             explainer = make().fit(data, **fit_kwargs)
             served = OnnxExplainer(explainer.export_onnx(Path(tmp) / f"{method}.onnx"))
+            if args.threads:
+                _limit_threads(served, Path(tmp) / f"{method}.onnx", args.threads)
             for batch in args.batches:
                 images = world.image(slice(0, batch))
                 want, got = explainer.explain(images), served.explain(images)
@@ -74,6 +91,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, object]]:
                         "onnx_images_per_s": batch / t_onnx,
                         "onnx_over_torch": t_torch / t_onnx,
                         "providers": served.session.get_providers(),
+                        "threads": torch.get_num_threads(),
                     }
                 )
     print("| method | batch | torch img/s | onnxruntime img/s | onnx / torch |")
