@@ -260,6 +260,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         _memory_probe(*args.memory_probe)
         return
     device = torch.device(args.device)
+    # Compare full-fp32 arithmetic: cuDNN and cuBLAS would otherwise round inputs to TF32 (10-bit
+    # mantissa), which neither matches our kernel's fp32 nor is what the matmul ceiling means.
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     clock = time.process_time if args.cpu_time else time.perf_counter
     rows = [row for case in args.cases for row in run_case(case, args.repeats, device, clock)]
     where = (
