@@ -58,3 +58,15 @@ def test_json_documents_are_plain_json(tmp_path):
     n = int.from_bytes(path.read_bytes()[:8], "little")
     header = json.loads(path.read_bytes()[8 : 8 + n])
     assert json.loads(header["__metadata__"]["json:d"]) == {"z": 1.5}
+
+
+def test_explainer_documents_of_the_wrong_type_are_a_load_error(tmp_path):
+    import torch.nn as nn
+
+    from pyconcepts.explainers import IBD
+
+    path = tmp_path / "odd.pcx"
+    documents = {"method": "ibd", "model": [1], "config": {}, "state": {}}
+    persistence.save_file(path, {"x": torch.zeros(1)}, kind="explainer", documents=documents)
+    with pytest.raises(LoadError, match="corrupt explainer documents"):
+        IBD.load(path, model=nn.Linear(2, 2))

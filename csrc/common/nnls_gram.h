@@ -30,7 +30,11 @@ namespace nnls_gram {
 
 constexpr double kEps = 2.220446049250313e-16;
 constexpr double kGradTol = 1024.0 * kEps;
-constexpr double kRankTol = 1e-12;
+// d = G_jj - |L^{-1} G[P,j]|^2 carries a rounding error of a few eps x G_jj: 1e-14 (about 45
+// eps) still tells it from dependence. (1e-12 rejected a column with d = 6.6e-13 G_jj that lies
+// outside the cone of the passive columns, and left a non-minimal objective: found by
+// fuzz/fuzz_greedy_nnls_basis, regression in tests/ops/test_kernel_regressions.py.)
+constexpr double kRankTol = 1e-14;
 
 enum Status : int { kOk = 0, kMaxIter = 1, kNonFinite = 2 };
 

@@ -75,7 +75,9 @@ struct Miner {
     for (std::int64_t r = 0; r < padded; ++r) sorted_dist[r] = r < p_count ? sorted[r].first : inf;
 
     // Negatives farther than the closest positive (the others serve no positive), and the
-    // farthest negative (strict comparisons: the lowest index wins ties).
+    // farthest negative (strict comparisons: the lowest index wins ties). The first negative is
+    // taken unconditionally, so a NaN distance can never leave the anchor without one (an index
+    // of -1 would be read and, for the gradient, written out of bounds).
     cand_dist.resize(static_cast<size_t>(n));
     cand_idx.resize(static_cast<size_t>(n));
     std::int64_t n_cand = 0;
@@ -85,7 +87,7 @@ struct Miner {
     for (std::int64_t j = 0; j < n; ++j) {
       if (labels[j] == la) continue;
       const T d = dist[j];
-      const bool farther = d > far_dist;
+      const bool farther = far_idx < 0 || d > far_dist;
       far_dist = farther ? d : far_dist;
       far_idx = farther ? j : far_idx;
       cand_dist[n_cand] = d;

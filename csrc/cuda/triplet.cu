@@ -58,7 +58,7 @@ __global__ void semihard_kernel(const T* __restrict__ emb, const std::int64_t* _
           rank += (j < p && j != a) ? 1 : 0;
           continue;
         }
-        if (d > far) {
+        if (far_i < 0 || d > far) {  // the first negative unconditionally: NaN-proof index
           far = d;
           far_i = j;
         }

@@ -156,6 +156,8 @@ class ConceptExplainer(abc.ABC):
         if docs.get("method") != cls.method:
             raise LoadError(f"{path}: holds a {docs.get('method')!r} explainer, not {cls.method!r}")
         saved = docs.get("model", {})
+        if not isinstance(saved, dict) or not isinstance(docs.get("config", {}), dict):
+            raise LoadError(f"{path}: corrupt explainer documents (model/config not objects)")
         current = model_fingerprint(model)
         if saved.get("architecture") != current["architecture"]:
             raise ValueError(

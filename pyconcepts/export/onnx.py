@@ -5,6 +5,14 @@ Every explainer exports one graph: input ``images`` (float32 NCHW, dynamic batch
 them, method extras after. Graphs are traced from the pure-torch reference twins, so they hold
 standard ONNX ops only and run in any onnxruntime.
 
+Loading is restricted to our own exports (:class:`OnnxExplainer` treats the file as untrusted):
+before any onnxruntime session exists, the file must be at most ``max_bytes``, parse as an ONNX
+model, carry the pyconcepts metadata (method, version, outputs matching the graph), use only the
+default ONNX domain and the operators in :data:`ALLOWED_OPS`, define no local functions, and keep
+every tensor inside the file (no external data, whose paths could point anywhere on disk). The
+session is then built from the bytes that were checked. Every export passes
+``onnx.checker.check_model(full_check=True)``.
+
 Exporter: the TorchScript-based exporter (``dynamo=False``) is the default — with torch 2.13 it
 exports our graphs ~7× faster than the dynamo exporter, needs only ``onnx`` and matches it
 numerically; ``exporter="dynamo"`` selects the other (needs ``onnxscript``).
@@ -14,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -25,6 +34,26 @@ import torch
 from torch import nn
 
 from pyconcepts.errors import LoadError
+
+# Operators of the exports of the five methods, with both exporters (tests/test_onnx_security.py
+# checks that every method's export stays inside this set).
+EXPORTED_OPS = frozenset({
+    "Add", "ArgMax", "Cast", "Clip", "Concat", "Constant", "ConstantOfShape", "Conv",
+    "ConvTranspose", "Div", "Einsum", "Equal", "Expand", "Flatten", "Gather", "GatherND", "Gemm",
+    "GlobalAveragePool", "Greater", "Identity", "MatMul", "Max", "MaxPool", "Mul", "OneHot",
+    "ReduceMax", "ReduceMean", "ReduceSum", "Relu", "Reshape", "Resize", "Shape", "Slice", "Sub",
+    "Tanh", "Transpose", "Unsqueeze", "Where",
+})  # fmt: skip
+# Standard inference operators that other CNN backbones (BatchNorm not folded, MobileNet-style
+# activations, average pooling) add when an explainer is fitted on them.
+BACKBONE_OPS = frozenset({
+    "AveragePool", "BatchNormalization", "Dropout", "GlobalMaxPool", "HardSigmoid", "HardSwish",
+    "LeakyRelu", "Pad", "Sigmoid", "Softmax", "Squeeze",
+})  # fmt: skip
+ALLOWED_OPS = EXPORTED_OPS | BACKBONE_OPS
+DEFAULT_DOMAINS = ("", "ai.onnx")
+MAX_ONNX_BYTES = 512 * 2**20
+_METHOD = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 def _require(module: str, extra: str = "onnx") -> Any:
@@ -85,7 +114,7 @@ def export_module(
 
         version = graph.metadata_props.add()
         version.key, version.value = "pyconcepts_version", __version__
-        onnx.checker.check_model(graph)
+        onnx.checker.check_model(graph, full_check=True)
         onnx.save(graph, tmp)
         os.replace(tmp, target)
     except BaseException:
@@ -111,26 +140,30 @@ class OnnxExplainer:
     >>> served.explain(images).top_concepts(0)                 # doctest: +SKIP
     """
 
-    def __init__(self, path: str | Path, providers: Optional[Sequence[str]] = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        providers: Optional[Sequence[str]] = None,
+        max_bytes: int = MAX_ONNX_BYTES,
+    ) -> None:
         ort = _require("onnxruntime")
         p = Path(path)
         if not p.is_file():
             raise LoadError(f"{p}: no such file")
+        data = _read_limited(p, max_bytes)
+        meta = _check_model(p, data)
         try:
             self.session = ort.InferenceSession(
-                str(p), providers=list(providers or default_providers())
+                data, providers=list(providers or default_providers())
             )
         except Exception as exc:  # onnxruntime raises its own exception types
             raise LoadError(f"{p}: not a loadable ONNX model: {exc}") from exc
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if "pyconcepts_method" not in meta:
-            raise LoadError(f"{p}: not a pyconcepts export (no pyconcepts_method metadata)")
         self.path = p
-        self.metadata = dict(meta)
+        self.metadata = meta
         self.method = meta["pyconcepts_method"]
         self.layer = meta.get("pyconcepts_layer", "")
-        self.concept_names: list[str] = json.loads(meta.get("pyconcepts_concepts", "[]"))
-        self.class_names: list[str] = json.loads(meta.get("pyconcepts_classes", "[]"))
+        self.concept_names: list[str] = _json_strings(p, meta, "pyconcepts_concepts")
+        self.class_names: list[str] = _json_strings(p, meta, "pyconcepts_classes")
         self.output_names = [o.name for o in self.session.get_outputs()]
         shape = self.session.get_inputs()[0].shape
         self.input_shape = tuple(d if isinstance(d, int) else None for d in shape)
@@ -173,3 +206,121 @@ class OnnxExplainer:
             heatmaps=out.pop("heatmaps", None),
             extras=out,
         )
+
+
+def _read_limited(p: Path, max_bytes: int) -> bytes:
+    """The file's bytes, refusing files over ``max_bytes`` before reading them."""
+    try:
+        with p.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > max_bytes:
+                raise LoadError(
+                    f"{p}: {size} bytes is over the limit of {max_bytes} bytes (max_bytes)"
+                )
+            data = f.read(max_bytes + 1)
+    except OSError as exc:
+        raise LoadError(f"{p}: cannot be read: {exc}") from exc
+    if len(data) > max_bytes:
+        raise LoadError(f"{p}: grew over the limit of {max_bytes} bytes while it was read")
+    return data
+
+
+def _check_model(p: Path, data: bytes) -> dict[str, str]:
+    """Checks that ``data`` is a self-contained pyconcepts export using allowed operators only;
+    returns its metadata. Nothing here runs the graph or opens another file."""
+    onnx = _require("onnx")
+    try:
+        model = onnx.ModelProto.FromString(data)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise LoadError(f"{p}: not an ONNX model: {exc}") from exc
+    meta = {e.key: e.value for e in model.metadata_props}
+    method = meta.get("pyconcepts_method", "")
+    if not _METHOD.fullmatch(method):
+        raise LoadError(
+            f"{p}: not a pyconcepts export (pyconcepts_method metadata: expected a method name, "
+            f"got {method!r:.80})"
+        )
+    if not meta.get("pyconcepts_version"):
+        raise LoadError(f"{p}: not a pyconcepts export (no pyconcepts_version metadata)")
+    graph = model.graph
+    inputs = [i.name for i in graph.input if i.name not in {t.name for t in graph.initializer}]
+    if inputs != ["images"]:
+        raise LoadError(f"{p}: expected one graph input 'images', got {inputs}")
+    outputs = [o.name for o in graph.output]
+    declared = _json_strings(p, meta, "pyconcepts_outputs")
+    if declared != outputs or not {"logits", "concept_scores"} <= set(outputs):
+        raise LoadError(
+            f"{p}: graph outputs {outputs} do not match the pyconcepts_outputs metadata "
+            f"{declared} (which must include 'logits' and 'concept_scores')"
+        )
+    for key in ("pyconcepts_concepts", "pyconcepts_classes"):
+        _json_strings(p, meta, key)
+    domains = sorted({o.domain for o in model.opset_import} - set(DEFAULT_DOMAINS))
+    if domains:
+        raise LoadError(f"{p}: imports operator domains {domains}; only the default ONNX domain")
+    if model.functions:
+        names = [f"{f.domain}::{f.name}" for f in model.functions]
+        raise LoadError(f"{p}: defines local functions {names}; pyconcepts exports have none")
+    ops: set[str] = set()
+    for g in _graphs(graph):
+        for node in g.node:
+            if node.domain not in DEFAULT_DOMAINS:
+                raise LoadError(f"{p}: node {node.name!r} is in domain {node.domain!r}")
+            ops.add(node.op_type)
+        for tensor in _tensors(g):
+            _check_internal(p, tensor)
+    if ops - ALLOWED_OPS:
+        raise LoadError(
+            f"{p}: uses operators {sorted(ops - ALLOWED_OPS)} outside the allowed set "
+            "(pyconcepts.export.onnx.ALLOWED_OPS)"
+        )
+    return meta
+
+
+def _graphs(graph: Any) -> list[Any]:
+    """``graph`` and every subgraph of its nodes' attributes, recursively."""
+    found = [graph]
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [*([attr.g] if attr.HasField("g") else []), *attr.graphs]:
+                found.extend(_graphs(sub))
+    return found
+
+
+def _tensors(graph: Any) -> list[Any]:
+    """Every tensor stored in ``graph`` (not its subgraphs): initializers, sparse initializers
+    and tensor attributes of nodes."""
+    found = [*graph.initializer]
+    for sparse in graph.sparse_initializer:
+        found += [sparse.values, sparse.indices]
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                found.append(attr.t)
+            found.extend(attr.tensors)
+            if attr.HasField("sparse_tensor"):
+                found += [attr.sparse_tensor.values, attr.sparse_tensor.indices]
+            for sparse in attr.sparse_tensors:
+                found += [sparse.values, sparse.indices]
+    return found
+
+
+def _check_internal(p: Path, tensor: Any) -> None:
+    onnx = _require("onnx")
+    if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
+        where = {e.key: e.value for e in tensor.external_data}.get("location", "?")
+        raise LoadError(
+            f"{p}: tensor {tensor.name!r} keeps its data in an external file ({where!r:.200}); "
+            "pyconcepts exports are self-contained"
+        )
+
+
+def _json_strings(p: Path, meta: dict[str, str], key: str) -> list[str]:
+    """The metadata entry ``key`` as a JSON list of strings ([] when absent)."""
+    try:
+        value = json.loads(meta.get(key, "[]"))
+    except (ValueError, RecursionError) as exc:
+        raise LoadError(f"{p}: metadata {key}: corrupt JSON: {exc}") from exc
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise LoadError(f"{p}: metadata {key}: expected a JSON list of strings, got {value!r:.80}")
+    return value

@@ -1,0 +1,187 @@
+"""OnnxExplainer loads only our own, self-contained exports: every other file is refused with a
+LoadError that says why, before onnxruntime ever sees it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import torch
+
+from pyconcepts.data import ConceptWorld
+from pyconcepts.errors import LoadError
+from pyconcepts.models import cw_resnet, cw_vgg
+from pyconcepts.testing import quick_explainers
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from pyconcepts.export import OnnxExplainer  # noqa: E402
+from pyconcepts.export import onnx as export  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One export per method (quick configurations, untrained models)."""
+    folder = tmp_path_factory.mktemp("onnx")
+    torch.manual_seed(0)
+    world = ConceptWorld(64, seed=5)
+    explainers = quick_explainers(world, cw_vgg().eval(), cw_resnet().eval())
+    paths = {}
+    for method, (make, data, fit_kwargs) in explainers.items():
+        paths[method] = make().fit(data, **fit_kwargs).export_onnx(folder / f"{method}.onnx")
+    return paths
+
+
+def _ops(model: Any) -> set[str]:
+    return {n.op_type for g in export._graphs(model.graph) for n in g.node}
+
+
+def test_every_method_exports_allowed_ops_only_and_loads(exports: dict[str, Path]) -> None:
+    used: set[str] = set()
+    for method, path in exports.items():
+        used |= _ops(onnx.load(path))
+        assert OnnxExplainer(path).method == method
+    assert used <= export.EXPORTED_OPS, sorted(used - export.EXPORTED_OPS)
+
+
+def test_exports_pass_the_full_checker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[dict[str, Any]] = []
+    check = onnx.checker.check_model
+    monkeypatch.setattr(
+        onnx.checker, "check_model", lambda m, **kw: (calls.append(kw), check(m, **kw))
+    )
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1), torch.nn.Flatten())
+    export.export_module(model, tmp_path / "m.onnx", torch.rand(1, 3, 4, 4), ["logits"])
+    assert calls == [{"full_check": True}]
+
+
+@pytest.fixture
+def tampered(exports: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable:
+    """Writes an edited copy of the MACE export; no onnxruntime session may be created from it."""
+
+    def no_session(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("an onnxruntime session was created for a refused file")
+
+    monkeypatch.setattr(ort, "InferenceSession", no_session)
+
+    def make(edit: Callable[[Any], Any]) -> Path:
+        model = onnx.load(exports["mace"])
+        edit(model)
+        path = tmp_path / "tampered.onnx"
+        path.write_bytes(model.SerializeToString())
+        return path
+
+    return make
+
+
+def _set_meta(key: str, value: str | None) -> Callable[[Any], None]:
+    def edit(model: Any) -> None:
+        kept = [(e.key, e.value) for e in model.metadata_props if e.key != key]
+        del model.metadata_props[:]
+        for k, v in [*kept, *([(key, value)] if value is not None else [])]:
+            entry = model.metadata_props.add()
+            entry.key, entry.value = k, v
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("pyconcepts_method", None, "pyconcepts_method"),
+        ("pyconcepts_method", "", "pyconcepts_method"),
+        ("pyconcepts_method", "../../x", "pyconcepts_method"),
+        ("pyconcepts_version", None, "pyconcepts_version"),
+        ("pyconcepts_outputs", '["logits"]', "do not match"),
+        ("pyconcepts_outputs", "[", "corrupt JSON"),
+        ("pyconcepts_concepts", '{"a": 1}', "list of strings"),
+        ("pyconcepts_classes", "[" * 100_000, "corrupt JSON"),
+    ],
+)
+def test_missing_or_wrong_metadata_is_refused(tampered: Callable, key: str, value: str | None,
+                                              message: str) -> None:  # fmt: skip
+    with pytest.raises(LoadError, match=message):
+        OnnxExplainer(tampered(_set_meta(key, value)))
+
+
+def _relu_to(op_type: str, domain: str = "") -> Callable[[Any], None]:
+    def edit(model: Any) -> None:
+        node = next(n for n in model.graph.node if n.op_type == "Relu")
+        node.op_type, node.domain = op_type, domain
+
+    return edit
+
+
+def _external(location: str, where: str) -> Callable[[Any], None]:
+    """Moves one tensor's data 'outside the file': an initializer, a Constant node's value, or
+    a Constant inside an If node's branch."""
+
+    def point_outside(tensor: Any) -> None:
+        tensor.ClearField("raw_data")
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        entry = tensor.external_data.add()
+        entry.key, entry.value = "location", location
+
+    def edit(model: Any) -> None:
+        if where == "initializer":
+            point_outside(max(model.graph.initializer, key=lambda t: len(t.raw_data)))
+            return
+        value = onnx.numpy_helper.from_array(torch.ones(3).numpy(), "c")
+        point_outside(value)
+        const = onnx.helper.make_node("Constant", [], ["c_out"], value=value)
+        if where == "constant":
+            model.graph.node.append(const)
+            return
+        branch = onnx.helper.make_graph([const], "branch", [], [
+            onnx.helper.make_tensor_value_info("c_out", onnx.TensorProto.FLOAT, [3])])  # fmt: skip
+        model.graph.node.append(onnx.helper.make_node(
+            "If", ["cond"], ["if_out"], then_branch=branch, else_branch=branch))  # fmt: skip
+
+    return edit
+
+
+def _function(model: Any) -> None:
+    identity = onnx.helper.make_node("Identity", ["x"], ["y"])
+    opset = onnx.helper.make_opsetid("", 18)
+    function = onnx.helper.make_function("evil", "f", ["x"], ["y"], [identity], [opset])
+    model.functions.append(function)
+
+
+def _domain_import(model: Any) -> None:
+    model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+
+
+def _second_input(model: Any) -> None:
+    model.graph.input.append(onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1]))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_relu_to("Selu"), r"operators \['Selu'\] outside the allowed set"),
+        (_relu_to("Gelu", "com.microsoft"), "in domain 'com.microsoft'"),
+        (_domain_import, "domains \\['com.microsoft'\\]"),
+        (_function, "local functions"),
+        (_second_input, "one graph input 'images'"),
+        (_external("../../etc/passwd", "initializer"), r"external file \('\.\./\.\./etc/passwd'\)"),
+        (_external("/etc/shadow", "constant"), "external file"),
+        (_external("../secret.bin", "subgraph"), "external file"),
+    ],
+)
+def test_foreign_operators_functions_and_external_data_are_refused(
+    tampered: Callable, edit: Callable[[Any], None], message: str
+) -> None:
+    with pytest.raises(LoadError, match=message):
+        OnnxExplainer(tampered(edit))
+
+
+def test_size_limit_and_junk(exports: dict[str, Path], tmp_path: Path) -> None:
+    size = exports["mace"].stat().st_size
+    with pytest.raises(LoadError, match=f"{size} bytes is over the limit of 1000 bytes"):
+        OnnxExplainer(exports["mace"], max_bytes=1000)
+    assert OnnxExplainer(exports["mace"], max_bytes=size).method == "mace"
+    for junk in (b"", b"not onnx", b"\x08" * 64, exports["mace"].read_bytes()[: size // 2]):
+        (tmp_path / "junk.onnx").write_bytes(junk)
+        with pytest.raises(LoadError):
+            OnnxExplainer(tmp_path / "junk.onnx")
