@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from bench._timing import median_seconds
+from bench.nnls import random_problems
 from pyconcepts import ops
 from pyconcepts.reference import nnls as ref_nnls
 from pyconcepts.reference import triplet as ref_triplet
@@ -63,9 +64,7 @@ def _triplet(n: int, repeats: int) -> dict[str, object]:
 
 
 def _nnls(batch: int, m: int, n: int, repeats: int) -> dict[str, object]:
-    gen = torch.Generator().manual_seed(0)
-    A = torch.randn(batch, m, n, generator=gen, dtype=torch.float64)
-    b = torch.randn(batch, m, generator=gen, dtype=torch.float64)
+    A, b = random_problems(batch, m, n)
     A_cuda, b_cuda = A.cuda(), b.cuda()
     x = ops.nnls(A_cuda, b_cuda)
     x_cpu = ops.nnls(A, b)

@@ -63,10 +63,15 @@ def scipy_greedy(targets: np.ndarray, cands: np.ndarray, T: int) -> np.ndarray:
     return idx
 
 
-def bench_nnls(batch: int, m: int, n: int, repeats: int) -> dict[str, Any]:
+def random_problems(batch: int, m: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded float64 NNLS problems: A [batch, m, n], b [batch, m], standard normal."""
     g = torch.Generator().manual_seed(0)
     A = torch.randn(batch, m, n, generator=g, dtype=torch.float64)
-    b = torch.randn(batch, m, generator=g, dtype=torch.float64)
+    return A, torch.randn(batch, m, generator=g, dtype=torch.float64)
+
+
+def bench_nnls(batch: int, m: int, n: int, repeats: int) -> dict[str, Any]:
+    A, b = random_problems(batch, m, n)
     An, bn = A.numpy(), b.numpy()
     t_ours, ours_median, x = timed(lambda: nnls(A, b), repeats, "ours")
     t_scipy, scipy_median, xs = timed(lambda: scipy_batch(An, bn), 5, "scipy")
