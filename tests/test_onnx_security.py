@@ -176,6 +176,15 @@ def test_foreign_operators_functions_and_external_data_are_refused(
         OnnxExplainer(tampered(edit))
 
 
+def test_extra_ops_widen_the_allowlist_explicitly(tampered: Callable) -> None:
+    path = tampered(_relu_to("Selu"))
+    with pytest.raises(LoadError, match="extra_ops"):
+        OnnxExplainer(path)
+    # widened, every check passes and loading reaches the (here forbidden) session creation
+    with pytest.raises(AssertionError, match="session was created"):
+        OnnxExplainer(path, extra_ops=["Selu"])
+
+
 def test_size_limit_and_junk(exports: dict[str, Path], tmp_path: Path) -> None:
     size = exports["mace"].stat().st_size
     with pytest.raises(LoadError, match=f"{size} bytes is over the limit of 1000 bytes"):

@@ -145,13 +145,17 @@ class OnnxExplainer:
         path: str | Path,
         providers: Optional[Sequence[str]] = None,
         max_bytes: int = MAX_ONNX_BYTES,
+        extra_ops: Sequence[str] = (),
     ) -> None:
+        """``extra_ops``: standard ONNX operators to allow beyond :data:`ALLOWED_OPS`, for an
+        export of a backbone that uses others (e.g. ``["Erf", "Sqrt", "Pow"]`` for GELU and
+        LayerNorm); the caller vouches for the file's origin when widening the set."""
         ort = _require("onnxruntime")
         p = Path(path)
         if not p.is_file():
             raise LoadError(f"{p}: no such file")
         data = _read_limited(p, max_bytes)
-        meta = _check_model(p, data)
+        meta = _check_model(p, data, ALLOWED_OPS | frozenset(extra_ops))
         try:
             self.session = ort.InferenceSession(
                 data, providers=list(providers or default_providers())
@@ -225,7 +229,7 @@ def _read_limited(p: Path, max_bytes: int) -> bytes:
     return data
 
 
-def _check_model(p: Path, data: bytes) -> dict[str, str]:
+def _check_model(p: Path, data: bytes, allowed: frozenset[str]) -> dict[str, str]:
     """Checks that ``data`` is a self-contained pyconcepts export using allowed operators only;
     returns its metadata. Nothing here runs the graph or opens another file."""
     onnx = _require("onnx")
@@ -269,10 +273,10 @@ def _check_model(p: Path, data: bytes) -> dict[str, str]:
             ops.add(node.op_type)
         for tensor in _tensors(g):
             _check_internal(p, tensor)
-    if ops - ALLOWED_OPS:
+    if ops - allowed:
         raise LoadError(
-            f"{p}: uses operators {sorted(ops - ALLOWED_OPS)} outside the allowed set "
-            "(pyconcepts.export.onnx.ALLOWED_OPS)"
+            f"{p}: uses operators {sorted(ops - allowed)} outside the allowed set "
+            "(pyconcepts.export.onnx.ALLOWED_OPS; widen it with extra_ops=...)"
         )
     return meta
 
