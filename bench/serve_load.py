@@ -8,12 +8,17 @@ images as raw PNG bodies, or as base64 JSON, every other one asking for the heat
 and a ``--malformed`` fraction of malformed ones (corrupt image, wrong content type, broken or
 deeply nested JSON, bad base64, gzip body, huge Content-Length, unknown path), shuffled.
 
-Reports requests/s, p50/p90/p99 latency of the valid requests, counts per status and this
-process's resident memory (VmRSS from /proc/self/status) after a warm-up and after each quarter;
-exits with an error if a valid request got anything but 200 or a malformed one anything but its
-expected 4xx. Client and server share this process (and its GIL), so the numbers are those of a
-service sharing its CPU with its clients. Results: ``bench/results/serve_load.json``.
-Run: ``python -m bench.serve_load --requests 2000 --concurrency 32 --malformed 0.1``.
+Before the measured requests, ``--warmup`` requests of the same mix (not counted) fill the
+connections, onnxruntime's and the allocators' caches and arenas. Reports requests/s,
+p50/p90/p99 latency of the valid requests, counts per status, this process's resident memory
+(VmRSS from /proc/self/status) after the warm-up and after each quarter, its growth over the
+warm-up value (at the end and at the highest quarter, in %), the load average, and whether
+``GET /health`` still answers 200 afterwards. Exits with an error if a valid request got anything
+but 200, a malformed one anything but its expected 4xx, the peak growth exceeds
+``--max-growth`` or the service stopped answering. Client and server share this process (and its
+GIL), so the numbers are those of a service sharing its CPU with its clients. Results:
+``bench/results/serve_load.json`` (``--out``).
+Run: ``python -m bench.serve_load --requests 10000 --concurrency 32 --malformed 0.1``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import gzip
 import http.client
 import io
 import json
+import os
 import random
 import tempfile
 import threading
@@ -86,6 +92,16 @@ def valid_requests(world: ConceptWorld) -> list[Request]:
     return requests
 
 
+def make_plan(n: int, malformed: float, valid: list[Request], seed: int) -> list[Request]:
+    """``n`` requests, ``round(malformed * n)`` of them malformed (cycling over each list), in an
+    order shuffled with ``seed``."""
+    n_bad = round(malformed * n)
+    plan = [valid[i % len(valid)] for i in range(n - n_bad)]
+    plan += [MALFORMED[i % len(MALFORMED)] for i in range(n_bad)]
+    random.Random(seed).shuffle(plan)
+    return plan
+
+
 def main(argv: Optional[list[str]] = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000)
@@ -93,9 +109,25 @@ def main(argv: Optional[list[str]] = None) -> dict[str, object]:
     parser.add_argument("--malformed", type=float, default=0.1, help="fraction malformed")
     parser.add_argument("--method", default="ibd", help="quick explainer to serve")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--warmup", type=int, default=1000, help="requests (same mix) before the measured ones"
+    )
+    parser.add_argument(
+        "--max-growth",
+        type=float,
+        default=0.10,
+        help="fail if the resident memory grows more than this fraction over its warm-up value",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "serve_load.json"
+    )
     args = parser.parse_args(argv)
     if not 0 <= args.malformed <= 1:
         raise SystemExit(f"--malformed: expected a fraction in [0, 1], got {args.malformed}")
+    if args.requests < 1 or args.warmup < 0:
+        raise SystemExit(
+            f"--requests/--warmup: expected ≥ 1 / ≥ 0, got {args.requests}/{args.warmup}"
+        )
 
     torch.manual_seed(args.seed)
     world = ConceptWorld(64, seed=3)
@@ -105,14 +137,13 @@ def main(argv: Optional[list[str]] = None) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
         path = make().fit(data, **fit_kwargs).export_onnx(Path(tmp) / f"{args.method}.onnx")
         server = build_server(path, "127.0.0.1", 0, quiet=True)  # loads the model: tmp can go
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
     port = server.server_address[1]
 
     valid = valid_requests(ConceptWorld(16, seed=args.seed + 1))
-    n_bad = round(args.malformed * args.requests)
-    plan = [valid[i % len(valid)] for i in range(args.requests - n_bad)]
-    plan += [MALFORMED[i % len(MALFORMED)] for i in range(n_bad)]
-    random.Random(args.seed).shuffle(plan)
+    warmup = make_plan(args.warmup, args.malformed, valid, args.seed + 1)
+    plan = make_plan(args.requests, args.malformed, valid, args.seed)
     local = threading.local()
 
     def send(request: Request) -> tuple[Request, object, float]:
@@ -133,14 +164,17 @@ def main(argv: Optional[list[str]] = None) -> dict[str, object]:
 
     try:
         with ThreadPoolExecutor(args.concurrency) as pool:
-            list(pool.map(send, valid[:32]))  # warm-up: connections, onnxruntime, allocations
+            list(pool.map(send, warmup))  # connections, onnxruntime, allocator arenas
             rss = [rss_mib()]
+            load = [os.getloadavg()[0]]
             start = time.perf_counter()
-            results = []
+            results: list[tuple[Request, object, float]] = []
             for quarter in np.array_split(np.arange(len(plan)), 4):  # RSS after each quarter
                 results += pool.map(send, [plan[i] for i in quarter])
                 rss.append(rss_mib())
             seconds = time.perf_counter() - start
+            load.append(os.getloadavg()[0])
+        health = send(("GET", "/health", None, {}, 200))[1] if serving.is_alive() else "stopped"
     finally:
         server.shutdown()
         server.server_close()
@@ -152,26 +186,40 @@ def main(argv: Optional[list[str]] = None) -> dict[str, object]:
         by_kind["valid" if expected == 200 else "malformed"][str(status)] += 1
         if status != expected:
             wrong[(method, target, expected, str(status))] += 1
+    growth_mib = {"end": rss[-1] - rss[0], "peak": max(rss[1:]) - rss[0]}
     report: dict[str, object] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "method": args.method,
+        "warmup_requests": args.warmup,
         "requests": args.requests,
-        "malformed": n_bad,
+        "malformed": sum(1 for r in plan if r[4] != 200),
         "concurrency": args.concurrency,
+        "load_average_1min_before_after": load,
         "requests_per_s": len(results) / seconds,
         "valid_latency_ms": {f"p{q}": float(np.percentile(latencies, q)) for q in (50, 90, 99)},
         "status_counts": {kind: dict(sorted(c.items())) for kind, c in by_kind.items()},
         "valid_5xx": sum(n for s, n in by_kind["valid"].items() if s.startswith("5")),
         "rss_mib_after_warmup_and_each_quarter": rss,
-        "rss_growth_mib": rss[-1] - rss[0],
+        "rss_growth_mib": growth_mib,
+        "rss_growth_pct": {key: 100 * mib / rss[0] for key, mib in growth_mib.items()},
+        "health_after_run": health,
     }
     print(json.dumps(report, indent=2))
-    out = Path(__file__).parent / "results" / "serve_load.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    failures: list[str] = []
     if wrong:
         found = [[*key, n] for key, n in wrong.items()]
-        raise SystemExit(f"unexpected answers as [method, path, expected, got, count]: {found}")
+        failures.append(f"unexpected answers as [method, path, expected, got, count]: {found}")
+    if growth_mib["peak"] > args.max_growth * rss[0]:
+        failures.append(
+            f"resident memory: expected at most {100 * args.max_growth:g}% growth over "
+            f"{rss[0]:.1f} MiB (after warm-up), got +{growth_mib['peak']:.1f} MiB"
+        )
+    if health != 200:
+        failures.append(f"GET /health after the run: expected 200, got {health}")
+    if failures:
+        raise SystemExit("\n".join(failures))
     return report
 
 
