@@ -9,19 +9,25 @@ explainers that subclass :class:`~pyconcepts.explainers.base.ConceptExplainer`.
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import gc
+import os
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from torch import nn
+from torch.nn.modules.module import register_module_forward_hook
 
-from pyconcepts.errors import NotFittedError
+from pyconcepts.errors import EmptyHeatmapWarning, NotFittedError, OutOfMemoryError
 from pyconcepts.explainers.base import ConceptExplainer
 from pyconcepts.explainers.result import Explanation
+from pyconcepts.models.features import resolve_layer
 
 
 @dataclass
@@ -64,6 +70,7 @@ def check_explainer(
     check_onnx: bool = True,
     seed: int = 0,
     fit_kwargs: Optional[dict[str, Any]] = None,
+    memory_calls: int = 100,
 ) -> CheckReport:
     """Run the explainer contract checks; raises AssertionError naming the failed check.
 
@@ -76,6 +83,12 @@ def check_explainer(
         check_onnx: also export and run in onnxruntime (needs the ``[onnx]`` extra).
         seed: torch's seed before each fit (fits must be deterministic given it).
         fit_kwargs: extra keyword arguments of ``fit`` (epochs, progress, ...).
+        memory_calls: explain calls (on 2 images) whose resident-memory growth must stay
+            ≤ 10 %; 0 skips the check.
+
+    Give images with height ≠ width, so that a swap of the two cannot pass. The fault checks
+    raise from inside a forward call half-way through a fit (KeyboardInterrupt, simulated out of
+    memory) and inside explain; the zero-layer check forces the explained layer's output to 0.
     """
     fit_kwargs = dict(fit_kwargs or {})
     report = CheckReport()
@@ -121,9 +134,19 @@ def check_explainer(
     ok("model_mode_restored", model.training == was_training)
     ok("no_hooks_left", _hooks(model) == hooks_before)
 
-    again = _fit(make, data, seed, fit_kwargs).explain(images)
+    height, width = images.shape[-2:]
+    if height == width:
+        report.skipped["non_square"] = "square images: a height/width swap cannot be detected"
+    if result.heatmaps is not None:
+        got = tuple(result.heatmaps.shape)
+        ok("heatmaps_at_input_size", got[-2:] == (height, width), f"(heatmaps {got})")
+
+    with _counting_forwards() as calls:
+        refitted = _fit(make, data, seed, fit_kwargs)
+    again = refitted.explain(images)
     ok("fit_is_deterministic_given_the_seed",
        _close(again.concept_scores, result.concept_scores, atol))  # fmt: skip
+    _check_faults(make, fitted, data, images, result, seed, fit_kwargs, calls[0], atol, ok)
 
     single = fitted.explain(images[:1])
     ok("batch_of_one", len(single) == 1)
@@ -141,6 +164,7 @@ def check_explainer(
         ("nan_input_rejected", torch.full_like(images[:1], float("nan")), ValueError),
         ("empty_batch_rejected", images[:0], ValueError),
         ("wrong_channels_rejected", images[:, :1], ValueError),
+        ("wrong_size_rejected", _other_size(images), ValueError),
         ("non_tensor_rejected", images.tolist(), TypeError),
     ]
     for name, bad, error in bad_inputs:
@@ -165,12 +189,178 @@ def check_explainer(
            and (result.heatmaps is None or _close(reloaded.heatmaps, result.heatmaps, atol)))  # type: ignore[arg-type]  # fmt: skip
         loaded.save(Path(tmp) / "again.pcx")
         ok("loaded_explainer_saves_again", (Path(tmp) / "again.pcx").is_file())
+        for inplace in (True, False):
+            twin = _with_inplace_relus(model, inplace)
+            same = type(fitted).load(path, model=twin).explain(images)
+            ok(f"relu_inplace_{inplace}_same_scores",
+               _close(same.concept_scores, result.concept_scores, atol))  # fmt: skip
 
         if check_onnx:
             _check_onnx(fitted, images, Path(tmp), onnx_atol, ok, report)
         else:
             report.skipped["onnx"] = "check_onnx=False"
+    _check_zero_layer(fitted, images, ok, report)
+    _check_memory(fitted, images[:2], memory_calls, ok, report)
     return report
+
+
+@contextlib.contextmanager
+def _counting_forwards() -> Iterator[list[int]]:
+    """Counts forward calls of every module while active (a global hook, removed after)."""
+    calls = [0]
+
+    def count(*_: Any) -> None:
+        calls[0] += 1
+
+    handle = register_module_forward_hook(count)
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+class _Interrupt(Exception):
+    """Raised by the fault checks from inside a forward call."""
+
+
+@contextlib.contextmanager
+def _fault_at(call: int, error: BaseException) -> Iterator[None]:
+    """Raise ``error`` from the ``call``-th module forward call (1-based) while active."""
+    seen = [0]
+
+    def fault(*_: Any) -> None:
+        seen[0] += 1
+        if seen[0] == call:
+            raise error
+
+    handle = register_module_forward_hook(fault)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _check_faults(
+    make: Callable[[], ConceptExplainer],
+    fitted: ConceptExplainer,
+    data: Any,
+    images: torch.Tensor,
+    result: Explanation,
+    seed: int,
+    fit_kwargs: dict[str, Any],
+    fit_calls: int,
+    atol: float,
+    ok: Callable[..., None],
+) -> None:
+    """Interrupted fits leave the explainer as it was; out of memory is a clean, typed error."""
+    model = fitted.model
+    hooks, mode = _hooks(model), model.training
+    midway = max(1, fit_calls // 2)  # a forward call half-way through a fit
+    fresh = make()
+    torch.manual_seed(seed)
+    try:
+        with _fault_at(midway, KeyboardInterrupt()):
+            fresh.fit(data, **fit_kwargs)
+    except KeyboardInterrupt:
+        ok("interrupted_fit_leaves_unfitted", not fresh.is_fitted
+           and not any(k.endswith("_") and not k.startswith("_") for k in vars(fresh)))  # fmt: skip
+    else:
+        ok("interrupted_fit_leaves_unfitted", False, "(the interrupt did not propagate)")
+    ok("interrupted_fit_removes_hooks", _hooks(model) == hooks)
+    ok("interrupted_fit_restores_model_mode", model.training == mode)
+    try:
+        with _fault_at(midway, torch.OutOfMemoryError("simulated out of memory")):
+            fitted.fit(data, **fit_kwargs)
+    except OutOfMemoryError:
+        ok("refit_out_of_memory_keeps_old_state",
+           _close(fitted.explain(images).concept_scores, result.concept_scores, atol))  # fmt: skip
+    else:
+        ok("refit_out_of_memory_keeps_old_state", False, "(no OutOfMemoryError)")
+    try:
+        with _fault_at(1, torch.OutOfMemoryError("simulated out of memory")):
+            fitted.explain(images)
+    except OutOfMemoryError as exc:
+        ok("explain_out_of_memory_is_typed", "explain" in str(exc))
+    else:
+        ok("explain_out_of_memory_is_typed", False, "(no OutOfMemoryError)")
+    ok("out_of_memory_removes_hooks", _hooks(model) == hooks)
+    ok("explain_works_after_out_of_memory",
+       _close(fitted.explain(images).concept_scores, result.concept_scores, atol))  # fmt: skip
+
+
+def _other_size(images: torch.Tensor) -> torch.Tensor:
+    """The images with height and width swapped (cropped by 8 columns when square)."""
+    if images.shape[-2] != images.shape[-1]:
+        return images.transpose(-1, -2).contiguous()
+    return images[..., :-8].contiguous()
+
+
+def _with_inplace_relus(model: nn.Module, inplace: bool) -> nn.Module:
+    """A copy of ``model`` with every ``nn.ReLU`` set to ``inplace``."""
+    twin = copy.deepcopy(model)
+    for module in twin.modules():
+        if isinstance(module, nn.ReLU):
+            module.inplace = inplace
+    return twin
+
+
+def _check_zero_layer(
+    fitted: ConceptExplainer, images: torch.Tensor, ok: Callable[..., None], report: CheckReport
+) -> None:
+    """With the explained layer's output forced to zero, outputs stay finite and images whose
+    heatmaps are all zero are reported by an EmptyHeatmapWarning."""
+    layer = getattr(fitted, "layer", None)
+    if not isinstance(layer, str) or not layer:
+        report.skipped["zero_layer"] = "the explainer has no single explained layer"
+        return
+    _, module = resolve_layer(fitted.model, layer)
+    handle = module.register_forward_hook(lambda _m, _i, out: out * 0)  # keeps autograd
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            zero = fitted.explain(images)
+    finally:
+        handle.remove()
+    ok("zero_layer_scores_finite", bool(torch.isfinite(zero.concept_scores).all()))
+    if zero.heatmaps is not None:
+        ok("zero_layer_heatmaps_finite", bool(torch.isfinite(zero.heatmaps).all()))
+        empty = bool((zero.heatmaps.flatten(1) == 0).all(1).any())
+        warned = any(issubclass(w.category, EmptyHeatmapWarning) for w in caught)
+        ok("all_zero_heatmaps_warned", warned == empty, f"(empty maps: {empty}, warned: {warned})")
+
+
+def _rss_bytes() -> Optional[int]:
+    """Resident memory of this process (Linux /proc), or None elsewhere."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def _check_memory(
+    fitted: ConceptExplainer,
+    images: torch.Tensor,
+    calls: int,
+    ok: Callable[..., None],
+    report: CheckReport,
+) -> None:
+    """``calls`` explain calls grow resident memory by at most 10 % (after 5 warm-up calls)."""
+    if calls <= 0 or _rss_bytes() is None:
+        report.skipped["memory"] = "memory_calls=0" if calls <= 0 else "no /proc/self/statm"
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(5):
+            fitted.explain(images)
+        gc.collect()
+        before = _rss_bytes() or 0
+        for _ in range(calls):
+            fitted.explain(images)
+        gc.collect()
+        after = _rss_bytes() or 0
+    ok(f"memory_after_{calls}_explains", after <= 1.1 * before,
+       f"(resident memory {before / 2**20:.1f} -> {after / 2**20:.1f} MiB)")  # fmt: skip
 
 
 def _check_onnx(
@@ -209,10 +399,15 @@ def quick_explainers(
 ) -> dict[str, tuple[Callable[[], ConceptExplainer], Any, dict[str, Any]]]:
     """Small, fast configurations of the five explainers: method → (factory, fit data, fit
     keyword arguments). ``world`` is a ConceptWorld, ``vgg``/``resnet`` the two zoo
-    architectures (trained or not). Used by the contract tests and the serving benchmark."""
+    architectures (trained or not; SRAE and AfI explain the two classes that ``vgg`` classifies
+    correctly most often). Used by the contract tests and the serving benchmark."""
     from pyconcepts.explainers import IBD, MACE, SRAE, AfI, FilterPatterns
 
     pair = world.tensors()
+    with torch.no_grad():  # two classes the vgg gets right most often (AfI learns from those)
+        hits = pair[1][vgg(pair[0]).argmax(1) == pair[1]]
+    two = sorted(torch.bincount(hits, minlength=2).argsort(descending=True, stable=True)[:2])
+    classes = [int(c) for c in two]
     return {
         "mace": (
             lambda: MACE(vgg, layer="features.relu4", n_concepts=3, embedding_sizes=(16, 8),
@@ -221,13 +416,13 @@ def quick_explainers(
             {"epochs": 1, "progress": False},
         ),
         "srae": (
-            lambda: SRAE(vgg, classes=[0, 1], hidden=(16, 8), n_features=3, epochs=1,
+            lambda: SRAE(vgg, classes=classes, hidden=(16, 8), n_features=3, epochs=1,
                          batch_size=64),
             pair,
             {"progress": False},
         ),
         "afi": (
-            lambda: AfI(vgg, classes=[0, 1], max_iter=2, impression_steps=1, n_probe=4,
+            lambda: AfI(vgg, classes=classes, max_iter=2, impression_steps=1, n_probe=4,
                         holdout_fraction=0.25),
             world,
             {},

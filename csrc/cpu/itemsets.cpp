@@ -83,6 +83,10 @@ void check_csr(const std::int64_t* indptr, std::int64_t n_transactions) {
   check(n_transactions < std::numeric_limits<std::int32_t>::max(),
         "itemsets: at most 2^31-1 transactions are supported, got ", n_transactions);
   check(indptr[0] == 0, "itemsets: indptr[0] must be 0, got ", indptr[0]);
+  for (std::int64_t t = 0; t < n_transactions; ++t) {
+    check(indptr[t] <= indptr[t + 1], "itemsets: indptr must be non-decreasing, but indptr[",
+          t + 1, "] = ", indptr[t + 1], " < indptr[", t, "] = ", indptr[t]);
+  }
 }
 
 // Number of transactions containing each dense item (duplicates in a transaction count once).

@@ -333,6 +333,8 @@ def excitation_backprop(
     finally:
         for h in handles:
             h.remove()
+        for node in nodes:  # node.output -> grad_fn -> ctx.node: a cycle gc cannot see
+            node.output = None
     result = torch.stack(maps, dim=1).detach()
     if contrastive:
         result = result.clamp(min=0)

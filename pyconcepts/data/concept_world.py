@@ -110,7 +110,8 @@ class ConceptWorld(Dataset):
 
     Args:
         n_images: number of images (≥ 1).
-        image_size: side in pixels (≥ 32); parts scale with it.
+        image_size: side in pixels (≥ 32), or ``(height, width)`` for non-square images; parts
+            scale with the shorter side.
         seed: the whole data set is a function of the seed.
         n_distractors: inclusive range of random distractor parts per image.
         classes: class name → part specifications; the default has 10 classes.
@@ -119,15 +120,14 @@ class ConceptWorld(Dataset):
     def __init__(
         self,
         n_images: int = 2000,
-        image_size: int = 64,
+        image_size: int | tuple[int, int] = 64,
         seed: int = 0,
         n_distractors: tuple[int, int] = (0, 2),
         classes: Optional[dict[str, tuple[PartSpec, ...]]] = None,
     ) -> None:
         if not isinstance(n_images, int) or n_images < 1:
             raise ValueError(f"n_images: expected an int >= 1, got {n_images!r}")
-        if not isinstance(image_size, int) or image_size < 32:
-            raise ValueError(f"image_size: expected an int >= 32, got {image_size!r}")
+        height, width = _image_shape(image_size)
         lo, hi = n_distractors
         if not 0 <= lo <= hi <= 4:
             raise ValueError(f"n_distractors: expected 0 <= lo <= hi <= 4, got {n_distractors!r}")
@@ -135,6 +135,7 @@ class ConceptWorld(Dataset):
         self.class_names = tuple(self.classes)
         self.concepts = CONCEPTS
         self.image_size = image_size
+        self.height, self.width = height, width
         self.seed = seed
         self._specs = [[_spec_ids(s) for s in specs] for specs in self.classes.values()]
         rng = np.random.default_rng(seed)
@@ -145,11 +146,11 @@ class ConceptWorld(Dataset):
         self.backgrounds = torch.as_tensor(
             rng.normal(0.0, 1.0, size=(n_images, 4, 8, 8)), dtype=torch.float32
         )
-        self.images = torch.empty(n_images, 3, image_size, image_size, dtype=torch.uint8)
-        self.owner = torch.empty(n_images, image_size, image_size, dtype=torch.int8)
+        self.images = torch.empty(n_images, 3, height, width, dtype=torch.uint8)
+        self.owner = torch.empty(n_images, height, width, dtype=torch.int8)
         for start in range(0, n_images, 512):
             stop = min(n_images, start + 512)
-            img, own = render(self.parts[start:stop], self.backgrounds[start:stop], image_size)
+            img, own = render(self.parts[start:stop], self.backgrounds[start:stop], self.shape)
             self.images[start:stop] = (img * 255).round().to(torch.uint8)
             self.owner[start:stop] = own
 
@@ -201,6 +202,11 @@ class ConceptWorld(Dataset):
         """Float ``[..., K]``: 1 where the concept is visible in the image."""
         return self.concept_masks(index).flatten(-2).any(-1).float()
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Image ``(height, width)`` in pixels."""
+        return self.height, self.width
+
     # ---- Dataset protocol --------------------------------------------------------------
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -233,7 +239,7 @@ class ConceptWorld(Dataset):
             parts[~keep.bool()] = -1.0
         if extra:
             parts = torch.cat([parts, _pack_parts([list(extra)])[0]], dim=0)
-        img, _ = render(parts[None], self.backgrounds[index][None], self.image_size)
+        img, _ = render(parts[None], self.backgrounds[index][None], self.shape)
         return img[0]
 
     def blank(self, index: int = 0) -> torch.Tensor:
@@ -244,7 +250,7 @@ class ConceptWorld(Dataset):
         """A part of the given attributes at relative position (cx, cy) ∈ [0,1]², mean size."""
         return _Part(
             SHAPES.index(shape), COLOURS.index(colour), TEXTURES.index(texture),
-            cx * self.image_size, cy * self.image_size, 0.14 * self.image_size, 0.0,
+            cx * self.width, cy * self.height, 0.14 * min(self.shape), 0.0,
         )  # fmt: skip
 
     # ---- sampling ----------------------------------------------------------------------
@@ -264,7 +270,7 @@ class ConceptWorld(Dataset):
                         attrs.append(cand)
                         break
             order = rng.permutation(len(attrs))
-            geometry = _place(len(attrs), self.image_size, rng)
+            geometry = _place(len(attrs), self.shape, rng)
             if geometry is None:
                 continue
             parts = []
@@ -280,15 +286,29 @@ def _fill(spec: tuple[int, int, int], rng: np.random.Generator) -> tuple[int, in
     return tuple(int(rng.integers(n)) if s < 0 else s for s, n in zip(spec, sizes))  # type: ignore[return-value]
 
 
+def _image_shape(image_size: object) -> tuple[int, int]:
+    """``(height, width)`` of an ``image_size`` argument: a side, or a (height, width) pair."""
+    sides = image_size if isinstance(image_size, tuple) else (image_size, image_size)
+    if len(sides) != 2 or not all(isinstance(v, int) and v >= 32 for v in sides):
+        raise ValueError(
+            f"image_size: expected an int >= 32 or a (height, width) pair of them, "
+            f"got {image_size!r}"
+        )
+    return int(sides[0]), int(sides[1])
+
+
 def _place(
-    n: int, size: int, rng: np.random.Generator
+    n: int, shape: tuple[int, int], rng: np.random.Generator
 ) -> Optional[list[tuple[float, float, float, float]]]:
-    """Centres, radii and angles of n parts that overlap at most slightly (None if it fails)."""
+    """Centres, radii and angles of n parts that overlap at most slightly (None if it fails).
+    Radii scale with the shorter side of the ``(height, width)`` image."""
+    height, width = shape
     out: list[tuple[float, float, float, float]] = []
     for _ in range(n):
         for _ in range(60):
-            r = float(rng.uniform(0.13, 0.19)) * size
-            cx, cy = (float(v) for v in rng.uniform(r * 0.9, size - r * 0.9, size=2))
+            r = float(rng.uniform(0.13, 0.19)) * min(shape)
+            margin = r * 0.9
+            cx, cy = (float(v) for v in rng.uniform(margin, (width - margin, height - margin)))
             if all(math.hypot(cx - x, cy - y) >= 0.85 * (r + q) for x, y, q, _ in out):
                 out.append((cx, cy, r, float(rng.uniform(0, 2 * math.pi))))
                 break
@@ -354,23 +374,26 @@ def _upsample_matrix(size: int, n: int = 8) -> torch.Tensor:
 
 
 def render(
-    parts: torch.Tensor, backgrounds: torch.Tensor, size: int
+    parts: torch.Tensor, backgrounds: torch.Tensor, image_shape: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Render ``parts`` [N,P,7] over ``backgrounds`` [N,4,8,8] → (images [N,3,S,S], owner [N,S,S]).
+    """Render ``parts`` [N,P,7] over ``backgrounds`` [N,4,8,8] at ``image_shape`` = (H, W) →
+    (images [N,3,H,W], owner [N,H,W]).
 
     Owner holds the index of the part visible at each pixel (later parts occlude earlier ones),
     -1 for background. Each part is rasterised in its own bounding patch (only its own shape
     and texture are evaluated), then pasted in order.
     """
     n, p_max, _ = parts.shape
-    up = _upsample_matrix(size, backgrounds.shape[-1])
-    noise = up @ backgrounds @ up.T  # smooth noise [N,4,S,S]
+    height, width = image_shape
+    up_h = _upsample_matrix(height, backgrounds.shape[-2])
+    up_w = _upsample_matrix(width, backgrounds.shape[-1])
+    noise = up_h @ backgrounds @ up_w.T  # smooth noise [N,4,H,W]
     image = (0.45 + 0.10 * noise[:, :1] + 0.04 * noise[:, 1:]).clamp(0, 1).flatten(2)
-    owner = torch.full((n, size * size), -1, dtype=torch.int8)
+    owner = torch.full((n, height * width), -1, dtype=torch.int8)
     flat = parts.reshape(n * p_max, 7)
     real = (flat[:, 0] >= 0).nonzero().squeeze(1)
     if real.numel() == 0:
-        return image.view(n, 3, size, size), owner.view(n, size, size)
+        return image.view(n, 3, height, width), owner.view(n, height, width)
     shape, colour, texture = (flat[real, i].long() for i in range(3))
     cx, cy, radius, angle = (flat[real, i].view(-1, 1, 1) for i in range(3, 7))
     half = math.ceil(float(radius.max())) + 1
@@ -390,9 +413,9 @@ def render(
         sel = (texture == t).nonzero().squeeze(1)
         if sel.numel():
             bright[sel] = torch.where(_texture_on(u_px[sel], v_px[sel], t), 1.0, 0.35)
-    inside &= (px >= 0) & (px < size) & (py >= 0) & (py < size)
+    inside &= (px >= 0) & (px < width) & (py >= 0) & (py < height)
     fill = _RGB[colour][:, :, None] * bright.flatten(1)[:, None]  # [R,3,h*w]
-    flat_index = (py.clamp(0, size - 1) * size + px.clamp(0, size - 1)).long().flatten(1)
+    flat_index = (py.clamp(0, height - 1) * width + px.clamp(0, width - 1)).long().flatten(1)
     image_of, slot_of = real // p_max, real % p_max
     for j in range(p_max):  # paste slot by slot so later parts occlude earlier ones
         rows = (slot_of == j).nonzero().squeeze(1)
@@ -406,11 +429,11 @@ def render(
         own = owner[imgs]
         own.scatter_(1, idx, torch.where(m, torch.tensor(j, dtype=torch.int8), own.gather(1, idx)))
         owner[imgs] = own
-    return image.view(n, 3, size, size), owner.view(n, size, size)
+    return image.view(n, 3, height, width), owner.view(n, height, width)
 
 
 def train_test(
-    n_train: int = 6000, n_test: int = 1000, image_size: int = 64, seed: int = 0
+    n_train: int = 6000, n_test: int = 1000, image_size: int | tuple[int, int] = 64, seed: int = 0
 ) -> tuple[ConceptWorld, ConceptWorld]:
     """The standard pair of disjointly seeded train and test worlds."""
     return (

@@ -548,7 +548,7 @@ def editing_curves(
                     for mode, keep in (("add", exists & carries), ("remove", exists & ~carries)):
                         edited = parts.clone()
                         edited[~keep] = -1.0
-                        images, _ = render(edited, world.backgrounds[idx], world.image_size)
+                        images, _ = render(edited, world.backgrounds[idx], world.shape)
                         with torch.no_grad():
                             acc = (model(images).argmax(1) == c).double().mean()
                         out[mode][name][k, j] += acc / (n_random if name == "random" else 1)
@@ -792,6 +792,11 @@ class AfI(ConceptExplainer):
         self.train_success_ = self._attack_success(images[train], labels[train])
         self.attack_success_ = self._attack_success(images[held], labels[held])
         used = train.nonzero().flatten()[fit.used]
+        if not len(used):
+            raise ValueError(
+                f"data: the model classifies no training image of classes {classes} correctly "
+                "(also under the transform t): the occluders have nothing to learn from"
+            )
         self.fis_ = feature_importance(
             self.model, layers, images[used], labels[used], classes, self.delta_, vr,
             self.batch_size,

@@ -20,11 +20,13 @@ a model fingerprint to refuse loading onto a different architecture) and ONNX ex
 from __future__ import annotations
 
 import abc
+import contextlib
+import functools
 import hashlib
 import inspect
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Optional, TypeVar
 
@@ -32,20 +34,35 @@ import torch
 from torch import nn
 
 from pyconcepts import persistence
-from pyconcepts.errors import LoadError, NotFittedError
+from pyconcepts.errors import EmptyHeatmapWarning, LoadError, NotFittedError, OutOfMemoryError
 from pyconcepts.explainers.result import Explanation
 
 E = TypeVar("E", bound="ConceptExplainer")
 
 
 class ConceptExplainer(abc.ABC):
-    """Base class of every explainer: fit → explain → save / load → export_onnx."""
+    """Base class of every explainer: fit → explain → save / load → export_onnx.
+
+    Every subclass's ``fit`` and ``explain`` are wrapped (in ``__init_subclass__``): a ``fit``
+    that fails or is interrupted (Ctrl-C, out of memory) restores the explainer's attributes and
+    the model's train/eval modes to what they were before the call, so an explainer is never left
+    half-fitted; running out of memory in either raises :class:`~pyconcepts.errors.OutOfMemoryError`
+    naming the call; ``explain`` warns (:class:`~pyconcepts.errors.EmptyHeatmapWarning`) about
+    images whose concept heatmaps are all zero.
+    """
 
     method: ClassVar[str] = ""
     onnx_outputs: ClassVar[tuple[str, ...]] = ()
     _fitted_attr: ClassVar[str] = "n_features_in_"  # set by every fit (via _record_fit)
 
     model: nn.Module
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "fit" in cls.__dict__:
+            cls.fit = _transactional_fit(cls.__dict__["fit"])  # type: ignore[method-assign]
+        if "explain" in cls.__dict__:
+            cls.explain = _guarded_explain(cls.__dict__["explain"])  # type: ignore[method-assign]
 
     # ---- configuration ---------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
@@ -125,6 +142,12 @@ class ConceptExplainer(abc.ABC):
             raise ValueError(
                 f"{name}: expected {self.n_features_in_} channels (as at fit), "
                 f"got {images.shape[1]}"
+            )
+        if self.is_fitted and tuple(images.shape[2:]) != tuple(self.input_size_):
+            (h, w), (got_h, got_w) = self.input_size_, images.shape[2:]
+            raise ValueError(
+                f"{name}: expected images of height {h} and width {w} (as at fit), got height "
+                f"{got_h} and width {got_w}; resize them, or fit on images of this size"
             )
         if not bool(torch.isfinite(images).all()):
             raise ValueError(f"{name}: expected finite values, got NaN or inf")
@@ -212,6 +235,73 @@ class ConceptExplainer(abc.ABC):
             dynamic_batch=dynamic_batch,
             metadata=props,
         )
+
+
+_FIT_STATE = ("n_features_in_", "input_size_")
+
+
+def _transactional_fit(fit: Callable[..., Any]) -> Callable[..., Any]:
+    """``fit`` that starts from the unfitted input checks and, when it raises or is
+    interrupted, puts back the explainer's attributes and the model's modes."""
+
+    @functools.wraps(fit)
+    def wrapper(self: ConceptExplainer, *args: Any, **kwargs: Any) -> Any:
+        saved = dict(vars(self))
+        modes = [(m, m.training) for m in self.model.modules()]
+        for name in _FIT_STATE:  # a refit checks its data as a first fit does
+            vars(self).pop(name, None)
+        try:
+            with _clean_oom(f"{type(self).__name__}.fit"):
+                return fit(self, *args, **kwargs)
+        except BaseException:
+            vars(self).clear()
+            vars(self).update(saved)
+            for module, training in modes:
+                module.training = training
+            raise
+
+    return wrapper
+
+
+def _guarded_explain(explain: Callable[..., Any]) -> Callable[..., Any]:
+    """``explain`` with out-of-memory errors made clean and all-zero heatmaps reported."""
+
+    @functools.wraps(explain)
+    def wrapper(self: ConceptExplainer, *args: Any, **kwargs: Any) -> Any:
+        with _clean_oom(f"{type(self).__name__}.explain"):
+            result = explain(self, *args, **kwargs)
+        maps = getattr(result, "heatmaps", None)
+        if isinstance(maps, torch.Tensor) and maps.dim() > 1 and maps.numel():
+            empty = (maps.flatten(1) == 0).all(1)
+            if bool(empty.any()):
+                warnings.warn(
+                    f"images {empty.nonzero().flatten().tolist()}: every concept heatmap is zero "
+                    "(nothing at the explained layer supports the target); the maps stay zero",
+                    EmptyHeatmapWarning,
+                    stacklevel=2,
+                )
+        return result
+
+    return wrapper
+
+
+@contextlib.contextmanager
+def _clean_oom(call: str) -> Iterator[None]:
+    """Turn torch's and Python's out-of-memory errors into one OutOfMemoryError."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as exc:
+        text = str(exc)
+        if isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or (
+            "can't allocate memory" in text or "out of memory" in text.lower()
+        ):
+            if isinstance(exc, OutOfMemoryError):
+                raise
+            raise OutOfMemoryError(
+                f"{call} ran out of memory ({text.splitlines()[0] if text else type(exc).__name__}"
+                "); the explainer is unchanged: retry with fewer images or a smaller batch_size"
+            ) from exc
+        raise
 
 
 def model_fingerprint(model: nn.Module) -> dict[str, str]:

@@ -29,6 +29,7 @@ reconstruction only (its read-out is fitted on the frozen x-features so F_reg is
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -630,22 +631,37 @@ class SRAE(ConceptExplainer):
         **kwargs: Any,
     ) -> Explanation:
         """x-feature contributions ``v_i E_i`` (concept_scores), ȳ and heatmaps for the target
-        class of each image (default: the prediction, which must be an explained class)."""
+        class of each image. Given ``targets`` must be explained classes; by default the target
+        is the prediction, and an image predicted as a class that is not explained gets zero
+        scores, x-features, approximation and heatmaps, with a warning (as in the ONNX graph)."""
         self._check_fitted()
         images = self._check_images(images)
         z, logits, _, _ = self.features(images)
-        targets = logits.argmax(1) if targets is None else torch.as_tensor(targets).long()
-        rows = torch.tensor([self._row(int(t)) for t in targets], device=z.device)
+        if targets is None:
+            targets = logits.argmax(1)
+            explained = torch.tensor([int(t) in self.classes_ for t in targets])
+            if not bool(explained.all()):
+                warnings.warn(
+                    f"images {(~explained).nonzero().flatten().tolist()} are predicted as classes "
+                    f"that are not explained (fitted: {self.classes_}): their scores and heatmaps "
+                    "are zero",
+                    stacklevel=3,
+                )
+        else:
+            targets = torch.as_tensor(targets).long()
+            explained = torch.ones(targets.shape, dtype=torch.bool)
+        rows = torch.tensor([self._row(int(t)) if ok else 0 for t, ok in zip(targets, explained)])
+        rows, keep = rows.to(z.device), explained.to(z.device, z.dtype)
         e, approx = self.transform(z)
         b = torch.arange(z.shape[0], device=z.device)
-        e_t = e[rows, b]  # [B, n]
+        e_t = e[rows, b] * keep[:, None]  # [B, n]
         scores = e_t * self.autoencoder_.readout_weight.detach()[rows]
-        extras = {"x_features": e_t, "approximation": approx[rows, b]}
+        extras = {"x_features": e_t, "approximation": approx[rows, b] * keep}
         maps = None
         if heatmaps:
             maps = torch.zeros(z.shape[0], self.n_features, *images.shape[-2:])
-            for cls in targets.unique().tolist():
-                sel = (targets == cls).nonzero().flatten()
+            for cls in targets[explained].unique().tolist():
+                sel = ((targets == cls) & explained).nonzero().flatten()
                 maps[sel] = self.heatmaps(images[sel], int(cls)).to(maps.dtype).cpu()
             logit_maps = excitation_backprop(
                 self.model, images, targets.to(images.device),

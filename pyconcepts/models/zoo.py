@@ -37,8 +37,9 @@ def _conv(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1)
 
 
-def cw_vgg(n_classes: int = N_CLASSES, image_size: int = 64) -> nn.Module:
-    """The VGG-like concept-world CNN (untrained): VGG-BN style blocks, 4×4 map before flatten."""
+def cw_vgg(n_classes: int = N_CLASSES, image_size: int | tuple[int, int] = 64) -> nn.Module:
+    """The VGG-like concept-world CNN (untrained): VGG-BN style blocks, an (H/16)×(W/16) map
+    before flatten (4×4 for the 64-pixel default); ``image_size`` is a side or (height, width)."""
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     widths = (3, 16, 32, 64, 128)
     for i in range(1, 5):
@@ -46,12 +47,12 @@ def cw_vgg(n_classes: int = N_CLASSES, image_size: int = 64) -> nn.Module:
         layers[f"bn{i}"] = nn.BatchNorm2d(widths[i])
         layers[f"relu{i}"] = nn.ReLU()
         layers[f"pool{i}"] = nn.MaxPool2d(2)
-    side = image_size // 16
+    height, width = image_size if isinstance(image_size, tuple) else (image_size, image_size)
     return nn.Sequential(
         OrderedDict(
             features=nn.Sequential(layers),
             flatten=nn.Flatten(),
-            fc1=nn.Linear(128 * side * side, 256),
+            fc1=nn.Linear(128 * (height // 16) * (width // 16), 256),
             relu_fc1=nn.ReLU(),
             fc2=nn.Linear(256, n_classes),
         )
@@ -80,7 +81,7 @@ class BasicBlock(nn.Module):
         return self.relu2(out + self.shortcut(x))
 
 
-def cw_resnet(n_classes: int = N_CLASSES, image_size: int = 64) -> nn.Module:
+def cw_resnet(n_classes: int = N_CLASSES, image_size: int | tuple[int, int] = 64) -> nn.Module:
     """The ResNet-like concept-world CNN (untrained); ``image_size`` only documents the input."""
     del image_size  # global pooling makes the network size-agnostic
     return nn.Sequential(

@@ -226,3 +226,24 @@ def test_chain_of_rejects_non_chains() -> None:
 
     with pytest.raises(ValueError, match="chain"):
         chain_of(Residual(), torch.rand(1, 3))
+
+
+def test_no_autograd_graph_outlives_a_call() -> None:
+    """Each layer's node used to keep its output, whose grad_fn kept the node: a reference cycle
+    through autograd that gc cannot collect, so every call leaked its graph (found by the
+    explainer contract's memory check)."""
+    import gc
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    x = torch.rand(2, 3, 8, 8)
+
+    def live_tensors() -> int:
+        gc.collect()
+        return sum(isinstance(o, torch.Tensor) for o in gc.get_objects())
+
+    excitation_backprop(model, x, [0, 1])
+    before = live_tensors()
+    for _ in range(5):
+        excitation_backprop(model, x, [0, 1])
+    assert live_tensors() == before

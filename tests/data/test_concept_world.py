@@ -84,11 +84,12 @@ def test_render_parts_removes_and_adds_concepts(small_world):
 
 def test_non_square_and_bad_arguments():
     world = ConceptWorld(4, image_size=48)
-    assert world.images.shape == (4, 3, 48, 48)
+    assert world.images.shape == (4, 3, 48, 48) and world.shape == (48, 48)
     with pytest.raises(ValueError, match="n_images"):
         ConceptWorld(0)
-    with pytest.raises(ValueError, match="image_size"):
-        ConceptWorld(3, image_size=16)
+    for bad in (16, (48,), (48, 16), (48.0, 64), "64"):
+        with pytest.raises(ValueError, match="image_size"):
+            ConceptWorld(3, image_size=bad)
     with pytest.raises(ValueError, match="n_distractors"):
         ConceptWorld(3, n_distractors=(2, 1))
     with pytest.raises(IndexError):
@@ -106,3 +107,23 @@ def test_iter_batches_accepts_tensors_pairs_datasets_and_loaders(small_world):
         next(iter_batches(42))
     with pytest.raises(ValueError, match="batch_size"):
         next(iter_batches(x, 0))
+
+
+def test_non_square_worlds_keep_parts_inside_and_masks_aligned():
+    """(height, width) worlds: parts lie inside the image, masks match the rendered pixels, and
+    re-rendering reproduces the image — so no height/width swap hides in the renderer."""
+    world = ConceptWorld(40, image_size=(40, 72), seed=2)
+    assert world.images.shape == (40, 3, 40, 72) and world.shape == (40, 72)
+    masks = world.concept_masks(slice(None))
+    assert masks.shape == (40, len(CONCEPTS), 40, 72)
+    real = world.parts[..., 0] >= 0
+    cx, cy, r = (world.parts[..., i][real] for i in (3, 4, 5))
+    assert bool((cx - 0.9 * r >= 0).all() and (cx + 0.9 * r <= 72).all())
+    assert bool((cy - 0.9 * r >= 0).all() and (cy + 0.9 * r <= 40).all())
+    assert bool((masks.flatten(2).any(-1).float() == world.concept_presence(slice(None))).all())
+    for i in range(3):
+        again = (world.render_parts(i) * 255).round().to(torch.uint8)
+        assert torch.equal(again, world.images[i])
+    assert ConceptWorld(3, image_size=(64, 64), seed=1).images.equal(
+        ConceptWorld(3, image_size=64, seed=1).images
+    )

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import tempfile
+from pathlib import Path
+from typing import ClassVar
+
 import pytest
 import torch
 from torch import nn
@@ -154,21 +159,132 @@ def test_the_contract_check_set_passes_on_a_correct_explainer():
     from pyconcepts.testing import check_explainer
 
     torch.manual_seed(0)
-    model = cw_vgg().eval()
-    images, labels = torch.rand(8, 3, 64, 64), torch.tensor([0, 1] * 4)
+    model = cw_vgg(image_size=(48, 64)).eval()
+    images, labels = torch.rand(8, 3, 48, 64), torch.tensor([0, 1] * 4)
     report = check_explainer(lambda: MeanDirections(model), (images, labels), images)
-    assert len(report.passed) >= 20 and not report.skipped
+    assert len(report.passed) >= 40 and not report.skipped
+    square_model = cw_vgg().eval()
+    square = check_explainer(
+        lambda: MeanDirections(square_model), (torch.rand(4, 3, 64, 64), labels[:4]),
+        torch.rand(4, 3, 64, 64), check_onnx=False, memory_calls=0,
+    )  # fmt: skip
+    assert set(square.skipped) == {"non_square", "onnx", "memory"}
 
 
-def test_the_contract_check_set_catches_a_broken_explainer():
+class LeavesHooks(MeanDirections):
+    def fit(self, data, **kwargs):
+        self.model.fc1.register_forward_hook(lambda *a: None)
+        return super().fit(data)
+
+
+class SwallowsInterrupts(MeanDirections):
+    def fit(self, data, **kwargs):
+        self._record_fit(data[0])
+        try:
+            self.model(data[0])
+        except KeyboardInterrupt:
+            pass
+        return super().fit(data)
+
+
+class Leaks(MeanDirections):
+    kept: ClassVar[list[torch.Tensor]] = []
+
+    def explain(self, images, **kwargs):
+        self.kept.append(torch.ones(3 * 2**20))  # 12 MiB a call, never freed
+        return super().explain(images)
+
+
+@pytest.mark.parametrize(
+    "broken, check",
+    [
+        (LeavesHooks, "no_hooks_left"),
+        (SwallowsInterrupts, "interrupted_fit_leaves_unfitted"),
+        (Leaks, "memory_after_100_explains"),
+    ],
+)
+def test_the_contract_check_set_catches_a_broken_explainer(broken, check):
     from pyconcepts.testing import check_explainer
 
-    class LeavesHooks(MeanDirections):
-        def fit(self, data, **kwargs):
-            self.model.fc1.register_forward_hook(lambda *a: None)
-            return super().fit(data)
+    model = cw_vgg(image_size=(48, 64)).eval()
+    images, labels = torch.rand(4, 3, 48, 64), torch.tensor([0, 1] * 2)
+    with pytest.raises(AssertionError, match=check):
+        check_explainer(lambda: broken(model), (images, labels), images, check_onnx=False)
+    Leaks.kept.clear()
 
-    model = cw_vgg().eval()
-    images, labels = torch.rand(4, 3, 64, 64), torch.tensor([0, 1] * 2)
-    with pytest.raises(AssertionError, match="no_hooks_left"):
-        check_explainer(lambda: LeavesHooks(model), (images, labels), images, check_onnx=False)
+
+def test_failed_or_interrupted_fits_leave_the_explainer_as_it_was(fitted):
+    e, images = fitted
+    before = e.explain(images).concept_scores
+    bad = torch.rand(4, 3, 64, 64), torch.tensor([0, 0, 0, 0])  # no image of class 1: NaN mean
+    fresh = MeanDirections(e.model)
+    handle = e.model.features.conv2.register_forward_hook(_raise(KeyboardInterrupt()))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fresh.fit(bad)
+        with pytest.raises(KeyboardInterrupt):
+            e.fit((images, torch.tensor([1, 0] * 4)))
+    finally:
+        handle.remove()
+    assert not fresh.is_fitted and vars(fresh).keys() == {"model", "layer", "scale"}
+    assert torch.equal(e.explain(images).concept_scores, before)
+    small = torch.rand(4, 3, 32, 32)  # a refit may change the image size
+    model = e.model
+    refit = MeanDirections(cw_vgg(image_size=32).eval()).fit((small, torch.tensor([0, 1] * 2)))
+    assert refit.input_size_ == (32, 32) and model is e.model
+
+
+def _raise(error: BaseException):
+    def hook(*_):
+        raise error
+
+    return hook
+
+
+def test_out_of_memory_is_one_typed_error_and_the_next_call_works(fitted):
+    from pyconcepts.errors import OutOfMemoryError
+
+    e, images = fitted
+    before = e.explain(images).concept_scores
+    cpu_oom = RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't "
+                           "allocate memory: you tried to allocate 93458368000 bytes.")  # fmt: skip
+    for error in (cpu_oom, torch.OutOfMemoryError("CUDA out of memory."), MemoryError()):
+        handle = e.model.features.conv1.register_forward_hook(_raise(error))
+        try:
+            with pytest.raises(OutOfMemoryError, match=r"\.explain ran out of memory"):
+                e.explain(images)
+            with pytest.raises(torch.OutOfMemoryError):  # also caught as torch's own type
+                e.fit((images, torch.tensor([0, 1] * 4)))
+        finally:
+            handle.remove()
+        assert torch.equal(e.explain(images).concept_scores, before)
+    handle = e.model.fc1.register_forward_hook(_raise(RuntimeError("shape mismatch")))
+    try:
+        with pytest.raises(RuntimeError, match="shape mismatch") as info:
+            e.explain(images)
+        assert not isinstance(info.value, MemoryError)
+    finally:
+        handle.remove()
+
+
+def test_all_zero_heatmaps_stay_zero_with_a_warning(fitted):
+    from pyconcepts.errors import EmptyHeatmapWarning
+
+    class WithMaps(MeanDirections):
+        def explain(self, images, **kwargs):
+            result = super().explain(images)
+            maps = torch.zeros(len(result), 2, *images.shape[-2:])
+            maps[1:] = 1.0
+            return dataclasses.replace(result, heatmaps=maps)
+
+    e, images = fitted
+    with_maps = WithMaps.load(e.save(Path(tempfile.mkdtemp()) / "e.pcx"), model=e.model)
+    with pytest.warns(EmptyHeatmapWarning, match=r"images \[0\]"):
+        result = with_maps.explain(images)
+    assert torch.equal(result.heatmaps[0], torch.zeros_like(result.heatmaps[0]))
+
+
+def test_other_image_sizes_are_refused_naming_height_and_width(fitted):
+    e, _ = fitted
+    with pytest.raises(ValueError, match=r"height 64 and width 64 .*got height 64 and width 48"):
+        e.explain(torch.rand(1, 3, 64, 48))

@@ -300,3 +300,15 @@ def test_cuda_support_matches_cpu(n):
     )
     assert got.device.type == "cuda"
     assert got.cpu().tolist() == expected.tolist()
+
+
+@needs_core
+def test_the_compiled_miner_refuses_a_decreasing_indptr_itself():
+    """The Python layer refuses it first; the kernels check it too, so a raw call cannot read
+    outside ``indices`` (docs/reliability.md)."""
+    from pyconcepts.ops import _bridge
+
+    indptr, indices = torch.tensor([0, 2, 1, 3]), torch.tensor([1, 2, 3], dtype=torch.int64)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        _bridge.call("frequent_itemsets_i64", indptr, indices, 3, 1, 0, 0,
+                     dtype=torch.int64, device=torch.device("cpu"))  # fmt: skip
