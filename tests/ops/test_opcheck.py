@@ -1,4 +1,6 @@
-"""torch.library.opcheck on the differentiable compiled ops (concept_maps, semihard_triplet_loss).
+"""torch.library.opcheck on the compiled tensor ops: the differentiable ones (concept_maps,
+semihard_triplet_loss, with their backwards) and the non-differentiable NNLS ops (nnls,
+greedy_nnls_basis; the itemset ops take Python transactions, not tensors).
 
 Each op is wrapped as a ``torch.library.custom_op`` whose implementation calls the compiled CPU
 kernel, with a ``register_fake`` kernel (output metadata without data) and a backward that is a
@@ -20,7 +22,7 @@ import pytest
 import torch
 
 from pyconcepts import _backends
-from pyconcepts.ops import concept_maps, semihard_triplet_loss
+from pyconcepts.ops import concept_maps, greedy_nnls_basis, nnls, semihard_triplet_loss
 
 pytestmark = pytest.mark.skipif(_backends.core() is None, reason="no compiled core")
 
@@ -146,3 +148,46 @@ def test_semihard_triplet_loss_passes_opcheck(dtype: torch.dtype, squared: bool)
     (got,) = torch.autograd.grad(triplet_op(emb, labels, 0.5, squared), emb)
     reference = semihard_triplet_loss(emb, labels, 0.5, squared, backend="reference")
     torch.testing.assert_close(got, torch.autograd.grad(reference, emb)[0])
+
+
+@torch.library.custom_op("pyconcepts_opcheck::nnls", mutates_args=())
+def nnls_op(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return nnls(A, b, backend="cpu")
+
+
+@nnls_op.register_fake
+def _(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return A.new_empty(*A.shape[:-2], A.shape[-1])
+
+
+@torch.library.custom_op("pyconcepts_opcheck::greedy_nnls_basis", mutates_args=())
+def greedy_op(
+    targets: torch.Tensor, candidates: torch.Tensor, max_terms: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    fit = greedy_nnls_basis(targets, candidates, max_terms, backend="cpu")
+    return fit.indices, fit.coefs, fit.residual_norms
+
+
+@greedy_op.register_fake
+def _(
+    targets: torch.Tensor, candidates: torch.Tensor, max_terms: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    k = targets.shape[0]
+    return (targets.new_empty(k, max_terms, dtype=torch.int64),
+            targets.new_empty(k, max_terms), targets.new_empty(k, max_terms))  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nnls_ops_pass_opcheck(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(2)
+    A = torch.randn(3, 2, 6, 4, generator=g, dtype=dtype)
+    b = torch.randn(3, 2, 6, generator=g, dtype=dtype)
+    torch.library.opcheck(nnls_op, (A, b))
+    torch.library.opcheck(nnls_op, (A.transpose(-1, -2).contiguous().transpose(-1, -2), b))
+    assert torch.equal(nnls_op(A, b), nnls(A, b, backend="cpu"))
+    targets = torch.randn(5, 8, generator=g, dtype=dtype)
+    candidates = torch.randn(9, 8, generator=g, dtype=dtype)
+    torch.library.opcheck(greedy_op, (targets, candidates, 3))
+    want = greedy_nnls_basis(targets, candidates, 3, backend="cpu")
+    for got, expected in zip(greedy_op(targets, candidates, 3), want):
+        assert torch.equal(got, expected)
