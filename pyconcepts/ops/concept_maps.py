@@ -53,7 +53,19 @@ def _validate(
                 f"got {tuple(bias.shape)}"
             )
     _checks.same_device_dtype([("x", x), ("weight", weight), ("bias", bias)])
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name}: expected finite values, got NaN or inf")
     return x, weight, bias
+
+
+def _finite(result: torch.Tensor) -> torch.Tensor:
+    """``result`` if it is finite. NaN/inf in ``x`` (weight and bias are checked up front)
+    reaches every map at its position, so scanning the [B,M,H,W] maps or [3,B,M] statistics
+    finds it at a fraction of the cost of scanning the larger ``x`` first."""
+    if not bool(torch.isfinite(result).all()):
+        raise ValueError("x: expected finite values, got NaN or inf (the concept maps are not)")
+    return result
 
 
 def _positions_view(x: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
@@ -139,12 +151,17 @@ def concept_maps(
         ``[B, M, H, W]`` contiguous, differentiable in ``x``, ``weight`` and ``bias`` (once:
         no double backward on the compiled backends). ``B = 0`` or ``H*W = 0`` give an empty
         result (``D >= 1`` and ``M >= 1`` are required, as for ``conv2d``).
+
+    Raises:
+        ValueError: NaN or inf in ``weight`` or ``bias``, or in maps (NaN/inf in ``x``, or
+            float overflow). A ``-inf`` in ``x`` that the ReLU turns into 0 everywhere is not an
+            error (the maps are exact); its gradient, as for ``conv2d``, is not finite.
     """
     x, weight, bias = _validate(x, weight, bias)
     if resolve_backend(x, backend) == "reference":
-        return _reference.concept_maps(x, weight, bias)
+        return _finite(_reference.concept_maps(x, weight, bias))
     out: torch.Tensor = _ConceptMaps.apply(x, weight, bias)
-    return out
+    return _finite(out)
 
 
 def concept_map_stats(
@@ -183,7 +200,9 @@ def concept_map_stats(
         t is not None and t.requires_grad for t in (x, weight, bias)
     )
     if chosen == "reference" or wants_grad:
-        return _reference.concept_map_stats(x, weight, bias, float(threshold))
+        result = _reference.concept_map_stats(x, weight, bias, float(threshold))
+        _finite(torch.stack(tuple(result)))
+        return result
     n_maps = weight.shape[0]
     xv, sb, sd, sp = _positions_view(x)
     stats = torch.empty((3, batch, n_maps), dtype=x.dtype, device=x.device)
@@ -196,4 +215,5 @@ def concept_map_stats(
         dtype=x.dtype,
         device=x.device,
     )
+    _finite(stats)
     return ConceptMapStats(max=stats[0], mean=stats[1], frac_above=stats[2])

@@ -72,7 +72,8 @@ def nnls(
     ``[..., n]`` in A's dtype. ``max_iter`` caps the number of column additions per problem
     (default ``3n`` like scipy); exceeding it raises ``RuntimeError`` naming the problem.
     Rank-deficient A, zero columns and ``n > m`` give a minimiser (the objective is optimal;
-    x is then one of several solutions); ``b = 0`` gives ``x = 0``; NaN/inf raise ValueError.
+    x is then one of several solutions); ``b = 0`` gives ``x = 0``; NaN/inf raise ValueError,
+    and so does a solution beyond the dtype's range.
     Not differentiable: the result carries no gradient. On CUDA the convergence check
     synchronizes the stream.
     """
@@ -97,7 +98,7 @@ def nnls(
 
         _checks.finite("A", A)
         _checks.finite("b", b)
-        return nnls_reference(A, b, max_iter=iters)
+        return _representable(nnls_reference(A, b, max_iter=iters), "A, b")
     batch_shape = A.shape[:-2]
     batch = batch_shape.numel()
     A3 = _bridge.dense(A.detach().reshape(batch, m, n))
@@ -117,7 +118,18 @@ def nnls(
     else:
         _bridge.call("nnls", A3, b2, x, info, batch, m, n, iters, dtype=A.dtype, device=A.device)
     _raise_on_info(info.cpu(), batch_shape, iters)
-    return x.reshape(*batch_shape, n)
+    return _representable(x.reshape(*batch_shape, n), "A, b")
+
+
+def _representable(result: torch.Tensor, names: str) -> torch.Tensor:
+    """``result`` if finite: with finite inputs a non-finite value means the exact solution
+    lies beyond the dtype's range (e.g. nearly-subnormal float32 columns)."""
+    if not bool(torch.isfinite(result).all()):
+        raise ValueError(
+            f"{names}: the solution exceeds the range of {result.dtype} (the columns are too "
+            "small for the right-hand side); rescale them or pass float64"
+        )
+    return result
 
 
 def check_basis_args(
@@ -178,7 +190,9 @@ def greedy_nnls_basis(
     if which == "reference":
         from pyconcepts.reference.nnls import greedy_nnls_basis as greedy_reference
 
-        return greedy_reference(targets, candidates, max_terms)
+        fit = greedy_reference(targets, candidates, max_terms)
+        _representable(torch.cat([fit.coefs, fit.residual_norms], 1), "targets, candidates")
+        return fit
     K, N, T = targets.shape[0], candidates.shape[0], max_terms
     if which == "cuda":
         core_cuda = _backends.core_cuda()
@@ -197,4 +211,6 @@ def greedy_nnls_basis(
         "greedy_nnls_basis", G, H, tt, indices, coefs, res, K, N, T,
         dtype=torch.float64, device=device,
     )  # fmt: skip
-    return BasisFit(indices, coefs.to(targets.dtype), res.to(targets.dtype))
+    fit = BasisFit(indices, coefs.to(targets.dtype), res.to(targets.dtype))
+    _representable(torch.cat([fit.coefs, fit.residual_norms], 1), "targets, candidates")
+    return fit

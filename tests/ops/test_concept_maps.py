@@ -201,18 +201,23 @@ def test_empty_batch():
 
 
 @needs_cpu
-def test_nan_behaviour():
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_nan_and_inf_are_errors_naming_the_argument(backend):
+    """NaN/inf never come out: in weight/bias they are refused up front, in x they are found in
+    the maps or statistics (tests/ops/test_special_values.py tries many such inputs)."""
     x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
-    x[0, 1, 2, 3] = float("nan")
     weight = torch.randn(4, 3, dtype=torch.float64)
-    out = concept_maps(x, weight)
-    torch.testing.assert_close(out, oracle(x, weight, None), equal_nan=True)
-    assert bool(out[0, :, 2, 3].isnan().all()) and not bool(out[1].isnan().any())
-    stats = concept_map_stats(x, weight, None, 0.1)
-    assert bool(stats.max[0].isnan().all()) and bool(stats.mean[0].isnan().all())
-    assert not bool(stats.max[1].isnan().any()) and not bool(stats.frac_above.isnan().any())
-    want_frac = ((oracle(x, weight, None) > 0.1).double()).mean((2, 3))
-    torch.testing.assert_close(stats.frac_above, want_frac)
+    for bad in (float("nan"), float("inf")):
+        x_bad = x.clone()
+        x_bad[0, 1, 2, 3] = bad
+        with pytest.raises(ValueError, match="x: expected finite"):
+            concept_maps(x_bad, weight, backend=backend)
+        with pytest.raises(ValueError, match="x: expected finite"):
+            concept_map_stats(x_bad, weight, None, 0.1, backend=backend)
+        with pytest.raises(ValueError, match="weight: expected finite"):
+            concept_maps(x, weight.clone().fill_(bad), backend=backend)
+        with pytest.raises(ValueError, match="bias: expected finite"):
+            concept_map_stats(x, weight, torch.full((4,), bad, dtype=x.dtype), backend=backend)
 
 
 @needs_cpu
