@@ -60,10 +60,10 @@ def _validate(
 
 
 def _finite(result: torch.Tensor) -> torch.Tensor:
-    """``result`` if it is finite. NaN/inf in ``x`` (weight and bias are checked up front)
-    reaches every map at its position, so scanning the [B,M,H,W] maps or [3,B,M] statistics
-    finds it at a fraction of the cost of scanning the larger ``x`` first."""
-    if not bool(torch.isfinite(result).all()):
+    """``result`` (maps or statistics, all ≥ 0 or NaN after the ReLU) if it is finite. NaN/inf
+    in ``x`` (weight and bias are checked up front) reaches every map at its position, so one
+    NaN-propagating max over the output finds it, cheaper than scanning the larger ``x``."""
+    if result.numel() and not bool(torch.isfinite(result.amax())):
         raise ValueError("x: expected finite values, got NaN or inf (the concept maps are not)")
     return result
 
