@@ -61,9 +61,9 @@ shapes = st.tuples(
 
 
 @needs_cpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @given(
     shape=shapes,
-    dtype=st.sampled_from([torch.float32, torch.float64]),
     layout=st.sampled_from(LAYOUTS),
     with_bias=st.booleans(),
     seed=st.integers(0, 2**31 - 1),
@@ -113,9 +113,9 @@ def assert_stats_close(got, x, weight, bias, threshold):
 
 
 @needs_cpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @given(
     shape=shapes,
-    dtype=st.sampled_from([torch.float32, torch.float64]),
     layout=st.sampled_from(LAYOUTS),
     with_bias=st.booleans(),
     threshold=st.floats(-1.0, 2.0),
