@@ -272,11 +272,12 @@ def _guarded_explain(explain: Callable[..., Any]) -> Callable[..., Any]:
             result = explain(self, *args, **kwargs)
         maps = getattr(result, "heatmaps", None)
         if isinstance(maps, torch.Tensor) and maps.dim() > 1 and maps.numel():
-            empty = (maps.flatten(1) == 0).all(1)
-            if bool(empty.any()):
+            empty = (maps.flatten(1) == 0).all(1).nonzero().flatten().tolist()
+            if empty:
+                listed = ", ".join(map(str, empty[:8])) + (", ..." if len(empty) > 8 else "")
                 warnings.warn(
-                    f"images {empty.nonzero().flatten().tolist()}: every concept heatmap is zero "
-                    "(nothing at the explained layer supports the target); the maps stay zero",
+                    f"{len(empty)} of {len(maps)} images ({listed}): every concept heatmap is "
+                    "zero (nothing at the explained layer supports the target); the maps stay zero",
                     EmptyHeatmapWarning,
                     stacklevel=2,
                 )

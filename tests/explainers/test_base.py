@@ -279,7 +279,7 @@ def test_all_zero_heatmaps_stay_zero_with_a_warning(fitted):
 
     e, images = fitted
     with_maps = WithMaps.load(e.save(Path(tempfile.mkdtemp()) / "e.pcx"), model=e.model)
-    with pytest.warns(EmptyHeatmapWarning, match=r"images \[0\]"):
+    with pytest.warns(EmptyHeatmapWarning, match=r"1 of 8 images \(0\)"):
         result = with_maps.explain(images)
     assert torch.equal(result.heatmaps[0], torch.zeros_like(result.heatmaps[0]))
 
