@@ -11,7 +11,8 @@
 //    kGradTol * (sqrt(G_jj * bb) + sum_i |G_ji x_i|), a bound on the rounding of w_j;
 //  * a column whose part orthogonal to the passive columns has squared norm <= kRankTol * G_jj
 //    is numerically dependent and is rejected until x changes (rank-deficient and n > m inputs
-//    give one of the minimisers, with the minimal objective);
+//    give one of the minimisers, with the minimal objective; a column whose orthogonal part is
+//    within rounding of the tolerance is decided by rounding: docs/reliability.md, finding 3);
 //  * like Lawson–Hanson, a column whose fresh coefficient is not positive is rejected;
 //  * every column addition counts as one iteration; more than max_iter gives kMaxIter.
 #pragma once
@@ -21,8 +22,10 @@
 
 #ifdef __CUDACC__
 #define PYC_HD __host__ __device__ inline
+#define PYC_NOINLINE __host__ __device__ __noinline__
 #else
 #define PYC_HD inline
+#define PYC_NOINLINE inline __attribute__((noinline))
 #endif
 
 namespace pyconcepts {
@@ -129,25 +132,20 @@ PYC_HD double gradient(const double* G, int64_t ldg, const double* h, const doub
   return w;
 }
 
-// Solves the NNLS problem given by (G, h, bb) on n variables; x (n) receives the solution.
-// On return the first *p_out entries of work.order are the passive set and work.y holds
-// L^{-1} h_P, so bb - |y|^2 is the squared residual. Returns a Status.
-PYC_HD int solve(const double* G, int64_t ldg, const double* h, double bb, int n, int max_iter,
-                 double* x, Work work, int* p_out) {
+// The Lawson–Hanson iterations from a valid state on n variables: the first *p_io entries of
+// work.order are the passive set P (state 1) with x_P > 0 the least-squares solution on P and
+// work.L the factor of G[P,P]; every other variable has x = 0 and state 0. Cold starts (solve)
+// begin with P empty; IBD's greedy basis resumes from the previous step's solution. On return
+// the first *p_io entries of work.order are the passive set and work.y holds L^{-1} h_P, so
+// bb - |y|^2 is the squared residual. Returns kOk or kMaxIter (the last iterate is kept).
+PYC_HD int iterate(const double* G, int64_t ldg, const double* h, double bb, int n, int max_iter,
+                   double* x, Work work, int* p_io) {
   double* L = work.L;
   int* order = work.order;
   int* state = work.state;
-  int p = 0;
+  int p = *p_io;
   int iter = 0;
-  *p_out = 0;
-  for (int j = 0; j < n; ++j) {
-    x[j] = 0.0;
-    state[j] = 0;
-  }
-  // A NaN or inf anywhere in A or b makes bb, a diagonal entry of G or an entry of h non-finite.
-  if (!isfinite(bb)) return kNonFinite;
-  for (int j = 0; j < n; ++j)
-    if (!isfinite(G[static_cast<int64_t>(j) * ldg + j]) || !isfinite(h[j])) return kNonFinite;
+  int status = kOk;
   while (true) {
     int jbest = -1;
     double wbest = 0.0;
@@ -162,8 +160,8 @@ PYC_HD int solve(const double* G, int64_t ldg, const double* h, double bb, int n
     }
     if (jbest < 0) break;
     if (++iter > max_iter) {
-      *p_out = p;
-      return kMaxIter;
+      status = kMaxIter;
+      break;
     }
     if (!chol_append(G, ldg, L, n, order, p, jbest)) {
       state[jbest] = 2;
@@ -178,7 +176,6 @@ PYC_HD int solve(const double* G, int64_t ldg, const double* h, double bb, int n
       if (first && !(work.s[p - 1] > 0.0)) {  // Lawson–Hanson's test on the entering column
         --p;
         state[jbest] = 2;
-        chol_solve(L, n, h, order, p, work.y, work.s);  // restore y for the current P
         break;
       }
       first = false;
@@ -220,8 +217,25 @@ PYC_HD int solve(const double* G, int64_t ldg, const double* h, double bb, int n
     }
   }
   if (p > 0) chol_solve(L, n, h, order, p, work.y, work.s);
-  *p_out = p;
-  return kOk;
+  *p_io = p;
+  return status;
+}
+
+// Solves the NNLS problem given by (G, h, bb) on n variables from x = 0; x (n) receives the
+// solution. On return the first *p_out entries of work.order are the passive set and work.y
+// holds L^{-1} h_P, so bb - |y|^2 is the squared residual. Returns a Status.
+PYC_HD int solve(const double* G, int64_t ldg, const double* h, double bb, int n, int max_iter,
+                 double* x, Work work, int* p_out) {
+  *p_out = 0;
+  for (int j = 0; j < n; ++j) {
+    x[j] = 0.0;
+    work.state[j] = 0;
+  }
+  // A NaN or inf anywhere in A or b makes bb, a diagonal entry of G or an entry of h non-finite.
+  if (!isfinite(bb)) return kNonFinite;
+  for (int j = 0; j < n; ++j)
+    if (!isfinite(G[static_cast<int64_t>(j) * ldg + j]) || !isfinite(h[j])) return kNonFinite;
+  return iterate(G, ldg, h, bb, n, max_iter, x, work, p_out);
 }
 
 // ---- IBD's greedy basis selection (eq. 6) for one target, in Gram form ----------------------
@@ -229,6 +243,12 @@ PYC_HD int solve(const double* G, int64_t ldg, const double* h, double bb, int n
 // G: candidate Gram matrix (N x N, row stride ldg); h: candidate-target inner products (N);
 // tt: |target|^2. The state holds the chosen set S, the NNLS solution on S, its passive set and
 // the factor of G[P,P] (row stride max_terms).
+//
+// A step never solves the NNLS problem on S + {j} from scratch: it resumes Lawson–Hanson from the
+// solution on S (j at 0), so the fit on S + {j} is never worse than the one on S, and the step
+// that commits j applies exactly the computation that the trial of j evaluated. (Commit used to
+// re-solve S + {j} from x = 0; on nearly dependent candidates that path could stop at another,
+// non-minimal point and the residual grew: fuzzing finding 3, docs/reliability.md.)
 struct Basis {
   int t;          // |S|
   int p;          // |P|
@@ -249,41 +269,74 @@ PYC_HD int64_t trial_doubles(int64_t T) {
 }
 PYC_HD int64_t trial_ints(int64_t T) { return work_ints(T) + T; }
 
-// Solves NNLS on S + {j} from scratch (the general path) and returns the squared residual;
-// fills sub_x (t+1) with the coefficients in the order of sel, then j. `sub_*` is scratch.
-PYC_HD double solve_subset(const double* G, int64_t ldg, const double* h, double tt,
-                           const int* sel, int t, int j, double* dscratch, int* iscratch,
-                           double* sub_x, int* p_out, int** order_out, double** y_out,
-                           double** L_out, int64_t T) {
-  const int n = t + 1;
-  double* Gs = dscratch;            // n*n (stride n)
-  double* hs = Gs + T * T;          // n
-  double* wd = hs + T;              // work
-  int* ids = iscratch;              // n
-  int* wi = iscratch + T;
-  for (int a = 0; a < n; ++a) ids[a] = a < t ? sel[a] : j;
+// What adding candidate j does to the NNLS solution on S.
+enum StepKind : int {
+  kKeep = 0,     // nothing: j stays at 0 (no descent, dependent on P, or no better fit found)
+  kAppend = 1,   // j joins P, no coefficient changes sign and the chosen zeros stay optimal
+  kResume = 2,   // Lawson–Hanson resumed on S + {j}; its state is in the scratch
+};
+struct Step {
+  int kind;
+  double delta;  // kAppend: new diagonal entry of the factor
+  double yj;     // kAppend: new entry of y
+  double sj;     // kAppend: coefficient of j
+  int p;         // kResume: passive-set size
+};
+
+// Scratch layout of extend (T = max_terms): z (T), u (T), x on S + {j} (T), G and h of S + {j}
+// (T*T + T), solver work; ints: ids of S + {j} (T), solver work.
+PYC_HD Work resume_work(double* dscratch, int* iscratch, int n, int64_t T) {
+  return make_work(dscratch + 4 * T + T * T, iscratch + T, n);
+}
+
+// The general case of extend: resumes Lawson–Hanson on S + {j} (local ids: sel in order, then
+// j) from the solution on S, its passive set and factor. Kept out of line: the trials that need
+// it are rare, and inlining it into the trial loop slows the common path down.
+PYC_NOINLINE double resume(const double* G, int64_t ldg, const double* h, double tt,
+                           const Basis& B, int j, double* dscratch, int* iscratch, int64_t T,
+                           Step* st) {
+  const int p = B.p;
+  const int n = B.t + 1;
+  double* x = dscratch + 2 * T;
+  double* Gs = x + T;  // n*n (stride n)
+  double* hs = Gs + T * T;
+  int* ids = iscratch;
+  Work wk = resume_work(dscratch, iscratch, n, T);
+  for (int a = 0; a < n; ++a) {
+    ids[a] = a < B.t ? B.sel[a] : j;
+    x[a] = a < B.t ? B.coef[a] : 0.0;
+    wk.state[a] = 0;
+  }
   for (int a = 0; a < n; ++a) {
     hs[a] = h[ids[a]];
     for (int b = 0; b < n; ++b) Gs[a * n + b] = G[static_cast<int64_t>(ids[a]) * ldg + ids[b]];
   }
-  Work w = make_work(wd, wi, n);
-  int p = 0;
-  // The sub-problem has n <= T variables, so 3n + 3 additions always suffice unless it cycles
-  // through rounding; the result is then the last iterate, which the caller accepts.
-  solve(Gs, n, hs, tt, n, 3 * n + 3, sub_x, w, &p);
+  for (int k = 0; k < p; ++k) {
+    int a = 0;
+    while (ids[a] != B.order[k]) ++a;
+    wk.order[k] = a;
+    wk.state[a] = 1;
+    for (int i = 0; i <= k; ++i) wk.L[k * n + i] = B.L[k * T + i];
+  }
+  int pp = p;
+  // Each addition after the first follows a strict decrease, so 3n + 3 suffice unless rounding
+  // makes it cycle; the last iterate is then kept (its fit is checked below like any other).
+  iterate(Gs, n, hs, tt, n, 3 * n + 3, x, wk, &pp);
   double y2 = 0.0;
-  for (int k = 0; k < p; ++k) y2 += w.y[k] * w.y[k];
-  *p_out = p;
-  for (int k = 0; k < p; ++k) w.order[k] = ids[w.order[k]];  // local -> global ids
-  *order_out = w.order;
-  *y_out = w.y;
-  *L_out = w.L;
-  return tt - y2;
+  for (int k = 0; k < pp; ++k) y2 += wk.y[k] * wk.y[k];
+  const double r2 = tt - y2;
+  // The solution on S (j at 0) is feasible on S + {j}: never commit a worse fit than it, which
+  // rounding on nearly dependent columns could otherwise produce.
+  if (!(r2 <= B.res2)) return B.res2;
+  st->kind = kResume;
+  st->p = pp;
+  return r2;
 }
 
-// Squared residual of the NNLS fit on S + {j}, for a candidate j not in S.
-PYC_HD double trial(const double* G, int64_t ldg, const double* h, double tt, const Basis& B,
-                    int j, double* dscratch, int* iscratch, int64_t T) {
+// The NNLS fit on S + {j} for a candidate j not in S, from the solution on S: returns its
+// squared residual; *st (kind preset to kKeep by the caller) says how to get there.
+PYC_HD double extend(const double* G, int64_t ldg, const double* h, double tt, const Basis& B,
+                     int j, double* dscratch, int* iscratch, int64_t T, Step* st) {
   const int p = B.p;
   const double* row = G + static_cast<int64_t>(j) * ldg;
   // Gradient of the current solution in direction j; no descent -> no improvement.
@@ -309,10 +362,10 @@ PYC_HD double trial(const double* G, int64_t ldg, const double* h, double tt, co
     zy += v * B.y[k];
   }
   const double d = row[j] - zz;
-  if (!(d > kRankTol * row[j])) return B.res2;  // j lies in the span of P
+  if (!(d > kRankTol * row[j])) return B.res2;  // j lies in the span of P (as chol_append decides)
   const double delta = sqrt(d);
   const double yj = (h[j] - zy) / delta;
-  if (!(yj > 0.0)) return B.res2;
+  if (!(yj > 0.0)) return B.res2;  // Lawson–Hanson's test on the entering column
   const double sj = yj / delta;
   // Unconstrained solution on P + {j}: s_P' = s_P - sj * L^{-T} z.
   bool fast = true;
@@ -337,42 +390,71 @@ PYC_HD double trial(const double* G, int64_t ldg, const double* h, double tt, co
     }
     if (wi > kGradTol * (sqrt(fabs(ri[i] * tt)) + mi)) fast = false;
   }
-  if (fast) return B.res2 - yj * yj;
-  int pp;
-  int* ord;
-  double* yy;
-  double* LL;
-  double* sx = dscratch + 2 * T;
-  return solve_subset(G, ldg, h, tt, B.sel, B.t, j, dscratch + 3 * T, iscratch, sx, &pp, &ord,
-                      &yy, &LL, T);
+  if (fast) {
+    st->kind = kAppend;
+    st->delta = delta;
+    st->yj = yj;
+    st->sj = sj;
+    return B.res2 - yj * yj;
+  }
+  return resume(G, ldg, h, tt, B, j, dscratch, iscratch, T, st);
 }
 
-// Adds candidate j to S and stores the NNLS solution on the new S (general path).
+// Squared residual of the NNLS fit on S + {j}, for a candidate j not in S.
+PYC_HD double trial(const double* G, int64_t ldg, const double* h, double tt, const Basis& B,
+                    int j, double* dscratch, int* iscratch, int64_t T) {
+  Step st;
+  st.kind = kKeep;
+  return extend(G, ldg, h, tt, B, j, dscratch, iscratch, T, &st);
+}
+
+// Adds candidate j to S and stores the fit that trial(j) evaluated.
 PYC_HD void commit(const double* G, int64_t ldg, const double* h, double tt, Basis* B, int j,
                    double* dscratch, int* iscratch, int64_t T) {
-  int p;
-  int* ord;
-  double* yy;
-  double* LL;
-  double* sx = dscratch;
-  const double r2 = solve_subset(G, ldg, h, tt, B->sel, B->t, j, dscratch + T, iscratch, sx, &p,
-                                 &ord, &yy, &LL, T);
-  const int n = B->t + 1;
-  B->sel[B->t] = j;
+  Step st;
+  st.kind = kKeep;
+  const double res2 = extend(G, ldg, h, tt, *B, j, dscratch, iscratch, T, &st);
+  const int t = B->t;
+  const int n = t + 1;
+  B->sel[t] = j;
   B->t = n;
-  for (int a = 0; a < n; ++a) B->coef[a] = sx[a];
-  B->p = p;
+  B->res2 = res2;
+  if (st.kind == kKeep) {
+    B->coef[t] = 0.0;
+    B->zs[B->nz++] = j;
+    return;
+  }
+  if (st.kind == kAppend) {
+    const double* z = dscratch;
+    const double* u = dscratch + T;
+    const int p = B->p;
+    for (int k = 0; k < p; ++k) B->xp[k] = B->xp[k] - st.sj * u[k];
+    for (int i = 0; i < p; ++i) B->L[p * T + i] = z[i];
+    B->L[p * T + p] = st.delta;
+    B->y[p] = st.yj;
+    B->order[p] = j;
+    B->xp[p] = st.sj;
+    B->p = p + 1;
+  } else {
+    const double* x = dscratch + 2 * T;
+    const Work wk = resume_work(dscratch, iscratch, n, T);
+    B->p = st.p;
+    for (int k = 0; k < st.p; ++k) {
+      B->order[k] = B->sel[wk.order[k]];  // local -> global ids
+      B->xp[k] = x[wk.order[k]];
+      B->y[k] = wk.y[k];
+      for (int i = 0; i <= k; ++i) B->L[k * T + i] = wk.L[k * n + i];
+    }
+  }
+  for (int a = 0; a < n; ++a) B->coef[a] = 0.0;
+  for (int k = 0; k < B->p; ++k) {
+    int a = 0;
+    while (B->sel[a] != B->order[k]) ++a;
+    B->coef[a] = B->xp[k];
+  }
   B->nz = 0;
   for (int a = 0; a < n; ++a)
-    if (!(sx[a] > 0.0)) B->zs[B->nz++] = B->sel[a];
-  for (int k = 0; k < p; ++k) {
-    B->order[k] = ord[k];
-    for (int a = 0; a < n; ++a)
-      if (B->sel[a] == ord[k]) B->xp[k] = sx[a];
-    B->y[k] = yy[k];
-    for (int i = 0; i <= k; ++i) B->L[k * T + i] = LL[k * n + i];
-  }
-  B->res2 = r2;
+    if (!(B->coef[a] > 0.0)) B->zs[B->nz++] = B->sel[a];
 }
 
 }  // namespace nnls_gram

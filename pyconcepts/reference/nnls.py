@@ -20,12 +20,16 @@ def _lawson_hanson(
     solve: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
     max_iter: int,
+    keep_last: bool = False,
 ) -> torch.Tensor:
     """Masked Lawson–Hanson on a batch ``[B, n]``. ``grad(x)`` returns the gradient
     ``Aᵀ(b − Ax)`` and its tolerance; ``solve(P)`` the least-squares solution on the passive
-    mask P (zero elsewhere)."""
+    mask P (zero elsewhere). Starts from ``x`` (zero, or a previous solution: ``x > 0`` is then
+    the passive set and must be the least-squares solution on it). A problem that needs more
+    than ``max_iter`` column additions raises, or with ``keep_last`` stops at its last iterate
+    (as the greedy basis kernel does)."""
     B, n = x.shape
-    passive = torch.zeros(B, n, dtype=torch.bool, device=x.device)
+    passive = x > 0
     blocked = torch.zeros_like(passive)
     iters = torch.zeros(B, dtype=torch.int64, device=x.device)
     rows = torch.arange(B, device=x.device)
@@ -36,12 +40,17 @@ def _lawson_hanson(
         if not bool(todo.any()):
             return x
         iters += todo.long()
-        if bool((iters > max_iter).any()):
-            first = int(torch.nonzero(iters > max_iter)[0, 0])
-            raise RuntimeError(
-                f"nnls: problem {first} did not converge within max_iter={max_iter} column "
-                "additions; pass a larger max_iter"
-            )
+        over = iters > max_iter
+        if bool(over.any()):
+            if not keep_last:
+                first = int(torch.nonzero(over)[0, 0])
+                raise RuntimeError(
+                    f"nnls: problem {first} did not converge within max_iter={max_iter} column "
+                    "additions; pass a larger max_iter"
+                )
+            todo &= ~over
+            if not bool(todo.any()):
+                return x
         j = torch.where(cand, w, torch.full_like(w, -torch.inf)).argmax(1)
         passive[rows[todo], j[todo]] = True
         inner = todo.clone()
@@ -97,8 +106,12 @@ def nnls(A: torch.Tensor, b: torch.Tensor, *, max_iter: Optional[int] = None) ->
     return _lawson_hanson(grad, solve, x, iters).reshape(*batch_shape, n)
 
 
-def _nnls_gram(G: torch.Tensor, h: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
-    """NNLS from Gram blocks ``G [B, n, n]``, ``h [B, n]``, ``tt = ‖target‖² [B]``."""
+def _nnls_gram(
+    G: torch.Tensor, h: torch.Tensor, tt: torch.Tensor, x0: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """NNLS from Gram blocks ``G [B, n, n]``, ``h [B, n]``, ``tt = ‖target‖² [B]``, starting
+    from ``x0`` (default zero; see :func:`_lawson_hanson`). After 3n + 3 column additions (only
+    reached when rounding makes it cycle) the last iterate is kept, as in the kernel."""
     eps = torch.finfo(G.dtype).eps
     diag = G.diagonal(dim1=1, dim2=2).clamp_min(0)
 
@@ -119,8 +132,8 @@ def _nnls_gram(G: torch.Tensor, h: torch.Tensor, tt: torch.Tensor) -> torch.Tens
             s[bad] = torch.linalg.pinv(M[bad], hermitian=True) @ rhs[bad]
         return s[:, :, 0] * passive
 
-    x = torch.zeros_like(h)
-    return _lawson_hanson(grad, solve, x, 3 * h.shape[1] + 3)
+    x = torch.zeros_like(h) if x0 is None else x0.clone()
+    return _lawson_hanson(grad, solve, x, 3 * h.shape[1] + 3, keep_last=True)
 
 
 def greedy_nnls_basis(
@@ -128,7 +141,10 @@ def greedy_nnls_basis(
 ) -> BasisFit:
     """Twin of :func:`pyconcepts.ops.greedy_nnls_basis`: every (target, candidate) trial of a
     step is solved at once as a batch of small Gram-form NNLS problems (``chunk`` targets at a
-    time), and the smallest residual wins (``argmin`` takes the lower index on ties)."""
+    time), and the smallest residual wins (``argmin`` takes the lower index on ties). Like the
+    kernel, a trial resumes Lawson–Hanson from the previous step's solution (the candidate at 0)
+    and keeps that solution when it would end with a larger residual, so residuals never grow
+    (docs/reliability.md, fuzzing finding 3)."""
     targets, candidates = check_basis_args(targets, candidates, max_terms)
     G, H, tt = gram_form(targets, candidates)
     K, N, T = targets.shape[0], candidates.shape[0], max_terms
@@ -140,6 +156,8 @@ def greedy_nnls_basis(
         ks = torch.arange(k0, min(K, k0 + chunk), device=targets.device)
         kc = ks.shape[0]
         chosen = torch.zeros(kc, 0, dtype=torch.int64, device=targets.device)
+        prev_x = torch.zeros(kc, 0, dtype=torch.float64, device=targets.device)
+        prev_r2 = tt[ks]  # the fit before the first term: x = 0
         for t in range(T):
             taken = (chosen[:, :, None] == all_j).any(1)
             free = all_j.expand(kc, N)[~taken].reshape(kc, N - t)  # ascending per row
@@ -148,13 +166,22 @@ def greedy_nnls_basis(
             Gs = G[ids[..., :, None], ids[..., None, :]].reshape(kc * n_free, t + 1, t + 1)
             hs = H[ks[:, None, None], ids].reshape(kc * n_free, t + 1)
             tts = tt[ks].repeat_interleave(n_free)
-            s = _nnls_gram(Gs, hs, tts)
+            zero = torch.zeros(kc, n_free, 1, dtype=torch.float64, device=targets.device)
+            x0 = torch.cat([prev_x[:, None, :].expand(kc, n_free, t), zero], 2)
+            x0 = x0.reshape(kc * n_free, t + 1)
+            s = _nnls_gram(Gs, hs, tts, x0)
             r2 = tts - 2 * (hs * s).sum(1) + (s[:, None, :] @ Gs @ s[:, :, None]).flatten()
+            before = prev_r2.repeat_interleave(n_free)
+            worse = ~(r2 <= before)
+            r2 = torch.where(worse, before, r2)
+            s = torch.where(worse[:, None], x0, s)
             pick = r2.reshape(kc, n_free).argmin(1)
             rows = torch.arange(kc, device=targets.device)
             chosen = torch.cat([chosen, free[rows, pick][:, None]], 1)
-            res[ks, t] = r2.reshape(kc, n_free)[rows, pick].clamp_min(0).sqrt()
+            prev_x = s.reshape(kc, n_free, t + 1)[rows, pick]
+            prev_r2 = r2.reshape(kc, n_free)[rows, pick]
+            res[ks, t] = prev_r2.clamp_min(0).sqrt()
             if t == T - 1:
-                coefs[ks] = s.reshape(kc, n_free, t + 1)[rows, pick]
+                coefs[ks] = prev_x
         indices[ks] = chosen
     return BasisFit(indices, coefs.to(targets.dtype), res.to(targets.dtype))
