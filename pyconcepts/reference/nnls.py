@@ -82,12 +82,13 @@ def _lawson_hanson(
 
 
 def nnls(A: torch.Tensor, b: torch.Tensor, *, max_iter: Optional[int] = None) -> torch.Tensor:
-    """Twin of :func:`pyconcepts.ops.nnls` (works on A directly, not on its Gram matrix)."""
+    """Twin of :func:`pyconcepts.ops.nnls` (works on A directly, not on its Gram matrix; in
+    float64 whatever the input dtype, as the kernels accumulate in double, then cast back)."""
     m, n = A.shape[-2], A.shape[-1]
     batch_shape = A.shape[:-2]
-    A3 = A.detach().reshape(batch_shape.numel(), m, n)
-    b2 = b.detach().reshape(batch_shape.numel(), m)
-    eps = torch.finfo(A.dtype).eps
+    A3 = A.detach().reshape(batch_shape.numel(), m, n).double()
+    b2 = b.detach().reshape(batch_shape.numel(), m).double()
+    eps = torch.finfo(torch.float64).eps
     col_norm = A3.norm(dim=1)  # [B, n]
     b_norm = b2.norm(dim=1, keepdim=True)
 
@@ -101,9 +102,9 @@ def nnls(A: torch.Tensor, b: torch.Tensor, *, max_iter: Optional[int] = None) ->
         masked = A3 * passive[:, None, :]
         return (torch.linalg.pinv(masked) @ b2[:, :, None])[:, :, 0] * passive
 
-    x = torch.zeros(A3.shape[0], n, dtype=A.dtype, device=A.device)
+    x = torch.zeros(A3.shape[0], n, dtype=torch.float64, device=A.device)
     iters = 3 * n if max_iter is None else max_iter
-    return _lawson_hanson(grad, solve, x, iters).reshape(*batch_shape, n)
+    return _lawson_hanson(grad, solve, x, iters).reshape(*batch_shape, n).to(A.dtype)
 
 
 def _nnls_gram(
