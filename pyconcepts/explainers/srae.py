@@ -651,6 +651,7 @@ class SRAE(ConceptExplainer):
             targets = torch.as_tensor(targets).long()
             explained = torch.ones(targets.shape, dtype=torch.bool)
         rows = torch.tensor([self._row(int(t)) if ok else 0 for t, ok in zip(targets, explained)])
+        explained = explained.to(targets.device)
         rows, keep = rows.to(z.device), explained.to(z.device, z.dtype)
         e, approx = self.transform(z)
         b = torch.arange(z.shape[0], device=z.device)
