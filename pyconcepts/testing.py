@@ -219,10 +219,6 @@ def _counting_forwards() -> Iterator[list[int]]:
         handle.remove()
 
 
-class _Interrupt(Exception):
-    """Raised by the fault checks from inside a forward call."""
-
-
 @contextlib.contextmanager
 def _fault_at(call: int, error: BaseException) -> Iterator[None]:
     """Raise ``error`` from the ``call``-th module forward call (1-based) while active."""
