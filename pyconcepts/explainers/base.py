@@ -272,7 +272,8 @@ def _guarded_explain(explain: Callable[..., Any]) -> Callable[..., Any]:
             result = explain(self, *args, **kwargs)
         maps = getattr(result, "heatmaps", None)
         if isinstance(maps, torch.Tensor) and maps.dim() > 1 and maps.numel():
-            empty = (maps.flatten(1) == 0).all(1).nonzero().flatten().tolist()
+            low, high = torch.aminmax(maps.flatten(1), dim=1)  # no [B, C·H·W] temporary
+            empty = ((low == 0) & (high == 0)).nonzero().flatten().tolist()
             if empty:
                 listed = ", ".join(map(str, empty[:8])) + (", ..." if len(empty) > 8 else "")
                 warnings.warn(
