@@ -41,7 +41,7 @@ def _zoo(args: argparse.Namespace) -> int:
         if args.train or args.retrain:
             zoo.load(name, retrain=args.retrain)
         info = zoo.info(name)
-        status = "not cached" if info is None else f"test accuracy {info['test_accuracy']:.4f}"
+        status = "not trained" if info is None else f"test accuracy {info['test_accuracy']:.4f}"
         print(f"{name:10s} {zoo.ZOO[name].description} — {status}")
     print(f"cache: {zoo.cache_dir()}")
     if args.json:

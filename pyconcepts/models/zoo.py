@@ -1,4 +1,4 @@
-"""Model zoo: small CNNs for the concept world, trained on first use and cached.
+"""Model zoo: small CNNs for the concept world, shipped trained, retrainable and cached.
 
 ``load("cw-vgg")`` — VGG-like (VGG-BN style): ``features`` (conv1…conv4, each with batch norm,
 ReLU and max-pool; the last conv feature map is ``features.relu4``, 128×8×8 at 64 px, pooled to
@@ -9,9 +9,13 @@ first dense layer.
 with batch norm; ``layer3`` is 128×8×8 at 64 px) → ``pool`` (global average) → ``flatten`` →
 linear ``fc``. Its class scores are linear in the pooled ``layer3`` features, which IBD needs.
 
-Weights are cached as safetensors in ``$PYCONCEPTS_CACHE`` (default ``~/.cache/pyconcepts``)
-with the architecture, its version and the training recipe in the header; a corrupt or
-incompatible cache file is reported and retrained, never silently used.
+``load`` takes the weights from ``$PYCONCEPTS_CACHE`` (default ``~/.cache/pyconcepts``), else
+from the copies shipped in ``pyconcepts/models/weights/`` (trained by :func:`train` with the
+entry's recipe: training is bit-for-bit deterministic on one machine, so they equal what a
+first-use training there produces, and the demo runs in minutes from an empty cache), else
+trains and caches. ``load(name, retrain=True)`` (``pyconcepts zoo --retrain``) trains again.
+Every file carries the architecture, its version and the training recipe in its header; a
+corrupt or incompatible file is reported and skipped, never silently used.
 """
 
 from __future__ import annotations
@@ -166,19 +170,27 @@ def _cache_path(entry: ZooEntry) -> Path:
     return cache_dir() / f"{entry.name}-v{entry.version}.safetensors"
 
 
+def _shipped_path(entry: ZooEntry) -> Path:
+    """Where the package ships the entry's trained weights (the file may not exist)."""
+    return Path(__file__).parent / "weights" / f"{entry.name}-v{entry.version}.safetensors"
+
+
 def load(name: str, *, progress: bool = True, retrain: bool = False) -> nn.Module:
-    """The trained zoo model ``name`` in eval mode; trains and caches it on first use.
+    """The trained zoo model ``name`` in eval mode: from the cache, else the shipped weights,
+    else trained (and cached) now; ``retrain=True`` trains again and replaces the cache.
 
     The returned module has ``zoo_info`` (dict: name, feature layer, class names, test
     accuracy, recipe).
     """
     entry = _entry(name)
     path = _cache_path(entry)
-    if path.exists() and not retrain:
+    sources = [p for p in (path, _shipped_path(entry)) if p.exists() and not retrain]
+    for i, source in enumerate(sources):
         try:
-            return _load_cached(entry, path)
+            return _load_cached(entry, source)
         except LoadError as exc:
-            warnings.warn(f"model cache unusable, retraining {name}: {exc}", stacklevel=2)
+            then = "loading the shipped weights of" if i + 1 < len(sources) else "retraining"
+            warnings.warn(f"model weights unusable, {then} {name}: {exc}", stacklevel=2)
     model, info = train(name, progress=progress)
     persistence.save_file(path, model.state_dict(), kind="zoo-model", documents={"info": info})
     return model
@@ -271,11 +283,13 @@ def accuracy(
 
 
 def info(name: str) -> Optional[dict]:
-    """The cached model's info (accuracy, recipe…) without loading weights; None if not cached."""
-    path = _cache_path(_entry(name))
-    if not path.exists():
-        return None
-    try:
-        return persistence.load_file(path, kind="zoo-model")[1].get("info")
-    except LoadError:
-        return None
+    """The info (accuracy, recipe…) of the weights ``load`` would use without training: the
+    cached or else the shipped ones; None if neither is readable."""
+    entry = _entry(name)
+    for path in (_cache_path(entry), _shipped_path(entry)):
+        if path.exists():
+            try:
+                return persistence.load_file(path, kind="zoo-model")[1].get("info")
+            except LoadError:
+                continue
+    return None

@@ -56,3 +56,35 @@ def test_zoo_models_reach_high_accuracy(vgg, resnet):
     world = ConceptWorld(400, seed=99)
     for model in (vgg, resnet):
         assert zoo.accuracy(model, *world.tensors()) >= 0.9
+
+
+def test_shipped_weights_are_the_current_recipe_and_load_without_training(monkeypatch, tmp_path):
+    """The package ships each zoo model trained with its entry's recipe and version: changing a
+    recipe without shipping new weights fails here (and load would then train)."""
+    monkeypatch.setenv("PYCONCEPTS_CACHE", str(tmp_path))  # empty cache
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the shipped weights should have been used")
+
+    monkeypatch.setattr(zoo, "train", no_training)
+    for name in zoo.available():
+        entry = zoo.ZOO[name]
+        assert zoo._shipped_path(entry).is_file()
+        model = zoo.load(name, progress=False)
+        expected = zoo._expected_info(entry)
+        assert {k: model.zoo_info[k] for k in expected} == expected
+        assert model.zoo_info["test_accuracy"] >= 0.95
+        assert zoo.info(name)["test_accuracy"] == model.zoo_info["test_accuracy"]
+    assert not list(tmp_path.iterdir())  # nothing written to the cache
+
+
+def test_a_corrupt_cache_falls_back_to_the_shipped_weights(monkeypatch, tmp_path):
+    monkeypatch.setenv("PYCONCEPTS_CACHE", str(tmp_path))
+    entry = zoo.ZOO["cw-resnet"]
+    zoo._cache_path(entry).write_bytes(b"\x00" * 64)
+    monkeypatch.setattr(zoo, "train", lambda *a, **k: (_ for _ in ()).throw(AssertionError()))
+    with pytest.warns(UserWarning, match="loading the shipped weights of cw-resnet"):
+        model = zoo.load("cw-resnet", progress=False)
+    shipped = zoo._load_cached(entry, zoo._shipped_path(entry))
+    for a, b in zip(model.state_dict().values(), shipped.state_dict().values()):
+        assert torch.equal(a, b)
