@@ -41,17 +41,19 @@ constexpr double kRankTol = 1e-14;
 
 enum Status : int { kOk = 0, kMaxIter = 1, kNonFinite = 2 };
 
-// Workspace of a solve on n variables: 2n*n + 4n doubles and 2n ints.
+// Workspace of a solve on n variables: n*n + 5n doubles and 2n ints.
 struct Work {
   double* L;       // n*n, lower Cholesky factor of G[P,P], row stride n
   double* y;       // n, L^{-1} h_P
   double* s;       // n, passive-set solution
-  double* scratch; // n
+  double* w;       // n, gradient h - G[:,P] x_P
+  double* mag;     // n, sum_k |G_jk x_k| over P (the rounding bound of w_j)
+  double* gd;      // n, sqrt(|G_jj bb|)
   int* order;      // n, passive indices in factor order
   int* state;      // n, 0 zero set, 1 passive, 2 rejected until x changes
 };
 
-PYC_HD int64_t work_doubles(int64_t n) { return n * n + 3 * n; }
+PYC_HD int64_t work_doubles(int64_t n) { return n * n + 5 * n; }
 PYC_HD int64_t work_ints(int64_t n) { return 2 * n; }
 
 PYC_HD Work make_work(double* d, int* i, int64_t n) {
@@ -59,7 +61,9 @@ PYC_HD Work make_work(double* d, int* i, int64_t n) {
   w.L = d;
   w.y = d + n * n;
   w.s = w.y + n;
-  w.scratch = w.s + n;
+  w.w = w.s + n;
+  w.mag = w.w + n;
+  w.gd = w.mag + n;
   w.order = i;
   w.state = i + n;
   return w;
@@ -84,14 +88,20 @@ PYC_HD bool chol_append(const double* G, int64_t ldg, double* L, int64_t ld, con
   return true;
 }
 
-// y = L^{-1} h_P (forward), s = L^{-T} y (backward).
-PYC_HD void chol_solve(const double* L, int64_t ld, const double* h, const int* order, int p,
-                       double* y, double* s) {
-  for (int k = 0; k < p; ++k) {
+// y = L^{-1} h_P (forward, entries k0.. only: the first k0 are kept, valid when the first k0
+// rows of L and order did not change), s = L^{-T} y (backward).
+PYC_HD void chol_forward(const double* L, int64_t ld, const double* h, const int* order, int k0,
+                         int p, double* y) {
+  for (int k = k0; k < p; ++k) {
     double v = h[order[k]];
     for (int i = 0; i < k; ++i) v -= L[k * ld + i] * y[i];
     y[k] = v / L[k * ld + k];
   }
+}
+
+PYC_HD void chol_solve(const double* L, int64_t ld, const double* h, const int* order, int k0,
+                       int p, double* y, double* s) {
+  chol_forward(L, ld, h, order, k0, p, y);
   for (int k = p - 1; k >= 0; --k) {
     double v = y[k];
     for (int i = k + 1; i < p; ++i) v -= L[i * ld + k] * s[i];
@@ -99,12 +109,13 @@ PYC_HD void chol_solve(const double* L, int64_t ld, const double* h, const int* 
   }
 }
 
-// Rebuilds the factor for `order` (p entries); drops (and zeroes in x) columns that became
-// dependent through rounding. Returns the new p.
-PYC_HD int chol_rebuild(const double* G, int64_t ldg, double* L, int64_t ld, int* order, int p,
-                        double* x, int* state) {
-  int q = 0;
-  for (int k = 0; k < p; ++k) {
+// Rebuilds the factor for `order` (p entries) from row q0 on (rows before q0 are those of the
+// same leading columns, so they would come out the same); drops (and zeroes in x) columns that
+// became dependent through rounding. Returns the new p.
+PYC_HD int chol_rebuild(const double* G, int64_t ldg, double* L, int64_t ld, int* order, int q0,
+                        int p, double* x, int* state) {
+  int q = q0;
+  for (int k = q0; k < p; ++k) {
     const int j = order[k];
     order[q] = j;
     if (chol_append(G, ldg, L, ld, order, q, j)) {
@@ -117,48 +128,74 @@ PYC_HD int chol_rebuild(const double* G, int64_t ldg, double* L, int64_t ld, int
   return q;
 }
 
-// Gradient w_j = h_j - G[j,P] x_P and its rounding tolerance.
-PYC_HD double gradient(const double* G, int64_t ldg, const double* h, const double* x,
-                       const int* order, int p, int j, double bb, double* tol) {
-  double w = h[j];
-  double mag = 0.0;
-  const double* row = G + static_cast<int64_t>(j) * ldg;
-  for (int k = 0; k < p; ++k) {
-    const double t = row[order[k]] * x[order[k]];
-    w -= t;
-    mag += fabs(t);
-  }
-  *tol = kGradTol * (sqrt(fabs(row[j] * bb)) + mag);
-  return w;
-}
-
 // The Lawson–Hanson iterations from a valid state on n variables: the first *p_io entries of
 // work.order are the passive set P (state 1) with x_P > 0 the least-squares solution on P and
 // work.L the factor of G[P,P]; every other variable has x = 0 and state 0. Cold starts (solve)
 // begin with P empty; IBD's greedy basis resumes from the previous step's solution. On return
 // the first *p_io entries of work.order are the passive set and work.y holds L^{-1} h_P, so
 // bb - |y|^2 is the squared residual. Returns kOk or kMaxIter (the last iterate is kept).
+//
+// Symmetric: G is exactly symmetric (the batched kernels form both triangles alike), so the
+// gradient can run over the contiguous rows G[k,:] of the passive columns, n at a time, instead
+// of G[j,k] for each j: the same products summed in the same order. IBD's resume passes a Gram
+// matrix from a matrix product that need not be exactly symmetric and reads G[j,k].
+template <bool Symmetric>
 PYC_HD int iterate(const double* G, int64_t ldg, const double* h, double bb, int n, int max_iter,
                    double* x, Work work, int* p_io) {
   double* L = work.L;
   int* order = work.order;
   int* state = work.state;
+  double* wv = work.w;
+  double* mag = work.mag;
+  double* gd = work.gd;
   int p = *p_io;
+  int ny = 0;  // work.y holds L^{-1} h_P for the first ny passive columns
   int iter = 0;
   int status = kOk;
+  for (int j = 0; j < n; ++j) gd[j] = sqrt(fabs(G[static_cast<int64_t>(j) * ldg + j] * bb));
+  bool fresh = false;  // wv and mag are those of the current x
   while (true) {
-    int jbest = -1;
-    double wbest = 0.0;
-    for (int j = 0; j < n; ++j) {
-      if (state[j] != 0) continue;
-      double tol;
-      const double w = gradient(G, ldg, h, x, order, p, j, bb, &tol);
-      if (w > tol && w > wbest) {
-        wbest = w;
-        jbest = j;
+    if (!fresh) {
+      // Gradient w_j = h_j - sum_k G_jk x_k and its rounding bound mag_j = sum_k |G_jk x_k|,
+      // summed over P in factor order; recomputed only when x changed.
+      for (int j = 0; j < n; ++j) {
+        wv[j] = h[j];
+        mag[j] = 0.0;
       }
+      for (int k = 0; k < p; ++k) {
+        const int c = order[k];
+        const double xc = x[c];
+        if (Symmetric) {
+          const double* gc = G + static_cast<int64_t>(c) * ldg;
+          for (int j = 0; j < n; ++j) {
+            const double t = gc[j] * xc;
+            wv[j] -= t;
+            mag[j] += fabs(t);
+          }
+        } else {
+          for (int j = 0; j < n; ++j) {
+            const double t = G[static_cast<int64_t>(j) * ldg + c] * xc;
+            wv[j] -= t;
+            mag[j] += fabs(t);
+          }
+        }
+      }
+      fresh = true;
     }
-    if (jbest < 0) break;
+    // The zero-set column with the largest gradient above its tolerance (ties: the lower
+    // index), without data-dependent branches: the candidates' gradients (0 for the others),
+    // their maximum, then its first index.
+    double* cand = work.s;  // free until the next solve
+    for (int j = 0; j < n; ++j) {
+      const double w = wv[j];
+      const bool ok = (state[j] == 0) & (w > kGradTol * (gd[j] + mag[j])) & (w > 0.0);
+      cand[j] = ok ? w : 0.0;
+    }
+    double wbest = 0.0;
+    for (int j = 0; j < n; ++j) wbest = cand[j] > wbest ? cand[j] : wbest;
+    if (!(wbest > 0.0)) break;
+    int jbest = 0;
+    while (cand[jbest] != wbest) ++jbest;
     if (++iter > max_iter) {
       status = kMaxIter;
       break;
@@ -172,9 +209,11 @@ PYC_HD int iterate(const double* G, int64_t ldg, const double* h, double bb, int
     bool first = true;
     bool changed = false;
     while (p > 0) {
-      chol_solve(L, n, h, order, p, work.y, work.s);
+      chol_solve(L, n, h, order, ny, p, work.y, work.s);
+      ny = p;
       if (first && !(work.s[p - 1] > 0.0)) {  // Lawson–Hanson's test on the entering column
         --p;
+        ny = p;
         state[jbest] = 2;
         break;
       }
@@ -198,25 +237,29 @@ PYC_HD int iterate(const double* G, int64_t ldg, const double* h, double bb, int
         break;
       }
       int q = 0;
+      int q0 = -1;  // first column that leaves: the factor rows before it stay
       for (int k = 0; k < p; ++k) {
         const int j = order[k];
         const double v = x[j] + alpha * (work.s[k] - x[j]);
         if (k == kmin || !(v > 0.0)) {
           x[j] = 0.0;
           state[j] = 0;
+          if (q0 < 0) q0 = k;
         } else {
           x[j] = v;
           order[q++] = j;
         }
       }
-      p = chol_rebuild(G, ldg, L, n, order, q, x, state);
+      p = chol_rebuild(G, ldg, L, n, order, q0, q, x, state);
+      if (ny > q0) ny = q0;
     }
     if (changed) {
+      fresh = false;
       for (int j = 0; j < n; ++j)
         if (state[j] == 2) state[j] = 0;
     }
   }
-  if (p > 0) chol_solve(L, n, h, order, p, work.y, work.s);
+  if (ny < p) chol_forward(L, n, h, order, ny, p, work.y);
   *p_io = p;
   return status;
 }
@@ -235,7 +278,7 @@ PYC_HD int solve(const double* G, int64_t ldg, const double* h, double bb, int n
   if (!isfinite(bb)) return kNonFinite;
   for (int j = 0; j < n; ++j)
     if (!isfinite(G[static_cast<int64_t>(j) * ldg + j]) || !isfinite(h[j])) return kNonFinite;
-  return iterate(G, ldg, h, bb, n, max_iter, x, work, p_out);
+  return iterate<true>(G, ldg, h, bb, n, max_iter, x, work, p_out);
 }
 
 // ---- IBD's greedy basis selection (eq. 6) for one target, in Gram form ----------------------
@@ -321,7 +364,7 @@ PYC_NOINLINE double resume(const double* G, int64_t ldg, const double* h, double
   int pp = p;
   // Each addition after the first follows a strict decrease, so 3n + 3 suffice unless rounding
   // makes it cycle; the last iterate is then kept (its fit is checked below like any other).
-  iterate(Gs, n, hs, tt, n, 3 * n + 3, x, wk, &pp);
+  iterate<false>(Gs, n, hs, tt, n, 3 * n + 3, x, wk, &pp);
   double y2 = 0.0;
   for (int k = 0; k < pp; ++k) y2 += wk.y[k] * wk.y[k];
   const double r2 = tt - y2;

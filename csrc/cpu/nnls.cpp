@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -78,6 +79,70 @@ double gram_narrow(const T* A, const T* b, std::int64_t m, double* G, double* h)
   return acc[N][N];
 }
 
+// Same for 8 < N <= 16: a row of A is covered by two overlapping 8-lane vectors, columns 0-7
+// and N-8 .. N-1 (GCC/Clang vector extensions, lowered to whatever the target has). One pass over
+// the rows keeps the upper triangle in registers: rows 0-7 of G (both vectors), rows 8 .. N-1
+// (second vector), h = A^T b and b^T b; the lower triangle is mirrored. Every entry is one
+// running sum over the rows. No transposition and no workspace.
+typedef double v8d __attribute__((vector_size(64)));
+
+template <typename T>
+inline v8d load8(const T* a) {
+  double t[8];
+  for (int k = 0; k < 8; ++k) t[k] = static_cast<double>(a[k]);
+  v8d v;
+  std::memcpy(&v, t, sizeof(v8d));
+  return v;
+}
+
+inline void store8(const v8d& v, double* t) { std::memcpy(t, &v, sizeof(v8d)); }
+
+template <int N, typename T>
+double gram_fixed(const T* A, const T* b, std::int64_t m, double* G, double* h) {
+  static_assert(N > 8 && N <= 16, "gram_fixed needs 8 < n <= 16");
+  constexpr int R2 = N - 8;  // rows 8 .. N-1
+  constexpr int O = N - 8;   // first column of the second vector
+  v8d lo[8][2] = {};
+  v8d hi[R2] = {};
+  v8d h0 = {}, h1 = {};
+  double bb = 0.0;
+  for (std::int64_t r = 0; r < m; ++r) {
+    const T* a = A + r * N;
+    const v8d v0 = load8(a);
+    const v8d v1 = load8(a + O);
+    for (int j = 0; j < 8; ++j) {
+      const double s = static_cast<double>(a[j]);
+      lo[j][0] += s * v0;
+      lo[j][1] += s * v1;
+    }
+    for (int j = 0; j < R2; ++j) hi[j] += static_cast<double>(a[8 + j]) * v1;
+    const double s = static_cast<double>(b[r]);
+    h0 += s * v0;
+    h1 += s * v1;
+    bb += s * s;
+  }
+  double t[8];
+  for (int j = 0; j < 8; ++j) {
+    store8(lo[j][0], t);
+    for (int k = 0; k < 8; ++k) G[j * N + k] = t[k];
+    store8(lo[j][1], t);
+    for (int k = 8; k < N; ++k) G[j * N + k] = t[k - O];
+  }
+  for (int j = 8; j < N; ++j) {
+    store8(hi[j - 8], t);
+    for (int k = 0; k < 8; ++k) G[j * N + k] = G[k * N + j];
+    for (int k = 8; k < N; ++k) G[j * N + k] = t[k - O];
+  }
+  store8(h0, t);
+  for (int k = 0; k < 8; ++k) h[k] = t[k];
+  store8(h1, t);
+  for (int k = 8; k < N; ++k) h[k] = t[k - O];
+  return bb;
+}
+
+// Whether gram_any(n) runs gram(), which needs the transposition tile ((n + 1) * kTile doubles).
+bool uses_tile(std::int64_t n) { return !((n >= 1 && n <= 7) || (n >= 9 && n <= 16)); }
+
 template <typename T>
 double gram_any(const T* A, const T* b, std::int64_t m, std::int64_t n, double* G, double* h,
                 double* tile) {
@@ -89,6 +154,14 @@ double gram_any(const T* A, const T* b, std::int64_t m, std::int64_t n, double* 
     case 5: return gram_narrow<5>(A, b, m, G, h);
     case 6: return gram_narrow<6>(A, b, m, G, h);
     case 7: return gram_narrow<7>(A, b, m, G, h);
+    case 9: return gram_fixed<9>(A, b, m, G, h);
+    case 10: return gram_fixed<10>(A, b, m, G, h);
+    case 11: return gram_fixed<11>(A, b, m, G, h);
+    case 12: return gram_fixed<12>(A, b, m, G, h);
+    case 13: return gram_fixed<13>(A, b, m, G, h);
+    case 14: return gram_fixed<14>(A, b, m, G, h);
+    case 15: return gram_fixed<15>(A, b, m, G, h);
+    case 16: return gram_fixed<16>(A, b, m, G, h);
     default: return gram(A, b, m, n, G, h, tile);
   }
 }
@@ -102,19 +175,25 @@ void nnls_cpu(const T* A, const T* rhs, T* x, std::int32_t* info, std::int64_t b
   check(max_iter >= 0, "nnls: max_iter must be >= 0, got ", max_iter);
   check(n <= std::numeric_limits<int>::max() / 4, "nnls: n too large, got ", n);
   const int iters = static_cast<int>(std::min<std::int64_t>(max_iter, std::numeric_limits<int>::max()));
-  // Grain: enough problems per chunk to amortise the workspace (about 64k flops).
-  const std::int64_t grain = std::max<std::int64_t>(1, 65536 / std::max<std::int64_t>(1, m * n * n));
+  // Grain: enough problems per chunk (about 256k flops) to amortise the workspace and the
+  // scheduling; the workspace is one allocation, the transposition tile only where gram() runs.
+  const std::int64_t grain =
+      std::max<std::int64_t>(1, 262144 / std::max<std::int64_t>(1, (m + n) * n * n));
+  const bool tiled = uses_tile(n);
+  const std::int64_t n_doubles = n * n + 2 * n + nnls_gram::work_doubles(n) +
+                                 (tiled ? (n + 1) * kTile : 0);
   parallel_for(batch, grain, [&](std::int64_t begin, std::int64_t end) {
-    std::vector<double> G(n * n), h(n), xd(n), tile((n + 1) * kTile),
-        wd(nnls_gram::work_doubles(n));
+    std::vector<double> wsd(n_doubles);
     std::vector<int> wi(nnls_gram::work_ints(n));
-    const nnls_gram::Work work = nnls_gram::make_work(wd.data(), wi.data(), n);
+    double* G = wsd.data();
+    double* h = G + n * n;
+    double* xd = h + n;
+    const nnls_gram::Work work = nnls_gram::make_work(xd + n, wi.data(), n);
+    double* tile = tiled ? xd + n + nnls_gram::work_doubles(n) : nullptr;
     for (std::int64_t p = begin; p < end; ++p) {
-      const double bb =
-          gram_any(A + p * m * n, rhs + p * m, m, n, G.data(), h.data(), tile.data());
+      const double bb = gram_any(A + p * m * n, rhs + p * m, m, n, G, h, tile);
       int passive = 0;
-      info[p] = nnls_gram::solve(G.data(), n, h.data(), bb, static_cast<int>(n), iters, xd.data(),
-                                 work, &passive);
+      info[p] = nnls_gram::solve(G, n, h, bb, static_cast<int>(n), iters, xd, work, &passive);
       for (std::int64_t j = 0; j < n; ++j) x[p * n + j] = static_cast<T>(xd[j]);
     }
   });
