@@ -43,6 +43,9 @@ def typed_error_or_finite(call: Callable[[], Any]) -> None:
         out = call()
     except (ValueError, TypeError):
         return
+    except RuntimeError as exc:  # nnls's documented iteration cap is a typed error too
+        assert "iteration" in str(exc) or "converge" in str(exc), exc
+        return
     for t in out if isinstance(out, tuple) else (out,):
         assert bool(torch.isfinite(t).all()), t
 
