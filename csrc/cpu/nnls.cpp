@@ -140,9 +140,6 @@ double gram_fixed(const T* A, const T* b, std::int64_t m, double* G, double* h) 
   return bb;
 }
 
-// Whether gram_any(n) runs gram(), which needs the transposition tile ((n + 1) * kTile doubles).
-bool uses_tile(std::int64_t n) { return !((n >= 1 && n <= 7) || (n >= 9 && n <= 16)); }
-
 template <typename T>
 double gram_any(const T* A, const T* b, std::int64_t m, std::int64_t n, double* G, double* h,
                 double* tile) {
@@ -176,12 +173,10 @@ void nnls_cpu(const T* A, const T* rhs, T* x, std::int32_t* info, std::int64_t b
   check(n <= std::numeric_limits<int>::max() / 4, "nnls: n too large, got ", n);
   const int iters = static_cast<int>(std::min<std::int64_t>(max_iter, std::numeric_limits<int>::max()));
   // Grain: enough problems per chunk (about 256k flops) to amortise the workspace and the
-  // scheduling; the workspace is one allocation, the transposition tile only where gram() runs.
+  // scheduling; the workspace, transposition tile for gram() included, is one allocation.
   const std::int64_t grain =
       std::max<std::int64_t>(1, 262144 / std::max<std::int64_t>(1, (m + n) * n * n));
-  const bool tiled = uses_tile(n);
-  const std::int64_t n_doubles = n * n + 2 * n + nnls_gram::work_doubles(n) +
-                                 (tiled ? (n + 1) * kTile : 0);
+  const std::int64_t n_doubles = n * n + 2 * n + nnls_gram::work_doubles(n) + (n + 1) * kTile;
   parallel_for(batch, grain, [&](std::int64_t begin, std::int64_t end) {
     std::vector<double> wsd(n_doubles);
     std::vector<int> wi(nnls_gram::work_ints(n));
@@ -189,7 +184,7 @@ void nnls_cpu(const T* A, const T* rhs, T* x, std::int32_t* info, std::int64_t b
     double* h = G + n * n;
     double* xd = h + n;
     const nnls_gram::Work work = nnls_gram::make_work(xd + n, wi.data(), n);
-    double* tile = tiled ? xd + n + nnls_gram::work_doubles(n) : nullptr;
+    double* tile = xd + n + nnls_gram::work_doubles(n);
     for (std::int64_t p = begin; p < end; ++p) {
       const double bb = gram_any(A + p * m * n, rhs + p * m, m, n, G, h, tile);
       int passive = 0;
