@@ -19,6 +19,7 @@ _LAZY = {
     "LoadError": ("pyconcepts.errors", "LoadError"),
     "ConceptWorld": ("pyconcepts.data.concept_world", "ConceptWorld"),
     "FeatureExtractor": ("pyconcepts.models.features", "FeatureExtractor"),
+    "Explanation": ("pyconcepts.explanation", "Explanation"),
     "ops": ("pyconcepts.ops", None),
     "models": ("pyconcepts.models", None),
     "data": ("pyconcepts.data", None),

@@ -26,7 +26,7 @@ from torch.nn.modules.module import register_module_forward_hook
 
 from pyconcepts.errors import EmptyHeatmapWarning, NotFittedError, OutOfMemoryError
 from pyconcepts.explainers.base import ConceptExplainer
-from pyconcepts.explainers.result import Explanation
+from pyconcepts.explanation import Explanation
 from pyconcepts.models.features import resolve_layer
 
 
@@ -378,12 +378,17 @@ def _check_onnx(
     for n in (1, min(7, images.shape[0])):
         want = fitted.explain(images[:n])
         got = served.explain(images[:n])
-        ok(f"onnx_batch_{n}_scores", _close(got.concept_scores, want.concept_scores, atol),
-           f"(max diff {_max_diff(got.concept_scores, want.concept_scores)})")  # fmt: skip
-        ok(f"onnx_batch_{n}_logits", _close(got.logits, want.logits, atol))
-        if want.heatmaps is not None:
-            ok(f"onnx_batch_{n}_heatmaps", got.heatmaps is not None
-               and _close(got.heatmaps, want.heatmaps, atol))  # fmt: skip
+        ok(f"onnx_batch_{n}_same_metadata",
+           (got.method, got.layer, got.concept_names, got.class_names)
+           == (want.method, want.layer, want.concept_names, want.class_names))  # fmt: skip
+        theirs, ours = got.tensors(), want.tensors()
+        ok(f"onnx_batch_{n}_same_fields", sorted(theirs) == sorted(ours),
+           f"(onnx {sorted(theirs)}, torch {sorted(ours)})")  # fmt: skip
+        for name, value in ours.items():
+            other = theirs[name]
+            ok(f"onnx_batch_{n}_{name}", other.dtype == value.dtype and _close(other, value, atol),
+               f"(dtype {other.dtype} vs {value.dtype}, shape {tuple(other.shape)} vs "
+               f"{tuple(value.shape)}, max diff {_max_diff(other, value)})")  # fmt: skip
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> Optional[float]:
@@ -406,10 +411,10 @@ def quick_explainers(
     classes = [int(c) for c in two]
     return {
         "mace": (
-            lambda: MACE(vgg, layer="features.relu4", n_concepts=3, embedding_sizes=(16, 8),
+            lambda: MACE(vgg, layer="features.relu4", n_concepts=3, embedding_sizes=(16, 8), epochs=1,
                          batch_size=32),
             pair,
-            {"epochs": 1, "progress": False},
+            {"progress": False},
         ),
         "srae": (
             lambda: SRAE(vgg, classes=classes, hidden=(16, 8), n_features=3, epochs=1,

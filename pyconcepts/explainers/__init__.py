@@ -7,7 +7,7 @@ from typing import Any
 
 _LAZY = {
     "ConceptExplainer": "pyconcepts.explainers.base",
-    "Explanation": "pyconcepts.explainers.result",
+    "Explanation": "pyconcepts.explanation",
     "MACE": "pyconcepts.explainers.mace",
     "SRAE": "pyconcepts.explainers.srae",
     "AfI": "pyconcepts.explainers.afi",

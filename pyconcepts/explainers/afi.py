@@ -28,7 +28,7 @@ from torch import nn
 from pyconcepts.data.batches import iter_batches
 from pyconcepts.data.concept_world import ConceptWorld
 from pyconcepts.explainers.base import ConceptExplainer, class_names_of
-from pyconcepts.explainers.result import Explanation
+from pyconcepts.explanation import Explanation
 from pyconcepts.metrics.afi import attack_success_rate, mmd2
 from pyconcepts.models.features import FeatureExtractor
 

@@ -35,7 +35,7 @@ from torch import nn
 
 from pyconcepts import persistence
 from pyconcepts.errors import EmptyHeatmapWarning, LoadError, NotFittedError, OutOfMemoryError
-from pyconcepts.explainers.result import Explanation
+from pyconcepts.explanation import Explanation
 
 E = TypeVar("E", bound="ConceptExplainer")
 
@@ -270,15 +270,17 @@ def _guarded_explain(explain: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(self: ConceptExplainer, *args: Any, **kwargs: Any) -> Any:
         with _clean_oom(f"{type(self).__name__}.explain"):
             result = explain(self, *args, **kwargs)
-        maps = getattr(result, "heatmaps", None)
+        maps = getattr(result, "class_maps", None)
+        if maps is None:
+            maps = getattr(result, "heatmaps", None)
         if isinstance(maps, torch.Tensor) and maps.dim() > 1 and maps.numel():
             low, high = torch.aminmax(maps.flatten(1), dim=1)  # no [B, C·H·W] temporary
             empty = ((low == 0) & (high == 0)).nonzero().flatten().tolist()
             if empty:
                 listed = ", ".join(map(str, empty[:8])) + (", ..." if len(empty) > 8 else "")
                 warnings.warn(
-                    f"{len(empty)} of {len(maps)} images ({listed}): every concept heatmap is "
-                    "zero (nothing at the explained layer supports the target); the maps stay zero",
+                    f"{len(empty)} of {len(maps)} images ({listed}): the explained class's maps are "
+                    "all zero (nothing at the explained layer supports the target); they stay zero",
                     EmptyHeatmapWarning,
                     stacklevel=2,
                 )

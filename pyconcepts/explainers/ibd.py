@@ -27,7 +27,7 @@ from torch.nn import functional as F
 
 from pyconcepts.attribution.gradcam import grad_cam
 from pyconcepts.explainers.base import ConceptExplainer, class_names_of
-from pyconcepts.explainers.result import Explanation
+from pyconcepts.explanation import Explanation
 from pyconcepts.metrics.ibd import average_precision, basis_ground_truth, residual_ratio
 from pyconcepts.models.features import FeatureExtractor, resolve_layer
 from pyconcepts.ops import greedy_nnls_basis

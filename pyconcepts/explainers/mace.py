@@ -26,7 +26,14 @@ from tqdm.auto import tqdm
 
 from pyconcepts.data.batches import iter_batches
 from pyconcepts.explainers.base import ConceptExplainer, class_names_of
-from pyconcepts.explainers.result import Explanation
+from pyconcepts.explainers.layout import (
+    explained_classes,
+    resolve_targets,
+    select_columns,
+    upsample,
+    warn_unexplained,
+)
+from pyconcepts.explanation import Explanation, combine_maps, scores_of_columns
 from pyconcepts.metrics.saliency import binarize
 from pyconcepts.models.features import FeatureExtractor, resolve_layer
 from pyconcepts.ops import semihard_triplet_loss
@@ -139,26 +146,39 @@ class _Head(nn.Module):
         return maps, emb, rel, z_hat
 
 
-class _OnnxModule(nn.Module):
-    """images → (logits, concept_scores [B,K·C], heatmaps [B,K·C,H,W], relevance [B,K,C]),
-    as ``MACE.explain`` with the predicted class as target."""
+class _ExplainModule(nn.Module):
+    """images (, targets) → MACE's outputs in ``MACE.onnx_outputs`` order for the explained
+    class of each image (default: the prediction); ``explain`` and the ONNX export both run it.
+    An image whose target is not an explained class gets zero scores and maps (−1 columns)."""
 
-    def __init__(self, model: nn.Module, layer: str, head: _Head) -> None:
+    classes: torch.Tensor
+
+    def __init__(self, model: nn.Module, layer: str, head: _Head, classes: Sequence[int]) -> None:
         super().__init__()
         self.model, self.head = model, head
         self.fx = FeatureExtractor(model, [layer])
+        self.register_buffer("classes", torch.tensor(list(classes), dtype=torch.long))
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(
+        self, images: torch.Tensor, targets: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, ...]:
         feats, logits = cast(_WithOutput, self.fx(images, return_output=True))
         x = next(iter(feats.values()))
-        maps = torch.relu(F.conv2d(x, self.head.map_weight[:, :, None, None], self.head.map_bias))
-        m5 = maps.view(maps.shape[0], self.head.k, self.head.c, *maps.shape[2:])
-        rel = self.head.relevance(self.head.embed(m5))
-        classes = torch.arange(self.head.k, device=logits.device)
-        own = (classes[None, :] == logits.argmax(1)[:, None]).to(rel.dtype)[..., None]
-        up = F.interpolate(maps, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        heatmaps = up * self.head.active.flatten()[None, :, None, None]
-        return logits, (rel * own).flatten(1), heatmaps, rel
+        head = self.head
+        maps = torch.relu(F.conv2d(x, head.map_weight[:, :, None, None], head.map_bias))
+        emb = head.embed(maps.view(maps.shape[0], head.k, head.c, *maps.shape[2:]))
+        rel = head.relevance(emb)
+        if targets is None:
+            targets = logits.argmax(1)
+        hit = targets[:, None] == self.classes[None, :]  # [B, K]
+        row = (hit.long() * torch.arange(head.k, device=hit.device)[None]).sum(1)
+        scores = (rel * hit[..., None].to(rel.dtype)).flatten(1)
+        kept = (head.active[row] > 0) & hit.any(1)[:, None]  # [B, C]
+        columns = row[:, None] * head.c + torch.arange(head.c, device=row.device)[None]
+        columns = torch.where(kept, columns, torch.full_like(columns, -1))
+        heatmaps = upsample(select_columns(maps, columns), images.shape[-2:])
+        class_maps = combine_maps(heatmaps, scores_of_columns(scores, columns))
+        return logits, scores, heatmaps, columns, class_maps, rel, emb
 
 
 class MACE(ConceptExplainer):
@@ -169,7 +189,9 @@ class MACE(ConceptExplainer):
         layer: conv layer whose feature maps feed the concept maps (dotted name); default: the
             zoo model's feature layer.
         dense_layer: the model's first dense layer (z); default: the first ``nn.Linear``.
-        n_classes: K; default: the model's number of outputs.
+        classes: the class ids to explain (K of them); default: every output. Each explained
+            class has its own maps, embedding generator and relevance terms, so memory grows
+            with K: on a 1,000-class model pass the classes of interest.
         n_concepts: C concept maps per class (paper: 10).
         embedding_sizes: dense layer sizes of the embedding generator, the last is Q (authors'
             code: 128 → 64 → 32).
@@ -189,13 +211,20 @@ class MACE(ConceptExplainer):
         prune_min_own_positive: rule 4 (paper: 0.05).
         map_threshold: a map pixel is "on" above this fraction of the map's maximum (rule 3,
             binary masks for metrics).
+        epochs: training epochs (paper: 64).
+        min_kept: concepts per class that pruning always keeps (those with the highest mean
+            relevance on the class's own images), so an explained class never loses every map
+            (the paper prunes without a floor; 0 restores that).
         finetune_epochs: epochs of fine-tuning after pruning (default: a quarter of ``epochs``).
         seed: initialisation and shuffling seed.
         class_names: names of the K classes.
     """
 
     method = "mace"
-    onnx_outputs = ("logits", "concept_scores", "heatmaps", "relevance")
+    onnx_outputs = (
+        "logits", "concept_scores", "heatmaps", "heatmap_concepts", "class_maps", "relevance",
+        "embeddings",
+    )  # fmt: skip
     head_: _Head
     tail_: nn.Module
 
@@ -204,7 +233,7 @@ class MACE(ConceptExplainer):
         model: nn.Module,
         layer: Optional[str] = None,
         dense_layer: Optional[str] = None,
-        n_classes: Optional[int] = None,
+        classes: Optional[Sequence[int]] = None,
         n_concepts: int = 10,
         embedding_sizes: Sequence[int] = (128, 64, 32),
         margin: float = 1.0,
@@ -223,6 +252,8 @@ class MACE(ConceptExplainer):
         prune_max_area: float = 0.95,
         prune_min_own_positive: float = 0.05,
         map_threshold: float = 0.5,
+        epochs: int = 64,
+        min_kept: int = 1,
         finetune_epochs: Optional[int] = None,
         seed: int = 0,
         class_names: Optional[Sequence[str]] = None,
@@ -230,7 +261,7 @@ class MACE(ConceptExplainer):
         self.model = model
         self.layer = layer
         self.dense_layer = dense_layer
-        self.n_classes = n_classes
+        self.classes = classes
         self.n_concepts = n_concepts
         self.embedding_sizes = embedding_sizes
         self.margin = margin
@@ -249,6 +280,8 @@ class MACE(ConceptExplainer):
         self.prune_max_area = prune_max_area
         self.prune_min_own_positive = prune_min_own_positive
         self.map_threshold = map_threshold
+        self.epochs = epochs
+        self.min_kept = min_kept
         self.finetune_epochs = finetune_epochs
         self.seed = seed
         self.class_names = class_names
@@ -287,20 +320,22 @@ class MACE(ConceptExplainer):
 
     # ---- fitting ------------------------------------------------------------------------
     def fit(  # type: ignore[override]
-        self,
-        data: Any,
-        epochs: int = 64,
-        progress: bool = True,
-        prune_data: Any = None,
+        self, data: Any, progress: bool = True, prune_data: Any = None
     ) -> MACE:
         """Train MACE on ``data`` (images, (images, labels), a Dataset or batches) for
-        ``epochs`` (paper: 64); then prune on ``prune_data`` (default: ``data``) and fine-tune.
+        ``epochs``; then prune on ``prune_data`` (default: ``data``) and fine-tune.
 
         The frozen model's activations are computed once and cached. Image labels decide which
         class's triplet loss an image feeds (the model's prediction when labels are absent).
         """
+        epochs = self.epochs
         if not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs: expected an int >= 1, got {epochs!r}")
+        if not isinstance(self.min_kept, int) or not 0 <= self.min_kept <= self.n_concepts:
+            raise ValueError(
+                f"min_kept: expected an int in [0, n_concepts={self.n_concepts}], "
+                f"got {self.min_kept!r}"
+            )
         self.layer_, self.dense_layer_ = self._resolve()
         with frozen(self.model):
             return self._fit(data, epochs, progress, prune_data)
@@ -308,9 +343,9 @@ class MACE(ConceptExplainer):
     def _fit(self, data: Any, epochs: int, progress: bool, prune_data: Any) -> MACE:
         cache = self._cache(data, record=True)
         feats, z, logits, _ = cache
-        k = self.n_classes or logits.shape[1]
-        if logits.shape[1] != k:
-            raise ValueError(f"n_classes: model has {logits.shape[1]} outputs, got {k}")
+        n_out = logits.shape[1]
+        self.classes_ = explained_classes(self.classes, n_out)
+        k = len(self.classes_)
         self.tail_ = find_tail(self.model, self.dense_layer_)
         with torch.no_grad():
             probe = self.tail_(z[:4])
@@ -325,8 +360,10 @@ class MACE(ConceptExplainer):
             torch.manual_seed(self.seed)
             head = _Head(k, self.n_concepts, d, h * w, self.embedding_sizes, z.shape[1])
         self.head_ = head.to(feats.device)
-        self.class_names_ = class_names_of(self.model, k, self.class_names)
-        self.concept_names_ = concept_names(self.class_names_, self.n_concepts)
+        self.class_names_ = class_names_of(self.model, n_out, self.class_names)
+        self.concept_names_ = concept_names(
+            [self.class_names_[c] for c in self.classes_], self.n_concepts
+        )
         self.pruned_: dict[str, str] = {}
         self.history_: list[dict[str, float]] = []
         self._train(cache, epochs, gen, progress, "fit")
@@ -350,7 +387,7 @@ class MACE(ConceptExplainer):
             feats.append(f)
             zs.append(z.flatten(1))
             logits.append(lg)
-            labels.append(lg.argmax(1) if lab is None else lab.to(lg.device).long())
+            labels.append(lg.argmax(1) if lab is None else lab.to(lg.device).long().view(-1))
         if not feats:
             raise ValueError("data: expected at least one batch of images, got none")
         return torch.cat(feats), torch.cat(zs), torch.cat(logits), torch.cat(labels)
@@ -360,10 +397,10 @@ class MACE(ConceptExplainer):
     ) -> dict[str, torch.Tensor]:
         head = self.head_
         _, emb, rel, z_hat = head(feats)
-        probs = logits.softmax(1)
+        probs = logits.softmax(1)[:, self.classes_]
         loss_e = feats.new_zeros(())
-        for k in range(head.k):
-            own = labels == k
+        for k, cls in enumerate(self.classes_):
+            own = labels == cls
             if int(own.sum()) >= 2:
                 loss_e = loss_e + self._triplet(F.normalize(emb[own, k], dim=-1))
         rel_logit = rel.sum(-1) + head.rel_bias
@@ -445,12 +482,12 @@ class MACE(ConceptExplainer):
         area = area.view(-1, k, c).mean(0)  # [K, C] mean fraction of the map that is on
         positive = (rel > 0).float()  # [N, K, C]
         t = min(self.prune_top_t, rel.shape[0])
-        for ki in range(k):
-            own = labels == ki
+        for ki, cls in enumerate(self.classes_):
+            own = labels == cls
             for j in range(c):
                 top = rel[:, ki, j].topk(t).indices
                 rules = [
-                    int((labels[top] != ki).sum()) > self.prune_top_s,
+                    int((labels[top] != cls).sum()) > self.prune_top_s,
                     float(positive[:, ki, j].mean()) > self.prune_max_positive,
                     float(area[ki, j]) >= self.prune_max_area,
                     bool(own.any())
@@ -460,40 +497,43 @@ class MACE(ConceptExplainer):
                 if hit is not None:
                     self.pruned_[self.concept_names_[ki * c + j]] = hit
                     self.head_.active[ki, j] = 0.0
+            self._keep_floor(ki, rel[own if bool(own.any()) else slice(None), ki])
+
+    def _keep_floor(self, ki: int, rel: torch.Tensor) -> None:
+        """Re-activate class ``ki``'s ``min_kept`` most relevant concepts (mean relevance
+        over ``rel [N, C]``) when pruning left fewer."""
+        active = self.head_.active[ki]
+        missing = self.min_kept - int(active.sum())
+        if missing <= 0:
+            return
+        mean = rel.mean(0).masked_fill(active > 0, float("-inf"))
+        for j in mean.topk(missing).indices.tolist():
+            self.pruned_.pop(self.concept_names_[ki * self.head_.c + j], None)
+            active[j] = 1.0
 
     # ---- explaining ---------------------------------------------------------------------
     def explain(  # type: ignore[override]
-        self, images: torch.Tensor, targets: Optional[torch.Tensor] = None
+        self, images: torch.Tensor, targets: Optional[Any] = None
     ) -> Explanation:
-        """Per image: the explained class (default: predicted), the relevance of its remaining
-        concepts (``concept_scores``: the target class's K·C columns, 0 elsewhere), their maps
-        upsampled to the image (``heatmaps``). ``extras``: ``relevance`` ``[B,K,C]`` for every
-        class (explains all outputs), ``embeddings`` ``[B,K,C,Q]``, ``active`` ``[K,C]``."""
+        """Per image, for the explained class (default: the prediction): the relevance of its
+        kept concepts (``concept_scores``: that class's columns, 0 elsewhere), their maps at
+        image size (``heatmaps [B, C, H, W]``, pruned concepts −1 in ``heatmap_concepts``) and
+        their relevance-weighted sum (``class_maps``). ``extras``: ``relevance [B, K, C]`` and
+        ``embeddings [B, K, C, Q]`` of every explained class. An image whose target is not an
+        explained class gets zeros, with a warning."""
         self._check_fitted()
         images = self._check_images(images).to(self._model_device())
-        feats, _, logits = self._extract(images)
-        maps, emb, rel = self._forward_all(feats)
-        if targets is None:
-            targets = logits.argmax(1)
-        targets = torch.as_tensor(targets, device=logits.device).long().view(-1)
-        if targets.shape[0] != images.shape[0] or not bool(
-            ((targets >= 0) & (targets < self.head_.k)).all()
-        ):
-            raise ValueError(
-                f"targets: expected {images.shape[0]} class ids in [0, {self.head_.k})"
+        t = resolve_targets(targets, images.shape[0], len(self.class_names_))
+        module = self._onnx_module()
+        with torch.no_grad(), frozen(self.model):
+            out = dict(
+                zip(self.onnx_outputs, module(images, None if t is None else t.to(images.device)))
             )
-        b, k, c = rel.shape
-        own = F.one_hot(targets, k).bool()[..., None].expand(b, k, c)
-        scores = torch.where(own, rel, torch.zeros_like(rel)).flatten(1)
-        up = F.interpolate(
-            maps.flatten(1, 2), size=images.shape[-2:], mode="bilinear", align_corners=False
+        t = out["logits"].argmax(1) if t is None else t.to(out["logits"].device)
+        warn_unexplained(t, self.classes_)
+        return Explanation.from_outputs(
+            self.method, self.layer_, self.concept_names_, self.class_names_, out, t
         )
-        up = up * self.head_.active.flatten()[None, :, None, None]
-        return Explanation(
-            self.method, self.layer_, list(self.concept_names_), scores, logits, targets,
-            list(self.class_names_), heatmaps=up,
-            extras={"relevance": rel, "embeddings": emb, "active": self.head_.active.clone()},
-        )  # fmt: skip
 
     def concept_maps_of(
         self, images: torch.Tensor, upsample: bool = True, pruned: bool = True
@@ -515,7 +555,7 @@ class MACE(ConceptExplainer):
     def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors = {f"head.{n}": t.detach() for n, t in self.head_.state_dict().items()}
         state = {
-            "layer": self.layer_, "dense_layer": self.dense_layer_, "k": self.head_.k,
+            "layer": self.layer_, "dense_layer": self.dense_layer_, "classes": self.classes_,
             "d": self.head_.map_weight.shape[1], "hw": self.head_.emb_weights[0].shape[1],
             "z_dim": self.head_.out.out_features, "pruned": self.pruned_,
             "class_names": self.class_names_, "history": self.history_,
@@ -524,8 +564,9 @@ class MACE(ConceptExplainer):
 
     def _set_state(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
         self.layer_, self.dense_layer_ = state["layer"], state["dense_layer"]
+        self.classes_ = [int(c) for c in state["classes"]]
         head = _Head(
-            state["k"], self.n_concepts, state["d"], state["hw"], self.embedding_sizes,
+            len(self.classes_), self.n_concepts, state["d"], state["hw"], self.embedding_sizes,
             state["z_dim"],
         )  # fmt: skip
         head.load_state_dict({n[5:]: t for n, t in tensors.items() if n.startswith("head.")})
@@ -534,7 +575,9 @@ class MACE(ConceptExplainer):
         self.pruned_ = dict(state["pruned"])
         self.class_names_ = list(state["class_names"])
         self.history_ = list(state["history"])
-        self.concept_names_ = concept_names(self.class_names_, self.n_concepts)
+        self.concept_names_ = concept_names(
+            [self.class_names_[c] for c in self.classes_], self.n_concepts
+        )
 
     def _onnx_module(self) -> nn.Module:
-        return _OnnxModule(self.model, self.layer_, self.head_).eval()
+        return _ExplainModule(self.model, self.layer_, self.head_, self.classes_).eval()

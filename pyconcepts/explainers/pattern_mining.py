@@ -41,7 +41,7 @@ from torch import nn
 from pyconcepts.attribution import grad_cam
 from pyconcepts.data.batches import iter_batches
 from pyconcepts.explainers.base import ConceptExplainer, class_names_of
-from pyconcepts.explainers.result import Explanation
+from pyconcepts.explanation import Explanation
 from pyconcepts.models.features import FeatureExtractor, resolve_layer
 from pyconcepts.ops import association_rules, frequent_itemsets, itemset_support
 

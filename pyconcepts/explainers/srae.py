@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from pyconcepts.attribution.excitation import excitation_backprop
 from pyconcepts.data.batches import iter_batches
 from pyconcepts.explainers.base import ConceptExplainer, class_names_of
-from pyconcepts.explainers.result import Explanation
+from pyconcepts.explanation import Explanation
 from pyconcepts.models.features import resolve_layer
 from pyconcepts.reference.excitation import GatheredLinear, chain_of, excitation_backprop_chain
 

@@ -34,15 +34,16 @@ import torch
 from torch import nn
 
 from pyconcepts.errors import LoadError
+from pyconcepts.explanation import Explanation
 
 # Operators of the exports of the five methods, with both exporters (tests/test_onnx_security.py
 # checks that every method's export stays inside this set).
 EXPORTED_OPS = frozenset({
-    "Add", "ArgMax", "Cast", "Clip", "Concat", "Constant", "ConstantOfShape", "Conv",
-    "ConvTranspose", "Div", "Einsum", "Equal", "Expand", "Flatten", "Gather", "GatherND", "Gemm",
-    "GlobalAveragePool", "Greater", "Identity", "MatMul", "Max", "MaxPool", "Mul", "OneHot",
-    "ReduceMax", "ReduceMean", "ReduceSum", "Relu", "Reshape", "Resize", "Shape", "Slice", "Sub",
-    "Tanh", "Transpose", "Unsqueeze", "Where",
+    "Add", "And", "ArgMax", "Cast", "Clip", "Concat", "Constant", "ConstantOfShape", "Conv",
+    "ConvTranspose", "Div", "Einsum", "Equal", "Expand", "Flatten", "Gather", "GatherElements",
+    "GatherND", "Gemm", "GlobalAveragePool", "Greater", "GreaterOrEqual", "Identity", "MatMul",
+    "Max", "MaxPool", "Mul", "OneHot", "Range", "ReduceMax", "ReduceMean", "ReduceSum", "Relu",
+    "Reshape", "Resize", "Shape", "Slice", "Sub", "Tanh", "Transpose", "Unsqueeze", "Where",
 })  # fmt: skip
 # Standard inference operators that other CNN backbones (BatchNorm not folded, MobileNet-style
 # activations, average pooling) add when an explainer is fitted on them.
@@ -134,7 +135,7 @@ def default_providers() -> list[str]:
 
 class OnnxExplainer:
     """Serve an exported explainer with onnxruntime; ``explain`` returns the same
-    :class:`~pyconcepts.explainers.result.Explanation` as the torch explainer.
+    :class:`~pyconcepts.explanation.Explanation` as the torch explainer.
 
     >>> served = OnnxExplainer("ibd.onnx")                     # doctest: +SKIP
     >>> served.explain(images).top_concepts(0)                 # doctest: +SKIP
@@ -192,23 +193,19 @@ class OnnxExplainer:
         outputs = self.session.run(None, {"images": np.ascontiguousarray(array)})
         return dict(zip(self.output_names, outputs))
 
-    def explain(self, images: torch.Tensor | np.ndarray) -> Any:
-        """Run the graph and wrap its outputs as an Explanation."""
-        from pyconcepts.explainers.result import Explanation
-
+    def explain(self, images: torch.Tensor | np.ndarray) -> Explanation:
+        """Run the graph and wrap its outputs as the same :class:`Explanation` as the torch
+        explainer's ``explain`` (the prediction explained; outputs other than the layout's
+        fields are its extras)."""
         out = {k: torch.from_numpy(v) for k, v in self.run(images).items()}
-        logits = out.pop("logits")
-        scores = out.pop("concept_scores")
-        return Explanation(
-            method=self.method,
-            layer=self.layer,
-            concept_names=self.concept_names or [f"concept_{i}" for i in range(scores.shape[1])],
-            concept_scores=scores,
-            logits=logits,
-            targets=logits.argmax(1),
-            class_names=self.class_names or [f"class_{i}" for i in range(logits.shape[1])],
-            heatmaps=out.pop("heatmaps", None),
-            extras=out,
+        logits, scores = out["logits"], out["concept_scores"]
+        return Explanation.from_outputs(
+            self.method,
+            self.layer,
+            self.concept_names or [f"concept_{i}" for i in range(scores.shape[1])],
+            self.class_names or [f"class_{i}" for i in range(logits.shape[1])],
+            out,
+            logits.argmax(1),
         )
 
 

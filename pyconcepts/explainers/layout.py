@@ -1,0 +1,87 @@
+"""Building blocks of the one explanation layout (see :class:`pyconcepts.explanation.Explanation`).
+
+Every explainer computes its outputs in one module that takes ``(images, targets)`` — the same
+module the ONNX export traces with ``targets`` = the prediction — so the torch and ONNX paths
+give the same fields by construction. These helpers use only standard ONNX operators.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+
+
+def resolve_targets(
+    targets: Any, batch: int, n_classes: int, name: str = "targets"
+) -> Optional[torch.Tensor]:
+    """Validated class ids ``[batch]`` (int64, CPU) from ids in a list or tensor; None stays
+    None (the explainer then explains each image's prediction)."""
+    if targets is None:
+        return None
+    t = torch.as_tensor(targets)
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"{name}: expected integer class ids, got dtype {t.dtype}")
+    t = t.detach().cpu().long().view(-1)
+    if t.shape[0] != batch:
+        raise ValueError(f"{name}: expected {batch} class ids (one per image), got {t.shape[0]}")
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= n_classes):
+        raise ValueError(f"{name}: expected class ids in [0, {n_classes}), got {t.tolist()}")
+    return t
+
+
+def explained_classes(classes: Optional[Sequence[int]], n_classes: int) -> list[int]:
+    """The validated ``classes`` argument of an explainer: distinct ids in [0, n_classes), in
+    the given order; None means every class."""
+    if classes is None:
+        return list(range(n_classes))
+    if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence):
+        raise TypeError(f"classes: expected a sequence of class ids, got {type(classes).__name__}")
+    ids = [int(c) for c in classes]
+    if not ids or len(set(ids)) != len(ids) or not all(0 <= c < n_classes for c in ids):
+        raise ValueError(
+            f"classes: expected distinct class ids in [0, {n_classes}), got {list(classes)!r}"
+        )
+    return ids
+
+
+def warn_unexplained(targets: torch.Tensor, classes: Sequence[int]) -> None:
+    """Warn about images whose target is not among the explained ``classes`` (their scores and
+    maps are zero)."""
+    known = torch.as_tensor(list(classes), dtype=torch.long)
+    missing = (~(targets.cpu()[:, None] == known[None]).any(1)).nonzero().flatten().tolist()
+    if missing:
+        shown = ", ".join(map(str, missing[:8])) + (", ..." if len(missing) > 8 else "")
+        warnings.warn(
+            f"{len(missing)} of {len(targets)} images ({shown}) are explained for classes this "
+            f"explainer was not fitted on (fitted: {list(classes)[:20]}): their scores and "
+            "heatmaps are zero",
+            stacklevel=3,
+        )
+
+
+def class_table(groups: Sequence[Sequence[int]], width: Optional[int] = None) -> torch.Tensor:
+    """``[K, C]`` int64: row k lists class k's concept indices, padded with −1 to ``width``
+    (default: the longest group; at least 1 column)."""
+    c = max([width or 0, 1, *(len(g) for g in groups)])
+    table = torch.full((len(groups), c), -1, dtype=torch.long)
+    for k, g in enumerate(groups):
+        table[k, : len(g)] = torch.as_tensor(list(g), dtype=torch.long)
+    return table
+
+
+def select_columns(maps: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """``maps [B, N, h, w]`` at ``columns [B, C]`` → ``[B, C, h, w]``; −1 columns give zero
+    maps. (A one-hot contraction, so the ONNX graph needs no per-row gather.)"""
+    n = maps.shape[1]
+    ids = torch.arange(n, device=maps.device)
+    pick = (columns[:, :, None] == ids[None, None, :]).to(maps.dtype)
+    return torch.einsum("bcn,bnhw->bchw", pick, maps)
+
+
+def upsample(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinear resize of ``[B, C, h, w]`` maps to the input's ``size`` (``images.shape[-2:]``)."""
+    return F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)
