@@ -25,7 +25,7 @@ def run(ctx: DemoContext) -> dict[str, Any]:
     folder = ctx.step_dir("mace")
     model = ctx.model("cw-vgg")
     x, y = ctx.train.tensors()
-    explainer = MACE(model, lr=1e-3).fit((x, y), epochs=EPOCHS, progress=ctx.progress)
+    explainer = MACE(model, lr=1e-3, epochs=EPOCHS).fit((x, y), progress=ctx.progress)
     explainer.save(folder / "mace.pcx")
 
     xt, yt = ctx.test.tensors()

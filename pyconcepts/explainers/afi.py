@@ -750,7 +750,7 @@ class AfI(ConceptExplainer):
         lo, hi = self.valid_range
         return float(lo), float(hi)
 
-    def fit(  # type: ignore[override]
+    def fit(
         self,
         data: object,
         probes: Optional[Sequence[torch.Tensor]] = None,
@@ -902,9 +902,7 @@ class AfI(ConceptExplainer):
         table[torch.tensor(self.classes_, dtype=torch.long)] = self.concept_importance_
         return table
 
-    def explain(  # type: ignore[override]
-        self, images: torch.Tensor, targets: Optional[torch.Tensor] = None
-    ) -> Explanation:
+    def explain(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None) -> Explanation:
         """Meta-detector heatmaps of every fitted class and the target class's concept ranking."""
         self._check_fitted()
         images = self._check_images(images).to(self._model_device())

@@ -88,11 +88,11 @@ class ConceptExplainer(abc.ABC):
 
     # ---- the contract ------------------------------------------------------------------
     @abc.abstractmethod
-    def fit(self: E, data: Any, **kwargs: Any) -> E:
+    def fit(self: E, data: Any) -> E:
         """Learn the explainer's state from ``data``; returns self."""
 
     @abc.abstractmethod
-    def explain(self, images: torch.Tensor, **kwargs: Any) -> Explanation:
+    def explain(self, images: torch.Tensor) -> Explanation:
         """Explain a batch of images ``[B,C,H,W]``."""
 
     @abc.abstractmethod

@@ -18,8 +18,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional, Union
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 import torch
 from torch import nn
@@ -27,6 +27,7 @@ from torch.nn import functional as F
 
 from pyconcepts.attribution.gradcam import grad_cam
 from pyconcepts.explainers.base import ConceptExplainer, class_names_of
+from pyconcepts.explainers.layout import resolve_targets, upsample
 from pyconcepts.explanation import Explanation
 from pyconcepts.metrics.ibd import average_precision, basis_ground_truth, residual_ratio
 from pyconcepts.models.features import FeatureExtractor, resolve_layer
@@ -35,56 +36,9 @@ from pyconcepts.ops import greedy_nnls_basis
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["IBD", "IBDExplanation"]
+__all__ = ["IBD"]
 
 _MODES = ("auto", "cam", "gradcam")
-
-
-@dataclass(frozen=True)
-class IBDExplanation(Explanation):
-    """:class:`Explanation` of IBD. ``concept_scores [B, C]`` are the concepts' contributions
-    ``s_i q_ciᵀa`` to the explained score (0 outside the basis); ``heatmaps [B, C, H, W]`` their
-    maps ``s_i q_ciᵀA``. Extras: ``basis_indices``/``basis_coefs``/``contributions [B, T]`` (in
-    basis order), ``residual_contribution [B]`` (``rᵀa``), ``bias [B]``, ``score [B]`` (the
-    logit in CAM mode, ``w_k(a)ᵀa`` in Grad-CAM mode), ``residual_heatmap`` and ``cam``
-    ``[B, H, W]``."""
-
-    def plot(self, index: int = 0, image: Optional[torch.Tensor] = None, k: int = 3) -> Figure:
-        """The CAM and the top-k concept heatmaps with labels and percentage contributions to
-        the score, like the seed's Fig. 4."""
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        contrib = self.extras["contributions"][index]
-        ids = self.extras["basis_indices"][index]
-        score = float(self.extras["score"][index])
-        used = self.extras["basis_coefs"][index] > 0  # terms with coefficient 0 explain nothing
-        order = [int(i) for i in torch.argsort(contrib, descending=True) if used[i]][:k]
-        fig, axes = plt.subplots(1, 1 + len(order), figsize=(2.6 * (1 + len(order)), 2.9))
-        axes = list(axes) if len(order) else [axes]
-        maps: list[tuple[str, torch.Tensor, Optional[float]]] = [
-            ("CAM", self.extras["cam"][index], None)
-        ]
-        maps += [
-            (self.concept_names[int(ids[i])], self.heatmaps[index, int(ids[i])], float(contrib[i]))
-            for i in order
-            if self.heatmaps is not None
-        ]
-        for ax, (name, hm, value) in zip(axes, maps):
-            if image is not None:
-                ax.imshow(image.detach().permute(1, 2, 0).clamp(0, 1).cpu().numpy())
-            ax.imshow(hm.detach().cpu().numpy(), cmap="jet", alpha=0.5 if image is not None else 1)
-            if value is None:
-                cls = self.class_names[int(self.targets[index])]
-                ax.set_title(f"{cls} ({score:.2f})", fontsize=8)
-            else:
-                share = 100.0 * value / score if score != 0 else float("nan")
-                ax.set_title(f"{name}\n{share:.1f}%", fontsize=8)
-            ax.axis("off")
-        fig.tight_layout()
-        return fig
 
 
 class IBD(ConceptExplainer):
@@ -112,7 +66,10 @@ class IBD(ConceptExplainer):
     """
 
     method = "ibd"
-    onnx_outputs = ("logits", "concept_scores", "heatmaps", "residual_heatmap")
+    onnx_outputs = (
+        "logits", "concept_scores", "heatmaps", "heatmap_concepts", "class_maps", "basis_coefs",
+        "contributions", "residual_contribution", "bias", "score", "residual_heatmap", "cam",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -191,7 +148,6 @@ class IBD(ConceptExplainer):
         data: Any,
         concept_names: Optional[list[str]] = None,
         max_images: Optional[int] = None,
-        **kwargs: Any,
     ) -> IBD:
         """Learn the concept vectors from segmentation data and decompose every class.
 
@@ -201,7 +157,6 @@ class IBD(ConceptExplainer):
         images). ``concept_names`` default to the world's concepts, else ``concept_i``;
         ``max_images`` caps the images used.
         """
-        _no_extra("fit", kwargs)
         self._check_config()
         images, masks, names = _segmentation_data(data, concept_names, max_images)
         self._record_fit(images)
@@ -326,78 +281,44 @@ class IBD(ConceptExplainer):
     def explain(
         self,
         images: torch.Tensor,
-        targets: Optional[torch.Tensor] = None,
+        targets: Optional[Any] = None,
         per_image: bool = False,
-        **kwargs: Any,
-    ) -> IBDExplanation:
+    ) -> Explanation:
         """Decompose the score of ``targets`` (default: the predicted classes) of each image.
+
+        ``concept_scores [B, N]``: each concept's contribution ``s_i q_ciᵀa`` to the score (0
+        outside the basis); ``heatmaps [B, T, H, W]``: the basis terms' maps ``s_i q_ciᵀA``,
+        negative parts cut to 0 (``heatmap_concepts``: the term's concept, −1 for a zero
+        coefficient); ``class_maps``: the positive part of their sum (the concept part of the
+        CAM, without the residual). Extras ``[B, T]``: ``basis_coefs``, ``contributions``;
+        ``[B]``: ``residual_contribution`` (``rᵀa``), ``bias``, ``score`` (the logit in CAM
+        mode, ``w_k(a)ᵀa`` in Grad-CAM mode); ``[B, H, W]``: ``residual_heatmap``, ``cam``.
 
         In CAM mode the class bases are fixed; ``per_image=True`` (always so in Grad-CAM mode)
         decomposes each image's pooled gradient ``w_k(a)`` instead (eq. 12), the whole batch in
         one :func:`~pyconcepts.ops.greedy_nnls_basis` call.
         """
-        _no_extra("explain", kwargs)
         self._check_fitted()
-        images = self._check_images(images)
-        Q = self.concept_vectors_
+        images = self._check_images(images).to(self._model_device())
+        t = resolve_targets(targets, images.shape[0], len(self.class_names_))
         if self.mode_ == "cam" and not per_image:
-            acts, logits = self._features(images)
-            acts, logits = acts.cpu(), logits.cpu()
-            if targets is None:
-                targets = logits.argmax(1)
-            targets = _targets(targets, logits)
-            idx, coefs = self.basis_indices_[targets], self.basis_coefs_[targets]
-            resid, bias = self.residuals_[targets], self.class_bias_[targets]
+            with torch.no_grad():
+                outputs = self._onnx_module()(images, t)
         else:
-            cam = grad_cam(
-                self.model, self.layer, images.to(self._model_device()), targets, upsample=False
-            )
-            acts, logits, targets = (
-                cam.activations.float().cpu(),
-                cam.logits.cpu(),
-                cam.targets.cpu(),
-            )
-            wk = cam.weights.float().cpu()
+            cam = grad_cam(self.model, self.layer, images, t, upsample=False)
+            acts, t = cam.activations.float().detach(), cam.targets
+            wk = cam.weights.float().detach()
+            Q = self.concept_vectors_.to(wk.device)
             fit = greedy_nnls_basis(wk, Q, min(self.n_terms, Q.shape[0]))
-            idx, coefs = fit.indices, fit.coefs
-            resid = wk - (coefs[:, :, None] * Q[idx]).sum(1)
-            bias = torch.zeros(images.shape[0])
-        a = acts.mean((2, 3))  # [B, D]
-        terms = coefs * (Q[idx] @ a[:, :, None])[..., 0]  # [B, T]
-        resid_c = (resid * a).sum(1)
-        B, C = images.shape[0], Q.shape[0]
-        scores = torch.zeros(B, C).scatter_add_(1, idx, terms)
-        size = images.shape[-2:]
-        maps = torch.einsum("bt,btd,bdhw->bthw", coefs, Q[idx], acts)
-        maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
-        heatmaps = torch.zeros(B, C, *size).index_put_(
-            (torch.arange(B)[:, None].expand_as(idx), idx), maps, accumulate=True
-        )
-        resid_map = F.interpolate(
-            torch.einsum("bd,bdhw->bhw", resid, acts)[:, None],
-            size=size,
-            mode="bilinear",
-            align_corners=False,
-        )[:, 0]
-        return IBDExplanation(
-            method=self.method,
-            layer=self.layer,
-            concept_names=list(self.concept_names_),
-            concept_scores=scores,
-            logits=logits,
-            targets=targets,
-            class_names=list(self.class_names_),
-            heatmaps=heatmaps,
-            extras={
-                "basis_indices": idx,
-                "basis_coefs": coefs,
-                "contributions": terms,
-                "residual_contribution": resid_c,
-                "bias": bias,
-                "score": terms.sum(1) + resid_c + bias,
-                "residual_heatmap": resid_map,
-                "cam": heatmaps.sum(1) + resid_map,
-            },
+            resid = wk - (fit.coefs[:, :, None] * Q[fit.indices]).sum(1)
+            outputs = decompose(
+                acts, cam.logits.float().detach(), Q, fit.indices, fit.coefs, resid,
+                torch.zeros(images.shape[0], device=wk.device), images.shape[-2:],
+            )  # fmt: skip
+        out = {k: v.cpu() for k, v in zip(self.onnx_outputs, outputs)}
+        t = out["logits"].argmax(1) if t is None else t.cpu()
+        return Explanation.from_outputs(
+            self.method, self.layer, self.concept_names_, self.class_names_, out, t
         )
 
     # ---- reports -----------------------------------------------------------------------------
@@ -474,15 +395,13 @@ class IBD(ConceptExplainer):
                 "export_onnx: only the CAM mode (fixed class bases) exports; the Grad-CAM mode "
                 "solves a per-image NNLS that has no ONNX equivalent"
             )
-        _, module = resolve_layer(self.model, self.layer)
+        device = self._model_device()
         return _IBDHead(
-            self.model,
-            module,
-            self.concept_vectors_,
-            self.basis_indices_,
-            self.basis_coefs_,
-            self.residuals_,
-        )
+            self.model, self.layer, *(t.to(device) for t in (
+                self.concept_vectors_, self.basis_indices_, self.basis_coefs_, self.residuals_,
+                self.class_bias_,
+            )),
+        ).eval()  # fmt: skip
 
 
 _TENSORS = (
@@ -491,53 +410,74 @@ _TENSORS = (
 )  # fmt: skip
 
 
-class _IBDHead(nn.Module):
-    """images → (logits, concept contributions [B,C], heatmaps [B,C,H,W], residual heatmap)
-    for the predicted class, from fixed class bases (standard ONNX ops only)."""
+def decompose(
+    acts: torch.Tensor,
+    logits: torch.Tensor,
+    Q: torch.Tensor,
+    indices: torch.Tensor,
+    coefs: torch.Tensor,
+    residuals: torch.Tensor,
+    bias: torch.Tensor,
+    size: Sequence[int],
+) -> tuple[torch.Tensor, ...]:
+    """IBD's outputs (``IBD.onnx_outputs`` order) from the layer's activations ``[B, D, h, w]``
+    and each image's basis (``indices``/``coefs [B, T]``), residual vector ``[B, D]`` and
+    bias ``[B]``; standard ONNX operators only."""
+    a = acts.mean((2, 3))  # [B, D]
+    q = Q[indices]  # [B, T, D]
+    terms = coefs * torch.einsum("btd,bd->bt", q, a)
+    resid_c = (residuals * a).sum(1)
+    one_hot = (indices[:, :, None] == torch.arange(Q.shape[0], device=Q.device)).to(terms.dtype)
+    scores = torch.einsum("bt,btn->bn", terms, one_hot)
+    maps = upsample(torch.einsum("bt,btd,bdhw->bthw", coefs, q, acts), size)
+    resid_map = upsample(torch.einsum("bd,bdhw->bhw", residuals, acts)[:, None], size)[:, 0]
+    concept_part = maps.sum(1)
+    columns = torch.where(coefs > 0, indices, torch.full_like(indices, -1))
+    return (
+        logits, scores, maps.clamp_min(0), columns, concept_part.clamp_min(0), coefs, terms,
+        resid_c, bias, terms.sum(1) + resid_c + bias, resid_map, concept_part + resid_map,
+    )  # fmt: skip
 
-    class_concepts: torch.Tensor
+
+class _IBDHead(nn.Module):
+    """images (, targets) → IBD's outputs for the explained class of each image (default: the
+    prediction) from the fixed class bases of CAM mode; ``explain`` and the ONNX export both
+    run it."""
+
     Q: torch.Tensor
+    indices: torch.Tensor
+    coefs: torch.Tensor
     residuals: torch.Tensor
+    bias: torch.Tensor
 
     def __init__(
         self,
         model: nn.Module,
-        layer: nn.Module,
+        layer: str,
         Q: torch.Tensor,
         indices: torch.Tensor,
         coefs: torch.Tensor,
         residuals: torch.Tensor,
+        bias: torch.Tensor,
     ) -> None:
         super().__init__()
-        self.model, self.layer = model, layer
-        C = Q.shape[0]
-        dense = torch.zeros(indices.shape[0], C).scatter_add_(1, indices, coefs)  # [K, C]
-        self.register_buffer("class_concepts", dense)  # s per (class, concept)
-        self.register_buffer("Q", Q.clone())
-        self.register_buffer("residuals", residuals.clone())
+        self.model = model
+        self.fx = FeatureExtractor(model, [layer])
+        for name, value in (("Q", Q), ("indices", indices), ("coefs", coefs),
+                            ("residuals", residuals), ("bias", bias)):  # fmt: skip
+            self.register_buffer(name, value.detach().clone())
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        captured: list[torch.Tensor] = []
-        handle = self.layer.register_forward_hook(lambda _m, _i, out: captured.append(out))
-        try:
-            logits = self.model(x)
-        finally:
-            handle.remove()
-        acts = captured[0]
-        pred = logits.argmax(1)
-        s = self.class_concepts[pred]  # [B, C]
-        concept_maps = torch.einsum("cd,bdhw->bchw", self.Q, acts) * s[:, :, None, None]
-        scores = concept_maps.mean((2, 3))
-        size = (x.shape[-2], x.shape[-1])
-        heatmaps = F.interpolate(concept_maps, size=size, mode="bilinear", align_corners=False)
-        resid = torch.einsum("bd,bdhw->bhw", self.residuals[pred], acts)[:, None]
-        resid = F.interpolate(resid, size=size, mode="bilinear", align_corners=False)[:, 0]
-        return logits, scores, heatmaps, resid
-
-
-def _no_extra(where: str, kwargs: dict[str, Any]) -> None:
-    if kwargs:
-        raise TypeError(f"{where}: unexpected arguments {sorted(kwargs)}")
+    def forward(
+        self, x: torch.Tensor, targets: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, ...]:
+        feats, logits = cast("tuple[dict[str, torch.Tensor], torch.Tensor]",
+                             self.fx(x, return_output=True))  # fmt: skip
+        acts = next(iter(feats.values())).float()
+        k = logits.argmax(1) if targets is None else targets
+        return decompose(
+            acts, logits.float(), self.Q, self.indices[k], self.coefs[k], self.residuals[k],
+            self.bias[k], x.shape[-2:],
+        )  # fmt: skip
 
 
 def _top_per_column(values: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -546,15 +486,6 @@ def _top_per_column(values: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     rank = torch.empty_like(order)
     rank.scatter_(0, order, torch.arange(values.shape[0])[:, None].expand_as(order))
     return (rank < counts[None, :]) & torch.isfinite(values)
-
-
-def _targets(targets: Union[torch.Tensor, list[int]], logits: torch.Tensor) -> torch.Tensor:
-    t = torch.as_tensor(targets).long().view(-1)
-    if t.shape[0] != logits.shape[0]:
-        raise ValueError(f"targets: expected {logits.shape[0]} class ids, got {t.shape[0]}")
-    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= logits.shape[1]):
-        raise ValueError(f"targets: expected class ids in [0, {logits.shape[1]}), got {t.tolist()}")
-    return t
 
 
 def _segmentation_data(

@@ -319,9 +319,7 @@ class MACE(ConceptExplainer):
         return feats[self.layer_], feats[self.dense_layer_], logits
 
     # ---- fitting ------------------------------------------------------------------------
-    def fit(  # type: ignore[override]
-        self, data: Any, progress: bool = True, prune_data: Any = None
-    ) -> MACE:
+    def fit(self, data: Any, progress: bool = True, prune_data: Any = None) -> MACE:
         """Train MACE on ``data`` (images, (images, labels), a Dataset or batches) for
         ``epochs``; then prune on ``prune_data`` (default: ``data``) and fine-tune.
 
@@ -512,9 +510,7 @@ class MACE(ConceptExplainer):
             active[j] = 1.0
 
     # ---- explaining ---------------------------------------------------------------------
-    def explain(  # type: ignore[override]
-        self, images: torch.Tensor, targets: Optional[Any] = None
-    ) -> Explanation:
+    def explain(self, images: torch.Tensor, targets: Optional[Any] = None) -> Explanation:
         """Per image, for the explained class (default: the prediction): the relevance of its
         kept concepts (``concept_scores``: that class's columns, 0 elsewhere), their maps at
         image size (``heatmaps [B, C, H, W]``, pruned concepts −1 in ``heatmap_concepts``) and

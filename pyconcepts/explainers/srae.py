@@ -29,7 +29,6 @@ reconstruction only (its read-out is fitted on the frozen x-features so F_reg is
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -42,7 +41,8 @@ from tqdm.auto import tqdm
 from pyconcepts.attribution.excitation import excitation_backprop
 from pyconcepts.data.batches import iter_batches
 from pyconcepts.explainers.base import ConceptExplainer, class_names_of
-from pyconcepts.explanation import Explanation
+from pyconcepts.explainers.layout import explained_classes, resolve_targets, warn_unexplained
+from pyconcepts.explanation import Explanation, combine_maps, scores_of_columns
 from pyconcepts.models.features import resolve_layer
 from pyconcepts.reference.excitation import GatheredLinear, chain_of, excitation_backprop_chain
 
@@ -436,7 +436,7 @@ class _OnnxHead(nn.Module):
         approx = (e * self.readout_weight[None]).sum(-1) + self.readout_bias[None]
         hit = logits.argmax(1)[:, None] == self.classes[None, :]  # [B, K]
         row = (hit.long() * torch.arange(k, device=hit.device)[None]).sum(1)
-        scores = (e * self.readout_weight[None] * hit[..., None].to(e.dtype)).sum(1)
+        scores = (e * self.readout_weight[None] * hit[..., None].to(e.dtype)).flatten(1)
         for link in self.head:
             if isinstance(link, GatheredLinear):
                 link.select(row)
@@ -447,8 +447,17 @@ class _OnnxHead(nn.Module):
         maps = excitation_backprop_chain(
             chain, images, targets, stop=self.stop, size=images.shape[-2:]
         )
-        maps = normalise_maps(maps) * hit.any(1).to(maps.dtype)[:, None, None, None]
-        return logits, scores, maps, e, approx
+        explained = hit.any(1).to(maps.dtype)
+        maps = normalise_maps(maps) * explained[:, None, None, None]
+        logit_map = excitation_backprop_chain(
+            list(self.model_chain), images, logits.argmax(1)[:, None], stop=self.stop,
+            size=images.shape[-2:],
+        )  # fmt: skip
+        b = torch.arange(images.shape[0], device=images.device)
+        return layout_outputs(
+            logits, scores, maps, row, hit.any(1), e[b, row] * explained[:, None],
+            approx[b, row] * explained, normalise_maps(logit_map)[:, 0],
+        )  # fmt: skip
 
 
 class SRAE(ConceptExplainer):
@@ -473,7 +482,10 @@ class SRAE(ConceptExplainer):
     """
 
     method = "srae"
-    onnx_outputs = ("logits", "concept_scores", "heatmaps", "x_features", "approximation")
+    onnx_outputs = (
+        "logits", "concept_scores", "heatmaps", "heatmap_concepts", "class_maps", "x_features",
+        "approximation", "logit_heatmap",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -500,6 +512,7 @@ class SRAE(ConceptExplainer):
         val_fraction: float = 0.1,
         heatmap_layer: Optional[str] = None,
         seed: int = 0,
+        class_names: Optional[Sequence[str]] = None,
     ) -> None:
         self.model = model
         self.layer = layer
@@ -516,6 +529,7 @@ class SRAE(ConceptExplainer):
         self.val_fraction = val_fraction
         self.heatmap_layer = heatmap_layer
         self.seed = seed
+        self.class_names = class_names
 
     # ---- features ------------------------------------------------------------------------
     def features(
@@ -548,7 +562,7 @@ class SRAE(ConceptExplainer):
         )
 
     # ---- fit -----------------------------------------------------------------------------
-    def fit(self, data: Any, progress: bool = True, **kwargs: Any) -> SRAE:
+    def fit(self, data: Any, progress: bool = True) -> SRAE:
         """Train all classes' modules as one grouped model on ``data`` (images with labels; the
         model's predictions stand in for missing labels)."""
         config = self._loss_config()
@@ -556,10 +570,7 @@ class SRAE(ConceptExplainer):
             raise ValueError(f"val_fraction: expected a value in [0, 1), got {self.val_fraction}")
         z, logits, labels, first = self.features(data, self.batch_size)
         n_classes = logits.shape[1]
-        classes = list(range(n_classes)) if self.classes is None else [int(c) for c in self.classes]
-        bad = [c for c in classes if not 0 <= c < n_classes]
-        if bad or not classes:
-            raise ValueError(f"classes: expected indices in [0, {n_classes}), got {self.classes!r}")
+        classes = explained_classes(self.classes, n_classes)
         if labels is None:
             labels = logits.argmax(1)
         labels = labels.to(z.device)
@@ -588,8 +599,10 @@ class SRAE(ConceptExplainer):
         )  # fmt: skip
         self.autoencoder_ = ae.eval()
         self.classes_ = classes
-        self.class_names_ = class_names_of(self.model, n_classes, None)
-        self.concept_names_ = [f"x{i + 1}" for i in range(self.n_features)]
+        self.class_names_ = class_names_of(self.model, n_classes, self.class_names)
+        self.concept_names_ = x_feature_names(
+            [self.class_names_[c] for c in classes], self.n_features
+        )
         self._record_fit(first)
         return self
 
@@ -624,54 +637,51 @@ class SRAE(ConceptExplainer):
         return normalise_maps(maps)
 
     def explain(
-        self,
-        images: torch.Tensor,
-        targets: Optional[torch.Tensor] = None,
-        heatmaps: bool = True,
-        **kwargs: Any,
+        self, images: torch.Tensor, targets: Optional[Any] = None, heatmaps: bool = True
     ) -> Explanation:
-        """x-feature contributions ``v_i E_i`` (concept_scores), ȳ and heatmaps for the target
-        class of each image. Given ``targets`` must be explained classes; by default the target
-        is the prediction, and an image predicted as a class that is not explained gets zero
-        scores, x-features, approximation and heatmaps, with a warning (as in the ONNX graph)."""
+        """For the explained class of each image (default: the prediction): the x-feature
+        contributions ``v_i E_i`` (``concept_scores``: that class's columns, 0 elsewhere), the
+        x-features' c-MWP heatmaps (``heatmaps [B, n, H, W]``, each summing to 1) and their
+        contribution-weighted sum (``class_maps``). Extras: ``x_features [B, n]``,
+        ``approximation [B]`` (ȳ) and ``logit_heatmap [B, H, W]`` (c-MWP of the class logit).
+        An image whose target is not an explained class gets zeros, with a warning (as in the
+        ONNX graph). ``heatmaps=False`` skips the maps (scores only)."""
         self._check_fitted()
         images = self._check_images(images)
         z, logits, _, _ = self.features(images)
-        if targets is None:
-            targets = logits.argmax(1)
-            explained = torch.tensor([int(t) in self.classes_ for t in targets])
-            if not bool(explained.all()):
-                warnings.warn(
-                    f"images {(~explained).nonzero().flatten().tolist()} are predicted as classes "
-                    f"that are not explained (fitted: {self.classes_}): their scores and heatmaps "
-                    "are zero",
-                    stacklevel=3,
-                )
-        else:
-            targets = torch.as_tensor(targets).long()
-            explained = torch.ones(targets.shape, dtype=torch.bool)
-        rows = torch.tensor([self._row(int(t)) if ok else 0 for t, ok in zip(targets, explained)])
-        explained = explained.to(targets.device)
-        rows, keep = rows.to(z.device), explained.to(z.device, z.dtype)
+        given = resolve_targets(targets, images.shape[0], logits.shape[1])
+        t = logits.argmax(1).cpu() if given is None else given
+        warn_unexplained(t, self.classes_)
+        known = torch.tensor(self.classes_)
+        hit = t[:, None] == known[None]
+        explained = hit.any(1)
+        rows = (hit.long() * torch.arange(len(known))[None]).sum(1)
         e, approx = self.transform(z)
-        b = torch.arange(z.shape[0], device=z.device)
+        e, approx = e.cpu(), approx.cpu()
+        keep = explained.to(e.dtype)
+        b = torch.arange(z.shape[0])
         e_t = e[rows, b] * keep[:, None]  # [B, n]
-        scores = e_t * self.autoencoder_.readout_weight.detach()[rows]
-        extras = {"x_features": e_t, "approximation": approx[rows, b] * keep}
-        maps = None
+        weight = self.autoencoder_.readout_weight.detach().cpu()
+        scores = torch.zeros(z.shape[0], len(known), self.n_features)
+        scores[b, rows] = e_t * weight[rows]
+        maps = torch.zeros(z.shape[0], self.n_features, *images.shape[-2:])
+        logit_map = torch.zeros(z.shape[0], *images.shape[-2:])
         if heatmaps:
-            maps = torch.zeros(z.shape[0], self.n_features, *images.shape[-2:])
-            for cls in targets[explained].unique().tolist():
-                sel = ((targets == cls) & explained).nonzero().flatten()
+            for cls in t[explained].unique().tolist():
+                sel = ((t == cls) & explained).nonzero().flatten()
                 maps[sel] = self.heatmaps(images[sel], int(cls)).to(maps.dtype).cpu()
-            logit_maps = excitation_backprop(
-                self.model, images, targets.to(images.device),
-                layer=self.heatmap_layer, size=images.shape[-2:],
+            logit_map = excitation_backprop(
+                self.model, images, t.to(images.device), layer=self.heatmap_layer,
+                size=images.shape[-2:],
             )  # fmt: skip
-            extras["logit_heatmap"] = normalise_maps(logit_maps)[:, 0]
-        return Explanation(
-            self.method, self.layer, list(self.concept_names_), scores, logits, targets,
-            list(self.class_names_), maps, extras,
+            logit_map = normalise_maps(logit_map)[:, 0].cpu()
+        outputs = layout_outputs(
+            logits.cpu(), scores.flatten(1), maps, rows, explained, e_t, approx[rows, b] * keep,
+            logit_map,
+        )  # fmt: skip
+        return Explanation.from_outputs(
+            self.method, self.layer, self.concept_names_, self.class_names_,
+            dict(zip(self.onnx_outputs, outputs)), t,
         )  # fmt: skip
 
     # ---- persistence / export ------------------------------------------------------------
@@ -700,6 +710,32 @@ class SRAE(ConceptExplainer):
 
     def _onnx_module(self) -> nn.Module:
         return _OnnxHead(self)
+
+
+def x_feature_names(class_names: Sequence[str], n_features: int) -> list[str]:
+    """``"<class>/x<i>"`` for every explained class and x-feature, class-major."""
+    return [f"{c}/x{i + 1}" for c in class_names for i in range(n_features)]
+
+
+def layout_outputs(
+    logits: torch.Tensor,
+    scores: torch.Tensor,
+    maps: torch.Tensor,
+    rows: torch.Tensor,
+    explained: torch.Tensor,
+    x_features: torch.Tensor,
+    approximation: torch.Tensor,
+    logit_heatmap: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    """SRAE's outputs in ``SRAE.onnx_outputs`` order from the explained class's x-feature
+    ``maps [B, n, H, W]``, its row among the explained classes and whether it is one."""
+    n = maps.shape[1]
+    columns = rows[:, None] * n + torch.arange(n, device=rows.device)[None]
+    columns = torch.where(explained[:, None], columns, torch.full_like(columns, -1))
+    class_maps = combine_maps(maps, scores_of_columns(scores, columns))
+    return (
+        logits, scores, maps, columns, class_maps, x_features, approximation, logit_heatmap,
+    )  # fmt: skip
 
 
 def normalise_maps(maps: torch.Tensor) -> torch.Tensor:
