@@ -411,8 +411,8 @@ def quick_explainers(
     classes = [int(c) for c in two]
     return {
         "mace": (
-            lambda: MACE(vgg, layer="features.relu4", n_concepts=3, embedding_sizes=(16, 8), epochs=1,
-                         batch_size=32),
+            lambda: MACE(vgg, layer="features.relu4", n_concepts=3, embedding_sizes=(16, 8),
+                         epochs=1, batch_size=32),
             pair,
             {"progress": False},
         ),

@@ -39,10 +39,11 @@ def run(ctx: DemoContext) -> dict[str, Any]:
     x, y = _subset(world, IMAGES_PER_CLASS)
     probes, benchmarks = afi.probe_sets(world, N_PROBE)
     common: dict[str, Any] = dict(max_iter=MAX_ITER, holdout_fraction=0.25)
-    explainer = afi.AfI(model, impression_steps=IMPRESSION_STEPS, n_probe=N_PROBE, **common)
-    explainer.fit(
-        (x, y), probes, benchmarks, concept_names=world.concepts, class_names=world.class_names
-    )
+    explainer = afi.AfI(
+        model, impression_steps=IMPRESSION_STEPS, n_probe=N_PROBE,
+        class_names=world.class_names, **common,
+    )  # fmt: skip
+    explainer.fit((x, y), probes, benchmarks, concept_names=world.concepts)
     explainer.save(folder / "afi.pcx")
     classes, layers = explainer.classes_, explainer.layers_
     # baselines: TCAV (CAV ranking + gradient FIS) and the seed's ablation without t

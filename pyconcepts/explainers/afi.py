@@ -17,6 +17,7 @@ default is documented here and in ``docs/methods.md`` (section AfI).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional, cast
@@ -28,7 +29,13 @@ from torch import nn
 from pyconcepts.data.batches import iter_batches
 from pyconcepts.data.concept_world import ConceptWorld
 from pyconcepts.explainers.base import ConceptExplainer, class_names_of
-from pyconcepts.explanation import Explanation
+from pyconcepts.explainers.layout import (
+    explained_classes,
+    resolve_targets,
+    upsample,
+    warn_unexplained,
+)
+from pyconcepts.explanation import Explanation, displayable
 from pyconcepts.metrics.afi import attack_success_rate, mmd2
 from pyconcepts.models.features import FeatureExtractor
 
@@ -630,7 +637,10 @@ def _predict(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.T
 
 
 class _AfIGraph(nn.Module):
-    """Images → (logits, concept_scores, meta_heatmaps, class_scores), standard ops only."""
+    """images (, targets) → AfI's outputs (``AfI.onnx_outputs`` order) for the explained class
+    of each image (default: the prediction); ``explain`` and the ONNX export both run it."""
+
+    classes: torch.Tensor
 
     def __init__(
         self,
@@ -638,24 +648,29 @@ class _AfIGraph(nn.Module):
         layer: str,
         weights: torch.Tensor,
         importance: torch.Tensor,
-        size: tuple[int, int],
+        classes: Sequence[int],
     ) -> None:
         super().__init__()
         self.model = model
-        self.layer = layer
-        self.size = size
+        self.fx = FeatureExtractor(model, [layer])
         self.weights = nn.Parameter(weights.float()[:, :, None, None], requires_grad=False)
         self.importance = nn.Parameter(importance.float(), requires_grad=False)
+        self.register_buffer("classes", torch.tensor(list(classes), dtype=torch.long))
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        fx = FeatureExtractor(self.model, [self.layer])
-        feats, logits = features_and_logits(fx, images)
-        act = feats[self.layer]
+    def forward(
+        self, images: torch.Tensor, targets: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, ...]:
+        feats, logits = features_and_logits(self.fx, images)
+        act = next(iter(feats.values()))
         if act.dim() == 2:
             act = act[:, :, None, None]
         maps = F.conv2d(act, self.weights)  # eq. 9 for every fitted class: [B, K, h, w]
-        heat = F.interpolate(maps, size=self.size, mode="bilinear", align_corners=False)
-        return logits, self.importance[logits.argmax(1)], heat, maps.mean((2, 3))
+        if targets is None:
+            targets = logits.argmax(1)
+        hit = (targets[:, None] == self.classes[None, :]).to(maps.dtype)  # [B, K]
+        own = torch.einsum("bk,bkhw->bhw", hit, maps)[:, None]
+        class_maps = upsample(own, images.shape[-2:])[:, 0].clamp_min(0)
+        return logits, self.importance[targets], class_maps, maps.mean((2, 3))
 
 
 class AfI(ConceptExplainer):
@@ -676,8 +691,14 @@ class AfI(ConceptExplainer):
             (``impression_steps=0`` skips them).
         n_probe: images per concept probe set and per benchmark set (concept world fits).
         heatmap_layer: layer of the meta-detector heatmaps of ``explain``; None = the impression
-            layer (or the last middle layer without impressions).
+            layer when its output is a spatial map, else the last middle layer that has one.
         seed, batch_size: randomness and evaluation batch size.
+        class_names: names of the model's classes (default: the data's, the model's, or
+            ``class_i``).
+
+    ``valid_range`` is the (low, high) pixel range the occluded images and impressions are
+    clipped to; None (default) takes the fit images' own minimum and maximum, so normalised
+    inputs work as they are. Fit images outside a given range are refused.
 
     Fitted state: ``delta_`` ``[K,C,H,W]``, ``attack_success_`` (held-out) and
     ``train_success_`` ``[K]``, ``occluder_iterations_``/``occluder_converged_`` ``[K]``,
@@ -686,13 +707,14 @@ class AfI(ConceptExplainer):
     ``concept_mmd_`` ``[L, K, M]`` (when probe sets are given or the data is a concept world).
 
     ``explain`` returns global concept importance of each image's target class as
-    ``concept_scores`` and, in ``extras``, ``meta_heatmaps`` ``[B, K, H, W]`` (every fitted
-    class's meta-detector in ``heatmap_layer_``, upsampled) and ``class_scores`` ``[B, K]``
-    (their mean activation). The ONNX graph has the same outputs.
+    ``concept_scores``, the target class's meta-detector map in ``heatmap_layer_`` (upsampled,
+    negative parts cut) as ``class_maps``, and in ``extras`` ``class_scores [B, K]`` (every
+    fitted class's mean meta-detector activation). AfI has no per-concept maps. The ONNX graph
+    has the same outputs.
     """
 
     method = "afi"
-    onnx_outputs = ("logits", "concept_scores", "meta_heatmaps", "class_scores")
+    onnx_outputs = ("logits", "concept_scores", "class_maps", "class_scores")
 
     def __init__(
         self,
@@ -706,7 +728,7 @@ class AfI(ConceptExplainer):
         noise: float = 0.04,
         max_degrees: float = 5.0,
         use_transform: bool = True,
-        valid_range: Sequence[float] = (0.0, 1.0),
+        valid_range: Optional[Sequence[float]] = None,
         holdout_fraction: float = 0.25,
         impression_layer: Optional[str] = None,
         impression_steps: int = 200,
@@ -717,6 +739,7 @@ class AfI(ConceptExplainer):
         heatmap_layer: Optional[str] = None,
         seed: int = 0,
         batch_size: int = 64,
+        class_names: Optional[Sequence[str]] = None,
     ) -> None:
         self.model = model
         self.layers = layers
@@ -738,6 +761,7 @@ class AfI(ConceptExplainer):
         self.heatmap_layer = heatmap_layer
         self.seed = seed
         self.batch_size = batch_size
+        self.class_names = class_names
 
     # ---- fit ------------------------------------------------------------------------------
     @property
@@ -747,8 +771,27 @@ class AfI(ConceptExplainer):
 
     @property
     def _range(self) -> ValidRange:
-        lo, hi = self.valid_range
+        lo, hi = self.valid_range_
         return float(lo), float(hi)
+
+    def _resolve_range(self, images: torch.Tensor) -> tuple[float, float]:
+        low, high = float(images.min()), float(images.max())
+        if self.valid_range is None:
+            if low >= high:
+                raise ValueError("data: every pixel has the same value; pass valid_range")
+            return low, high
+        lo, hi = (float(v) for v in self.valid_range)
+        if not lo < hi:
+            raise ValueError(
+                f"valid_range: expected (low, high) with low < high, got {self.valid_range}"
+            )
+        if low < lo or high > hi:
+            raise ValueError(
+                f"data: pixel values span [{low:.4g}, {high:.4g}], outside valid_range "
+                f"{tuple(self.valid_range)}; pass the range of the model's inputs (None: the "
+                "data's own range)"
+            )
+        return lo, hi
 
     def fit(
         self,
@@ -756,7 +799,6 @@ class AfI(ConceptExplainer):
         probes: Optional[Sequence[torch.Tensor]] = None,
         benchmarks: Optional[Sequence[torch.Tensor]] = None,
         concept_names: Optional[Sequence[str]] = None,
-        class_names: Optional[Sequence[str]] = None,
     ) -> AfI:
         """Learn occluders, importance scores, impressions and (given probes) concept importance.
 
@@ -770,12 +812,13 @@ class AfI(ConceptExplainer):
         device = self._model_device()
         images, labels = images.to(device), labels.to(device)
         self._check_images(images)
+        self.valid_range_ = self._resolve_range(images)
         self.model.eval()
         with torch.no_grad():
             n_classes = int(self.model(images[:1]).shape[1])
-        classes = [int(c) for c in (self.classes or torch.unique(labels).tolist())]
-        if not classes or min(classes) < 0 or max(classes) >= n_classes:
-            raise ValueError(f"classes: expected indices in [0, {n_classes}), got {classes}")
+        classes = explained_classes(
+            self.classes if self.classes is not None else torch.unique(labels).tolist(), n_classes
+        )
         layers = FeatureExtractor(self.model, list(self.layers or middle_layers(self.model))).names
         train, held = self._split(labels, classes)
         vr = self._range
@@ -802,9 +845,9 @@ class AfI(ConceptExplainer):
             self.batch_size,
         )  # fmt: skip
         self.cis_ = {name: channel_importance(s) for name, s in self.fis_.items()}
-        self._fit_impressions(images.shape[1:])
+        self._fit_impressions(images[:1])
         self.class_names_ = list(
-            class_names
+            self.class_names
             or getattr(data, "class_names", None)
             or class_names_of(self.model, n_classes, None)
         )
@@ -840,7 +883,7 @@ class AfI(ConceptExplainer):
                 held[idx[len(idx) - n_held :]] = True
         return ~held, held
 
-    def _fit_impressions(self, image_shape: Sequence[int]) -> None:
+    def _fit_impressions(self, example: torch.Tensor) -> None:
         self.impressions_: dict[str, torch.Tensor] = {}
         self.impression_rates_: dict[str, float] = {}
         layers = [self.impression_layer] if self.impression_layer else self.layers_
@@ -852,7 +895,7 @@ class AfI(ConceptExplainer):
         if self.impression_steps > 0:
             for name in layers:
                 self.impressions_[name] = class_impressions(
-                    self.model, name, self.cis_[name], image_shape,
+                    self.model, name, self.cis_[name], example.shape[1:],
                     steps=self.impression_steps, lr=self.impression_lr, tv_weight=self.tv_weight,
                     jitter=self.jitter, valid_range=self._range, seed=self.seed,
                 )  # fmt: skip
@@ -862,12 +905,31 @@ class AfI(ConceptExplainer):
         else:
             chosen = self.impression_layer or self.layers_[-1]
         self.impression_layer_ = chosen
-        self.heatmap_layer_ = self.heatmap_layer or chosen
+        self.heatmap_layer_ = self.heatmap_layer or self._spatial_default(chosen, example)
         if self.heatmap_layer_ not in self.layers_:
             raise ValueError(
                 f"heatmap_layer: expected one of the middle layers {self.layers_}, "
                 f"got {self.heatmap_layer_!r}"
             )
+
+    def _spatial_default(self, chosen: str, example: torch.Tensor) -> str:
+        """``chosen`` when its output is a spatial map, else the last middle layer with one
+        (a dense layer's meta-detector is a single number: a 1×1 "map"), with a warning."""
+        acts = layer_outputs(self.model, self.layers_, example, self.batch_size)
+        spatial = [n for n in self.layers_ if acts[n].dim() == 4 and acts[n][0, 0].numel() > 1]
+        if chosen in spatial:
+            return chosen
+        if not spatial:
+            raise ValueError(
+                f"layers: none of the middle layers {self.layers_} outputs a spatial map; "
+                "pass heatmap_layer (a conv layer's name)"
+            )
+        warnings.warn(
+            f"heatmap_layer: the {'impression' if self.impressions_ else 'last middle'} layer "
+            f"{chosen!r} has no spatial map; the heatmaps use {spatial[-1]!r} instead",
+            stacklevel=4,
+        )
+        return spatial[-1]
 
     # ---- use ------------------------------------------------------------------------------
     def occlude(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -902,27 +964,20 @@ class AfI(ConceptExplainer):
         table[torch.tensor(self.classes_, dtype=torch.long)] = self.concept_importance_
         return table
 
-    def explain(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None) -> Explanation:
-        """Meta-detector heatmaps of every fitted class and the target class's concept ranking."""
+    def explain(self, images: torch.Tensor, targets: Optional[Any] = None) -> Explanation:
+        """The target class's (default: the prediction's) concept importance and meta-detector
+        map of each image; images of classes that were not fitted get a zero map, with a
+        warning."""
         self._check_fitted()
         images = self._check_images(images).to(self._model_device())
-        graph = self._onnx_module()
+        t = resolve_targets(targets, images.shape[0], self.n_classes_)
         with torch.no_grad():
-            logits, scores, heat, class_scores = graph(images)
-        if targets is None:
-            targets = logits.argmax(1)
-        else:
-            targets = torch.as_tensor(targets, device=logits.device).long().view(-1)
-            scores = self._importance_table().to(logits.device)[targets].float()
-        return Explanation(
-            method=self.method,
-            layer=self.heatmap_layer_,
-            concept_names=list(self.concept_names_),
-            concept_scores=scores,
-            logits=logits,
-            targets=targets,
-            class_names=list(self.class_names_),
-            extras={"meta_heatmaps": heat, "class_scores": class_scores},
+            outputs = self._onnx_module()(images, None if t is None else t.to(images.device))
+        out = dict(zip(self.onnx_outputs, outputs))
+        t = out["logits"].argmax(1) if t is None else t.to(out["logits"].device)
+        warn_unexplained(t, self.classes_)
+        return Explanation.from_outputs(
+            self.method, self.heatmap_layer_, self.concept_names_, self.class_names_, out, t
         )
 
     # ---- persistence / export --------------------------------------------------------------
@@ -947,6 +1002,7 @@ class AfI(ConceptExplainer):
             "impression_layer_": self.impression_layer_,
             "impression_rates_": self.impression_rates_,
             "heatmap_layer_": self.heatmap_layer_,
+            "valid_range_": list(self.valid_range_),
             "class_names_": self.class_names_,
             "concept_names_": self.concept_names_,
         }
@@ -976,8 +1032,13 @@ class AfI(ConceptExplainer):
             self.heatmap_layer_,
             self.cis_[self.heatmap_layer_],
             self._importance_table(),
-            self.input_size_,
+            self.classes_,
         ).to(self._model_device())
+
+    def _class_map(self, images: torch.Tensor, cls: int) -> torch.Tensor:
+        maps = self.explain(images, [cls] * len(images)).class_maps
+        assert maps is not None  # AfI always returns class maps
+        return maps
 
     # ---- plots ----------------------------------------------------------------------------
     def plot_heatmaps(self, images: torch.Tensor, n: int = 4) -> Figure:
@@ -986,13 +1047,13 @@ class AfI(ConceptExplainer):
         plt = _pyplot()
         images = images[:n]
         e = self.explain(images)
-        heat = e.extras["meta_heatmaps"].cpu()
+        heat = torch.stack([self._class_map(images, c) for c in self.classes_], 1).cpu()
         k = len(self.classes_)
         fig, axes = plt.subplots(
             len(images), k + 1, figsize=(1.6 * (k + 1), 1.7 * len(images)), squeeze=False
         )
         for i in range(len(images)):
-            picture = images[i].detach().cpu().permute(1, 2, 0).clamp(0, 1).numpy()
+            picture = displayable(images[i])
             axes[i, 0].imshow(picture)
             axes[i, 0].set_title(f"pred: {self.class_names_[int(e.targets[i])]}", fontsize=6)
             for j, c in enumerate(self.classes_):

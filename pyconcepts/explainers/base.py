@@ -279,8 +279,9 @@ def _guarded_explain(explain: Callable[..., Any]) -> Callable[..., Any]:
             if empty:
                 listed = ", ".join(map(str, empty[:8])) + (", ..." if len(empty) > 8 else "")
                 warnings.warn(
-                    f"{len(empty)} of {len(maps)} images ({listed}): the explained class's maps are "
-                    "all zero (nothing at the explained layer supports the target); they stay zero",
+                    f"{len(empty)} of {len(maps)} images ({listed}): the explained class's maps "
+                    "are all zero (nothing at the explained layer supports the target); they stay "
+                    "zero",
                     EmptyHeatmapWarning,
                     stacklevel=2,
                 )
