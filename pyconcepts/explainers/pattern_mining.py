@@ -37,11 +37,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from pyconcepts.attribution import grad_cam
 from pyconcepts.data.batches import iter_batches
 from pyconcepts.explainers.base import ConceptExplainer, class_names_of
-from pyconcepts.explanation import Explanation
+from pyconcepts.explainers.layout import class_table, resolve_targets, select_columns, upsample
+from pyconcepts.explanation import Explanation, combine_maps, scores_of_columns
 from pyconcepts.models.features import FeatureExtractor, resolve_layer
 from pyconcepts.ops import association_rules, frequent_itemsets, itemset_support
 
@@ -120,22 +122,40 @@ def ablated(model: nn.Module, layer: str, keep: torch.Tensor) -> Iterator[None]:
 
 
 class _PatternScorer(nn.Module):
-    """images → (logits, pattern scores ``[B,R]``, pattern heatmaps ``[B,R,H,W]``)."""
+    """images (, targets) → the pattern outputs (``FilterPatterns.onnx_outputs`` order) for the
+    explained class of each image (default: the prediction): each of its rules' score and map
+    (the mean of the rule's filters, relative to their fit-time mean peak), computed at the
+    layer's resolution and upsampled only for that class's rules. ``explain`` and the ONNX
+    export both run it."""
 
-    def __init__(self, model: nn.Module, layer: str, rules: torch.Tensor, scale: torch.Tensor):
+    table: torch.Tensor
+
+    def __init__(
+        self, model: nn.Module, layer: str, rules: torch.Tensor, scale: torch.Tensor,
+        table: torch.Tensor,
+    ) -> None:  # fmt: skip
         super().__init__()
         self.extractor = FeatureExtractor(model, [layer])
         self.model = model
         self.rules = nn.Parameter(rules, requires_grad=False)
         self.scale = nn.Parameter(scale, requires_grad=False)
+        self.register_buffer("table", table)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, targets: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, ...]:
         feats, logits = self.extractor(images, return_output=True)
         acts = feats[self.extractor.names[0]] / self.scale[None, :, None, None]
-        scores = acts.amax(dim=(2, 3)) @ self.rules.t()
+        if targets is None:
+            targets = logits.argmax(1)
+        columns = self.table[targets]  # [B, Q]: the target class's rules (−1: none)
+        n_rules = self.rules.shape[0]
+        own = (columns[:, :, None] == torch.arange(n_rules, device=columns.device)).any(1)
+        scores = (acts.amax(dim=(2, 3)) @ self.rules.t()) * own.to(acts.dtype)
         maps = torch.einsum("rk,bkhw->brhw", self.rules, acts)
-        heatmaps = F.interpolate(maps, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        return logits, scores, heatmaps
+        heatmaps = upsample(select_columns(maps, columns), images.shape[-2:]).clamp_min(0)
+        class_maps = combine_maps(heatmaps, scores_of_columns(scores, columns))
+        return logits, scores, heatmaps, columns, class_maps
 
 
 class FilterPatterns(ConceptExplainer):
@@ -166,7 +186,7 @@ class FilterPatterns(ConceptExplainer):
     """
 
     method = "pattern_mining"
-    onnx_outputs = ("logits", "concept_scores", "heatmaps")
+    onnx_outputs = ("logits", "concept_scores", "heatmaps", "heatmap_concepts", "class_maps")
 
     def __init__(
         self,
@@ -304,14 +324,15 @@ class FilterPatterns(ConceptExplainer):
         }
 
     # ---- fit ------------------------------------------------------------------------------
-    def fit(self, data: Any, progress: bool = False, **kwargs: Any) -> FilterPatterns:
-        """Mine the patterns of ``data`` (tensor, (images, labels), Dataset or batches)."""
-        del progress, kwargs
+    def fit(self, data: Any, progress: bool = False) -> FilterPatterns:
+        """Mine the patterns of ``data`` (tensor, (images, labels), Dataset or batches); a
+        progress bar over the batches with ``progress``."""
         self.layer_ = self._layer_name()
         gen = torch.Generator().manual_seed(self.seed)
         parts: dict[str, list[torch.Tensor]] = {}
         device = self._model_device()
-        for images, _ in iter_batches(data, self.batch_size, device):
+        batches = iter_batches(data, self.batch_size, device)
+        for images, _ in tqdm(batches, desc="FilterPatterns", unit="batch", disable=not progress):
             images = self._check_images(images, "data")
             if not parts:
                 self._check_config(*images.shape[-2:])
@@ -426,18 +447,22 @@ class FilterPatterns(ConceptExplainer):
         ]
 
     # ---- use ------------------------------------------------------------------------------
-    def explain(self, images: torch.Tensor, **kwargs: Any) -> Explanation:
-        """Per image: each rule's score (mean over its filters of the peak activation, relative
-        to the fit-time mean peak) and its heatmap (the mean map of its filters)."""
-        del kwargs
+    def explain(self, images: torch.Tensor, targets: Optional[Any] = None) -> Explanation:
+        """Per image, the rules of its explained class (default: the prediction):
+        ``concept_scores`` (that class's rule columns, 0 elsewhere: each rule's mean over its
+        filters of the peak activation, relative to the fit-time mean peak), their maps
+        (``heatmaps [B, q, H, W]``, the mean map of the rule's filters; −1 columns where the
+        class has fewer rules) and their score-weighted sum (``class_maps``)."""
         self._check_fitted()
-        images = self._check_images(images)
+        images = self._check_images(images).to(self._model_device())
+        t = resolve_targets(targets, images.shape[0], len(self.class_names_))
         with torch.no_grad():
-            logits, scores, heatmaps = self._onnx_module()(images.to(self._model_device()))
-        return Explanation(
-            self.method, self.layer_, list(self.concept_names_), scores.cpu(), logits.cpu(),
-            logits.argmax(1).cpu(), list(self.class_names_), heatmaps.cpu(),
-        )  # fmt: skip
+            outputs = self._onnx_module()(images, None if t is None else t.to(images.device))
+        out = {k: v.cpu() for k, v in zip(self.onnx_outputs, outputs)}
+        t = out["logits"].argmax(1) if t is None else t
+        return Explanation.from_outputs(
+            self.method, self.layer_, self.concept_names_, self.class_names_, out, t
+        )
 
     def class_filters(self, class_id: int) -> list[int]:
         """The filters of all rules of ``class_id`` (what the ablation zeroes)."""
@@ -557,7 +582,13 @@ class FilterPatterns(ConceptExplainer):
         """The pattern scorer: model + per-rule scores and heatmaps from the layer's maps. It,
         not the transaction encoder, is exported: serving wants per-image pattern evidence,
         while transactions only matter when mining."""
-        return _PatternScorer(self.model, self.layer_, self.rule_matrix_, self.filter_scale_)
+        groups: list[list[int]] = [[] for _ in self.class_names_]
+        for j, rule in enumerate(self.rules_):
+            groups[rule.class_id].append(j)
+        return _PatternScorer(
+            self.model, self.layer_, self.rule_matrix_, self.filter_scale_,
+            class_table(groups, self.top_rules),
+        ).to(self._model_device())  # fmt: skip
 
 
 def ground_truth_scores(
