@@ -67,8 +67,9 @@ class IBD(ConceptExplainer):
 
     method = "ibd"
     onnx_outputs = (
-        "logits", "concept_scores", "heatmaps", "heatmap_concepts", "class_maps", "basis_coefs",
-        "contributions", "residual_contribution", "bias", "score", "residual_heatmap", "cam",
+        "logits", "concept_scores", "heatmaps", "heatmap_concepts", "class_maps", "basis_indices",
+        "basis_coefs", "contributions", "residual_contribution", "bias", "score",
+        "residual_heatmap", "cam",
     )  # fmt: skip
 
     def __init__(
@@ -290,7 +291,8 @@ class IBD(ConceptExplainer):
         outside the basis); ``heatmaps [B, T, H, W]``: the basis terms' maps ``s_i q_ciᵀA``,
         negative parts cut to 0 (``heatmap_concepts``: the term's concept, −1 for a zero
         coefficient); ``class_maps``: the positive part of their sum (the concept part of the
-        CAM, without the residual). Extras ``[B, T]``: ``basis_coefs``, ``contributions``;
+        CAM, without the residual). Extras ``[B, T]``: ``basis_indices``, ``basis_coefs``,
+        ``contributions``;
         ``[B]``: ``residual_contribution`` (``rᵀa``), ``bias``, ``score`` (the logit in CAM
         mode, ``w_k(a)ᵀa`` in Grad-CAM mode); ``[B, H, W]``: ``residual_heatmap``, ``cam``.
 
@@ -434,8 +436,8 @@ def decompose(
     concept_part = maps.sum(1)
     columns = torch.where(coefs > 0, indices, torch.full_like(indices, -1))
     return (
-        logits, scores, maps.clamp_min(0), columns, concept_part.clamp_min(0), coefs, terms,
-        resid_c, bias, terms.sum(1) + resid_c + bias, resid_map, concept_part + resid_map,
+        logits, scores, maps.clamp_min(0), columns, concept_part.clamp_min(0), indices, coefs,
+        terms, resid_c, bias, terms.sum(1) + resid_c + bias, resid_map, concept_part + resid_map,
     )  # fmt: skip
 
 

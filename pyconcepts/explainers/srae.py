@@ -679,10 +679,13 @@ class SRAE(ConceptExplainer):
             logits.cpu(), scores.flatten(1), maps, rows, explained, e_t, approx[rows, b] * keep,
             logit_map,
         )  # fmt: skip
+        out = dict(zip(self.onnx_outputs, outputs))
+        if not heatmaps:
+            for name in ("heatmaps", "heatmap_concepts", "class_maps", "logit_heatmap"):
+                del out[name]
         return Explanation.from_outputs(
-            self.method, self.layer, self.concept_names_, self.class_names_,
-            dict(zip(self.onnx_outputs, outputs)), t,
-        )  # fmt: skip
+            self.method, self.layer, self.concept_names_, self.class_names_, out, t
+        )
 
     # ---- persistence / export ------------------------------------------------------------
     def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

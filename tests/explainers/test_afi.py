@@ -171,25 +171,41 @@ def test_fit_state(fitted, world):
 
 def test_explain_save_load_onnx(fitted, world, tmp_path):
     x = world.image(slice(0, 5))
-    e = fitted.explain(x)
-    assert e.concept_scores.shape == (5, 16) and e.extras["meta_heatmaps"].shape == (5, 3, 64, 64)
+    targets = torch.tensor([0, 1, 3, 0, 1])
+    e = fitted.explain(x, targets=targets)
+    assert e.concept_scores.shape == (5, 16) and e.class_maps.shape == (5, 64, 64)
+    assert e.heatmaps is None and bool((e.class_maps >= 0).all())
     table = fitted._importance_table()
-    torch.testing.assert_close(e.concept_scores, table[e.targets].float())
-    e1 = fitted.explain(x, targets=torch.full((5,), 3))
-    torch.testing.assert_close(e1.concept_scores[0], table[3].float())
+    torch.testing.assert_close(e.concept_scores, table[targets].float())
+    for i, c in enumerate(targets.tolist()):  # the target class's own meta-detector map
+        alone = fitted.explain(x[i : i + 1], targets=[c]).class_maps[0]
+        torch.testing.assert_close(alone, e.class_map(i))
     path = fitted.save(tmp_path / "afi.pcx")
     loaded = AfI.load(path, model=fitted.model)
-    e2 = loaded.explain(x)
-    torch.testing.assert_close(e2.extras["meta_heatmaps"], e.extras["meta_heatmaps"])
+    e2 = loaded.explain(x, targets=targets)
+    torch.testing.assert_close(e2.class_maps, e.class_maps)
     torch.testing.assert_close(e2.concept_scores, e.concept_scores)
     pytest.importorskip("onnxruntime")
     from pyconcepts.export.onnx import OnnxExplainer
 
+    want = fitted.explain(x[:2])
     served = OnnxExplainer(fitted.export_onnx(tmp_path / "afi.onnx")).explain(x[:2])
-    torch.testing.assert_close(
-        served.extras["meta_heatmaps"], e.extras["meta_heatmaps"][:2], atol=1e-4, rtol=1e-4
-    )
-    torch.testing.assert_close(served.concept_scores, e.concept_scores[:2])
+    torch.testing.assert_close(served.class_maps, want.class_maps, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(served.concept_scores, want.concept_scores)
+
+
+def test_unfitted_target_class_gets_a_zero_map_with_a_warning(fitted, world):
+    with pytest.warns(UserWarning, match="not fitted on"):
+        e = fitted.explain(world.image(slice(0, 2)), targets=[2, 0])
+    assert float(e.class_maps[0].abs().max()) == 0.0 and float(e.concept_scores[0].abs().max()) == 0
+
+
+def test_valid_range_is_the_data_range_or_refuses_data_outside(vgg, small_world):
+    x, y = small_world.tensors()
+    with pytest.raises(ValueError, match="valid_range"):
+        AfI(vgg, classes=[0], valid_range=(0.0, 0.5), max_iter=1).fit((x, y))
+    with pytest.raises(ValueError, match="low < high"):
+        AfI(vgg, classes=[0], valid_range=(1.0, 0.0), max_iter=1).fit((x, y))
 
 
 def test_errors(vgg, small_world):

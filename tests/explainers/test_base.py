@@ -13,7 +13,7 @@ from torch import nn
 
 from pyconcepts.errors import LoadError, NotFittedError
 from pyconcepts.explainers.base import ConceptExplainer, class_names_of
-from pyconcepts.explainers.result import Explanation
+from pyconcepts.explanation import Explanation
 from pyconcepts.models import cw_vgg
 
 
@@ -275,7 +275,8 @@ def test_all_zero_heatmaps_stay_zero_with_a_warning(fitted):
             result = super().explain(images)
             maps = torch.zeros(len(result), 2, *images.shape[-2:])
             maps[1:] = 1.0
-            return dataclasses.replace(result, heatmaps=maps)
+            ids = torch.arange(2).expand(len(result), 2)
+            return dataclasses.replace(result, heatmaps=maps, heatmap_concepts=ids)
 
     e, images = fitted
     with_maps = WithMaps.load(e.save(Path(tempfile.mkdtemp()) / "e.pcx"), model=e.model)

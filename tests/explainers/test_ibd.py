@@ -67,7 +67,16 @@ def test_contributions_sum_to_the_logit_and_heatmaps_to_the_cam(
     cam = torch.einsum("bd,bdhw->bhw", W, acts)[:, None]
     cam = F.interpolate(cam, size=(64, 64), mode="bilinear", align_corners=False)[:, 0]
     assert torch.allclose(ex["cam"], cam, atol=1e-4)
-    assert torch.allclose(result.heatmaps.sum(1) + ex["residual_heatmap"], cam, atol=1e-4)
+    # each term's map s_i q_i^T A (negative parts cut), their sum's positive part as class map
+    q = fitted.concept_vectors_[ex["basis_indices"]] * ex["basis_coefs"][..., None]
+    terms = torch.einsum("btd,bdhw->bthw", q, acts)
+    terms = F.interpolate(terms, size=(64, 64), mode="bilinear", align_corners=False)
+    assert torch.allclose(result.heatmaps, terms.clamp_min(0), atol=1e-4)
+    assert torch.allclose(terms.sum(1) + ex["residual_heatmap"], cam, atol=1e-4)
+    assert torch.allclose(result.class_maps, terms.sum(1).clamp_min(0), atol=1e-4)
+    used = ex["basis_coefs"] > 0
+    assert torch.equal(result.heatmap_concepts[used], ex["basis_indices"][used])
+    assert bool((result.heatmap_concepts[~used] == -1).all())
     # a concept's contribution is the mean of its (layer-resolution) heatmap; zero off-basis
     outside = torch.ones_like(result.concept_scores, dtype=torch.bool)
     outside.scatter_(1, ex["basis_indices"], False)

@@ -22,8 +22,8 @@ def tiny():
     images = torch.rand(40, 3, 64, 64)
     labels = torch.arange(40) % 4
     explainer = MACE(model, layer="features.relu4", n_concepts=3, embedding_sizes=(16, 8),
-                     batch_size=20, lr=1e-3)  # fmt: skip
-    explainer.fit((images, labels), epochs=2, progress=False)
+                     batch_size=20, lr=1e-3, epochs=2)  # fmt: skip
+    explainer.fit((images, labels), progress=False)
     return model, images, labels, explainer
 
 
@@ -49,32 +49,71 @@ def test_explain_shapes_and_relevance(tiny):
     model, images, _, e = tiny
     out = e.explain(images[:5])
     k, c = 10, 3
-    assert out.concept_scores.shape == (5, k * c) and out.heatmaps.shape == (5, k * c, 64, 64)
+    assert out.concept_scores.shape == (5, k * c) and out.heatmaps.shape == (5, c, 64, 64)
+    assert out.class_maps.shape == (5, 64, 64) and bool((out.heatmaps >= 0).all())
     rel = out.extras["relevance"]
     assert rel.shape == (5, k, c) and out.extras["embeddings"].shape == (5, k, c, 8)
     # concept_scores = the explained class's relevances, zero elsewhere
+    maps = e.concept_maps_of(images[:5])  # [B, K, C, H, W], pruned maps zero
     for i, t in enumerate(out.targets.tolist()):
         torch.testing.assert_close(out.concept_scores[i].view(k, c)[t], rel[i, t])
+        kept = e.head_.active[t] > 0
+        want_ids = torch.where(kept, t * c + torch.arange(c), torch.full((c,), -1))
+        assert torch.equal(out.heatmap_concepts[i], want_ids)
+        torch.testing.assert_close(out.heatmaps[i], maps[i, t], atol=1e-5, rtol=1e-4)
+        weights = rel[i, t].clamp_min(0) * kept
+        weights = weights if float(weights.sum()) > 0 else kept.float()
+        torch.testing.assert_close(
+            out.class_maps[i], torch.einsum("c,chw->hw", weights, maps[i, t]), atol=1e-5, rtol=1e-4
+        )
         assert float(out.concept_scores[i].view(k, c).abs().sum()) == pytest.approx(
             float(rel[i, t].abs().sum()), abs=1e-5
         )
     assert torch.equal(out.logits.argmax(1), model(images[:5]).argmax(1))
     with pytest.raises(ValueError, match="targets"):
         e.explain(images[:2], targets=torch.tensor([0, 99]))
+    with pytest.raises(TypeError, match="targets"):
+        e.explain(images[:2], targets=torch.tensor([0.0, 1.0]))
+    given = e.explain(images[:2], targets=[3, 3])
+    assert given.targets.tolist() == [3, 3] and given.concept_scores[:, 9:12].abs().sum() > 0
+
+
+def test_classes_restrict_what_is_learned_and_other_targets_get_zeros(tiny):
+    model, images, labels, _ = tiny
+    e = MACE(model, layer="features.relu4", n_concepts=2, embedding_sizes=(8,), classes=[2, 0],
+             epochs=1, batch_size=20)  # fmt: skip
+    e.fit((images, labels), progress=False)
+    assert e.head_.k == 2 and e.concept_names_[0].startswith(e.class_names_[2])
+    out = e.explain(images[:2], targets=[0, 2])
+    assert out.concept_scores.shape == (2, 4) and out.extras["relevance"].shape == (2, 2, 2)
+    with pytest.warns(UserWarning, match="not fitted on"):
+        other = e.explain(images[:1], targets=[5])
+    assert bool((other.heatmap_concepts == -1).all()) and float(other.class_maps.abs().sum()) == 0
+
+
+def test_unknown_fit_arguments_are_refused(tiny):
+    model, images, labels, _ = tiny
+    with pytest.raises(TypeError, match="epochs"):
+        MACE(model, layer="features.relu4").fit((images, labels), epochs=3)
 
 
 def test_pruned_concepts_are_reported_and_masked(tiny):
     _, images, labels, _ = tiny
     e = MACE(cw_vgg().eval(), layer="features.relu4", n_concepts=2, embedding_sizes=(8,),
-             prune_max_positive=0.0, batch_size=20)  # fmt: skip
-    e.fit((images, labels), epochs=1, progress=False)
+             prune_max_positive=0.0, batch_size=20, epochs=1)  # fmt: skip
+    e.fit((images, labels), progress=False)
     assert set(e.pruned_.values()) <= set(PRUNE_RULES)
     active = e.head_.active
     assert int(active.numel() - active.sum()) == len(e.pruned_)
+    assert bool((active.sum(1) >= 1).all())  # min_kept: no class loses every concept
     out = e.explain(images[:3])
-    gone = active.flatten() == 0
-    assert float(out.heatmaps[:, gone].abs().sum()) == 0.0
+    gone = (active.flatten() == 0).nonzero().flatten()
+    assert not bool(torch.isin(out.heatmap_concepts, gone).any())
     assert float(out.extras["relevance"].flatten(1)[:, gone].abs().sum()) == 0.0
+    paper = MACE(cw_vgg().eval(), layer="features.relu4", n_concepts=2, embedding_sizes=(8,),
+                 prune_max_positive=0.0, batch_size=20, epochs=1, min_kept=0)  # fmt: skip
+    paper.fit((images, labels), progress=False)
+    assert int(paper.head_.active.sum()) <= int(active.sum())
 
 
 def test_save_load_roundtrip(tiny, tmp_path):
@@ -92,7 +131,8 @@ def test_export_onnx_matches_torch(tiny, tmp_path):
     _, images, _, e = tiny
     path = e.export_onnx(tmp_path / "mace.onnx")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    _, scores, maps, rel = session.run(None, {"images": images[:3].numpy()})
+    outputs = dict(zip(e.onnx_outputs, session.run(None, {"images": images[:3].numpy()})))
+    scores, maps, rel = outputs["concept_scores"], outputs["heatmaps"], outputs["relevance"]
     out = e.explain(images[:3])
     torch.testing.assert_close(torch.from_numpy(rel), out.extras["relevance"], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(torch.from_numpy(maps), out.heatmaps, atol=1e-4, rtol=1e-4)
@@ -165,8 +205,9 @@ def test_ground_truth_on_the_concept_world(vgg, small_world):
     """Fitted on the concept world, MACE's maps overlap the classes' defining concepts better
     than random combinations of the same layer's activation maps (the paper's baseline)."""
     x, y = small_world.tensors()
-    e = MACE(vgg, n_concepts=4, embedding_sizes=(32, 16), lr=1e-3, batch_size=50, prune=False)
-    e.fit((x, y), epochs=6, progress=False)
+    e = MACE(vgg, n_concepts=4, embedding_sizes=(32, 16), lr=1e-3, batch_size=50, prune=False,
+             epochs=6)  # fmt: skip
+    e.fit((x, y), progress=False)
     gt, cc = small_world.concept_masks(slice(None)), small_world.class_concept_matrix()
     ours = saliency.ground_truth_score(e.concept_maps_of(x), e.head_.active, gt, y, cc)
     k = len(small_world.class_names)
@@ -180,9 +221,9 @@ def test_resnet_like_model_and_a_model_it_cannot_split():
 
     torch.manual_seed(0)
     images, labels = torch.rand(12, 3, 64, 64), torch.arange(12) % 3
-    e = MACE(cw_resnet().eval(), layer="layer3", n_concepts=2, embedding_sizes=(8,))
-    e.fit((images, labels), epochs=1, progress=False)
-    assert e.dense_layer_ == "fc" and e.explain(images[:2]).heatmaps.shape == (2, 20, 64, 64)
+    e = MACE(cw_resnet().eval(), layer="layer3", n_concepts=2, embedding_sizes=(8,), epochs=1)
+    e.fit((images, labels), progress=False)
+    assert e.dense_layer_ == "fc" and e.explain(images[:2]).heatmaps.shape == (2, 2, 64, 64)
 
     class Opaque(torch.nn.Module):  # the dense layer is not followed inside a Sequential
         def __init__(self):
@@ -197,7 +238,7 @@ def test_resnet_like_model_and_a_model_it_cannot_split():
             return self.fc2(torch.relu(self.fc1(self.conv(x).mean((2, 3)))))
 
     with pytest.raises(ValueError, match="dense_layer"):
-        MACE(Opaque(), layer="conv", n_concepts=2).fit((images, labels), epochs=1, progress=False)
+        MACE(Opaque(), layer="conv", n_concepts=2, epochs=1).fit((images, labels), progress=False)
 
 
 def test_the_shared_explainer_contract():

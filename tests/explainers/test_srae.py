@@ -161,30 +161,42 @@ def test_contract_fit_explain_save_load_onnx(fitted, world, tmp_path) -> None:
     images = world.image(slice(0, 4))
     targets = torch.tensor([0, 1, 3, 0])
     result = fitted.explain(images, targets=targets)
-    assert result.concept_scores.shape == (4, 3) and result.heatmaps.shape == (4, 3, 64, 64)
+    n, k = fitted.n_features, len(fitted.classes_)
+    assert result.concept_scores.shape == (4, k * n) and result.heatmaps.shape == (4, n, 64, 64)
+    assert result.concept_names[:n] == [f"{fitted.class_names_[fitted.classes_[0]]}/x{i + 1}"
+                                        for i in range(n)]  # fmt: skip
     sums = result.heatmaps.flatten(2).sum(-1)
     assert bool(((sums - 1).abs() < 1e-4).logical_or(sums == 0).all())
-    # concept scores are the contributions v_i E_i: with the read-out bias they give ȳ.
+    # concept scores are the contributions v_i E_i of the target's row: with the read-out bias
+    # they give ȳ; the heatmap columns name that row's x-features
     rows = torch.tensor([fitted.classes_.index(int(t)) for t in targets])
-    approx = result.concept_scores.sum(1) + fitted.autoencoder_.readout_bias.detach()[rows]
+    own = result.concept_scores.view(4, k, n)[torch.arange(4), rows]
+    assert float(result.concept_scores.abs().sum()) == pytest.approx(float(own.abs().sum()))
+    approx = own.sum(1) + fitted.autoencoder_.readout_bias.detach()[rows]
     torch.testing.assert_close(approx, result.extras["approximation"])
+    assert torch.equal(result.heatmap_concepts, rows[:, None] * n + torch.arange(n))
+    assert result.extras["x_features"].shape == (4, n)
+    assert result.extras["logit_heatmap"].shape == (4, 64, 64)
     loaded = SRAE.load(fitted.save(tmp_path / "srae.pcx"), model=fitted.model)
     again = loaded.explain(images, targets=targets, heatmaps=False)
     torch.testing.assert_close(again.concept_scores, result.concept_scores)
-    assert again.heatmaps is None
+    assert again.heatmaps is None and "logit_heatmap" not in again.extras
     path = fitted.export_onnx(tmp_path / "srae.onnx")
-    logits, scores, maps, e, approx_all = ort.InferenceSession(str(path)).run(
-        None, {"images": images.numpy()}
-    )
+    raw = ort.InferenceSession(str(path)).run(None, {"images": images.numpy()})
+    outputs = dict(zip(fitted.onnx_outputs, raw))
     predicted = fitted.explain(images)
-    np.testing.assert_allclose(maps, predicted.heatmaps.numpy(), atol=1e-5)
-    np.testing.assert_allclose(scores, predicted.concept_scores.numpy(), atol=1e-4)
+    np.testing.assert_allclose(outputs["heatmaps"], predicted.heatmaps.numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        outputs["concept_scores"], predicted.concept_scores.numpy(), atol=1e-4
+    )
     z, ref_logits, _, _ = fitted.features(images)
-    ref_e, ref_approx = fitted.transform(z)
-    np.testing.assert_allclose(logits, ref_logits.numpy(), atol=1e-4)
-    np.testing.assert_allclose(e, ref_e.transpose(0, 1).numpy(), atol=1e-4)
-    np.testing.assert_allclose(approx_all, ref_approx.t().numpy(), atol=1e-4)
-    assert scores.shape == (4, 3)
+    ref_e, _ = fitted.transform(z)
+    pred_rows = [fitted.classes_.index(int(t)) if int(t) in fitted.classes_ else None
+                 for t in ref_logits.argmax(1)]  # fmt: skip
+    np.testing.assert_allclose(outputs["logits"], ref_logits.numpy(), atol=1e-4)
+    for i, r in enumerate(pred_rows):
+        want_e = ref_e[r, i] if r is not None else torch.zeros(n)
+        np.testing.assert_allclose(outputs["x_features"][i], want_e.numpy(), atol=1e-4)
 
 
 def test_x_feature_module_is_exact(fitted, world) -> None:
@@ -208,8 +220,11 @@ def test_errors(vgg, fitted, world) -> None:
         SRAE(vgg).explain(world.image(slice(0, 1)))
     with pytest.raises(ValueError, match="classes"):
         SRAE(vgg, classes=[12], **TINY).fit(world.tensors(), progress=False)
-    with pytest.raises(ValueError, match="not explained"):
-        fitted.explain(world.image(slice(0, 1)), targets=torch.tensor([5]))
+    with pytest.warns(UserWarning, match="not fitted on"):
+        other = fitted.explain(world.image(slice(0, 1)), targets=torch.tensor([5]))
+    assert float(other.concept_scores.abs().sum()) == 0 and float(other.heatmaps.sum()) == 0
+    with pytest.raises(TypeError, match="epochs"):
+        SRAE(vgg, **TINY).fit(world.tensors(), epochs=3)
     with pytest.raises(ValueError, match="layer"):
         SRAE(vgg, layer="fc9", **TINY).fit(world.tensors(), progress=False)
 
