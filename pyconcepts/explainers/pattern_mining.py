@@ -95,6 +95,30 @@ def _integral(maps: torch.Tensor) -> torch.Tensor:
     return F.pad(maps.cumsum(2).cumsum(3), (1, 0, 1, 0))
 
 
+def _bilinear_prefix(n_out: int, n_in: int, like: torch.Tensor) -> torch.Tensor:
+    """``[n_out + 1, n_in]``: row r sums the first r rows of the 1-D bilinear resize matrix
+    ``n_in → n_out`` (``align_corners=False``, as ``F.interpolate``)."""
+    eye = torch.eye(n_in, dtype=like.dtype, device=like.device)[None, None]
+    resize = F.interpolate(eye, size=(n_out, n_in), mode="bilinear", align_corners=False)[0, 0]
+    return F.pad(resize.cumsum(0), (0, 0, 1, 0))
+
+
+def window_responses(
+    maps: torch.Tensor, corners: torch.Tensor, size: int, image_size: Sequence[int]
+) -> torch.Tensor:
+    """Sums of the maps ``[B,C,h,w]``, bilinearly upsampled to ``image_size``, over the
+    ``size``×``size`` windows at ``corners [B,M,2]`` → ``[B,M,C]`` — computed at the maps' own
+    resolution: upsampling is linear and separable, so a window's sum is the maps weighted by
+    the window's column sums of the two 1-D resize matrices (no ``[B,C,H,W]`` temporary)."""
+    height, width = int(image_size[0]), int(image_size[1])
+    rows = _bilinear_prefix(height, maps.shape[2], maps)  # [H + 1, h]
+    cols = _bilinear_prefix(width, maps.shape[3], maps)  # [W + 1, w]
+    y, x = corners[..., 0], corners[..., 1]
+    wy = rows[y + size] - rows[y]  # [B, M, h]
+    wx = cols[x + size] - cols[x]  # [B, M, w]
+    return torch.einsum("bmh,bmw,bchw->bmc", wy, wx, maps)
+
+
 def _box_masks(corners: torch.Tensor, size: int, height: int, width: int) -> torch.Tensor:
     """Bool ``[B,M,H,W]``: True inside each window of ``corners`` ``[B,M,2]``."""
     rows = torch.arange(height, device=corners.device)
@@ -305,10 +329,7 @@ class FilterPatterns(ConceptExplainer):
         corners = self._candidate_patches(cam.cam, gen)
         base = cam.logits.softmax(1).gather(1, cam.targets[:, None])[:, 0]
         keep = self._relevant(images, corners, cam.targets, base)
-        acts = F.interpolate(
-            cam.activations, size=images.shape[-2:], mode="bilinear", align_corners=False
-        )
-        responses = _window_sums(_integral(acts), corners, self.patch_size)  # [B,k,d]
+        responses = window_responses(cam.activations, corners, self.patch_size, images.shape[-2:])
         image_of = torch.arange(len(images), device=images.device)[:, None].expand_as(keep)
         crops = torch.stack(
             [

@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pyconcepts.errors import NotFittedError
@@ -166,3 +167,17 @@ def test_ground_truth_on_the_trained_vgg(vgg, small_world):
     report = explainer.evaluate(small_world, n_random=3)
     assert report["ours"] < report["random"] <= report["baseline"] + 0.05
     assert list(itertools.islice(explainer.shared_, 1))  # some filter groups are class-shared
+
+
+def test_window_responses_equal_sums_over_the_upsampled_maps() -> None:
+    from pyconcepts.explainers.pattern_mining import _integral, _window_sums, window_responses
+
+    gen = torch.Generator().manual_seed(3)
+    maps = torch.rand(2, 5, 6, 7, generator=gen, dtype=torch.float64)
+    corners = torch.stack(
+        [torch.randint(0, 48 - 9 + 1, (2, 4), generator=gen),
+         torch.randint(0, 64 - 9 + 1, (2, 4), generator=gen)], -1,
+    )  # fmt: skip
+    up = F.interpolate(maps, size=(48, 64), mode="bilinear", align_corners=False)
+    want = _window_sums(_integral(up), corners, 9)
+    torch.testing.assert_close(window_responses(maps, corners, 9, (48, 64)), want)
