@@ -9,6 +9,7 @@ import io
 import json
 import socket
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from PIL import Image
 from pyconcepts.cli import main
 from pyconcepts.data import ConceptWorld
 from pyconcepts.export import OnnxExplainer
-from pyconcepts.serve import Limits, build_server
+from pyconcepts.serve import Limits, build_server, decode_image
 from pyconcepts.testing import quick_explainers
 
 MAX_BODY = 256 * 1024
@@ -37,7 +38,9 @@ def fitted(tmp_path_factory, vgg, resnet):
 
 @pytest.fixture(scope="module")
 def server(fitted):
-    limits = Limits(max_body_bytes=MAX_BODY, max_concurrency=1, timeout=5, max_pixels=MAX_PIXELS)
+    """The service with one explain slot; its 60 s request timeout is far longer than any test
+    keeps a connection waiting, so that no outcome depends on the machine's speed."""
+    limits = Limits(max_body_bytes=MAX_BODY, max_concurrency=1, timeout=60, max_pixels=MAX_PIXELS)
     srv = build_server(fitted[1], "127.0.0.1", 0, limits, quiet=True)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
@@ -264,6 +267,39 @@ def test_requests_waiting_for_their_body_hold_no_explain_slot(server, image):
     finally:
         for sock in stalled:
             sock.close()
+
+
+def test_bodies_being_received_share_a_byte_budget(server, image):
+    """max_concurrency × max_body_bytes = 256 KiB of bodies at once: while one connection has
+    sent 200 KiB of its body, a 100 KiB one does not fit (503); it does once that one ends."""
+    budget = server.body_budget
+    body = b"\x00" * (100 * 1024)
+    with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=10) as big:
+        head = f"POST /explain HTTP/1.1\r\nContent-Type: image/png\r\nContent-Length: {MAX_BODY}"
+        big.sendall(head.encode() + b"\r\n\r\n" + b"\x00" * (200 * 1024))
+        deadline = time.monotonic() + 60
+        while budget.held < 200 * 1024:  # wait until the server has received them
+            assert time.monotonic() < deadline, f"the server holds {budget.held} bytes"
+            time.sleep(0.01)
+        status, response, answer = request(server, "POST", "/explain", body, PNG)
+        assert status == 503 and response.getheader("Retry-After") == "1", answer
+        assert "bytes of request bodies" in answer["error"]
+    deadline = time.monotonic() + 60
+    while budget.held:  # the closed connection's bytes are given back
+        assert time.monotonic() < deadline, f"the server still holds {budget.held} bytes"
+        time.sleep(0.01)
+    assert request(server, "POST", "/explain", body, PNG)[0] == 400  # fits: decoded, not an image
+
+
+def test_a_large_jpeg_is_decoded_at_reduced_scale(image):
+    """A JPEG 4× the input size is decoded at 1/4 scale (libjpeg's DCT scaling), then resized."""
+    jpeg = png_bytes(np.asarray(Image.fromarray(image).resize((256, 256))), "JPEG")
+    with Image.open(io.BytesIO(jpeg)) as img:
+        img.draft("RGB", (64, 64))
+        assert img.size == (64, 64)
+        want = np.asarray(img.convert("RGB").resize((64, 64), Image.BILINEAR), np.float32) / 255
+    got = decode_image(jpeg, (64, 64), 256 * 256)
+    assert np.array_equal(got[0].transpose(1, 2, 0), want)
 
 
 def test_100_continue_comes_only_after_the_size_check(server, image):
