@@ -9,7 +9,7 @@ import threading
 from dataclasses import dataclass, fields
 from typing import Optional
 
-MAX_TIMEOUT = 86_400.0  # one day: sockets take no longer timeouts (and none is meant)
+MAX_TIMEOUT = 86_400.0  # one day: longer bounds nothing in practice (and inf overflows sockets)
 MAX_PORT = 65_535
 # The default pixel limit, in input images of the export: 16 × H × W (4× each side).
 PIXELS_PER_INPUT = 16
