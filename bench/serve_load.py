@@ -7,6 +7,9 @@ in this process on 127.0.0.1 (a free port). ``--requests`` requests then go out 
 images as raw PNG bodies, or as base64 JSON, every other one asking for the heatmap overlay)
 and a ``--malformed`` fraction of malformed ones (corrupt image, wrong content type, broken or
 deeply nested JSON, bad base64, gzip body, huge Content-Length, unknown path), shuffled.
+Meanwhile ``--stalled`` more connections send only the headers of a ``POST /explain`` (with
+``Expect: 100-continue``) and never the body, each reopened whenever the server closes it: they
+must not make valid requests wait for an explain slot or get 503.
 
 Before the measured requests, ``--warmup`` requests of the same mix (not counted) fill the
 connections, onnxruntime's and the allocators' caches and arenas. Reports requests/s,
@@ -31,6 +34,7 @@ import io
 import json
 import os
 import random
+import socket
 import tempfile
 import threading
 import time
@@ -68,6 +72,41 @@ MALFORMED: list[Request] = [
     ("POST", "/explain", None, {**PNG, "Content-Length": str(10**12)}, 413),
     ("GET", "/admin", None, {}, 404),
 ]
+
+
+STALLED_HEAD = (
+    b"POST /explain HTTP/1.1\r\nHost: bench\r\nContent-Type: image/png\r\n"
+    b"Expect: 100-continue\r\nContent-Length: 4096\r\n\r\n"
+)
+
+
+def hold_stalled(
+    port: int, stop: threading.Event, ready: threading.Semaphore, answers: Counter[str]
+) -> None:
+    """One connection at a time that sends the headers of a ``POST /explain`` and no body,
+    reopened whenever the server answers and closes it, until ``stop``. Releases ``ready``
+    once the server first said 100 Continue (it is then waiting for the body); counts the
+    statuses of the final answers in ``answers``."""
+    signalled = False
+    while not stop.is_set():
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+            sock.sendall(STALLED_HEAD)
+            sock.settimeout(0.5)  # polls ``stop``
+            received = b""
+            while not stop.is_set():
+                try:
+                    chunk = sock.recv(4096)
+                except TimeoutError:
+                    continue
+                if not chunk:
+                    break
+                received += chunk
+                if not signalled and b"100 Continue" in received:
+                    signalled = True
+                    ready.release()
+            final = received.split(b"\r\n\r\n", 1)[-1]  # after the 100 Continue's head
+            if final.startswith(b"HTTP/"):
+                answers[final.split(b" ", 2)[1].decode()] += 1
 
 
 def rss_mib() -> float:
@@ -110,6 +149,12 @@ def main(argv: Optional[list[str]] = None) -> dict[str, object]:
     parser.add_argument("--method", default="ibd", help="quick explainer to serve")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--stalled",
+        type=int,
+        default=32,
+        help="connections that send a POST /explain's headers and never its body",
+    )
+    parser.add_argument(
         "--warmup", type=int, default=1000, help="requests (same mix) before the measured ones"
     )
     parser.add_argument(
@@ -124,9 +169,10 @@ def main(argv: Optional[list[str]] = None) -> dict[str, object]:
     args = parser.parse_args(argv)
     if not 0 <= args.malformed <= 1:
         raise SystemExit(f"--malformed: expected a fraction in [0, 1], got {args.malformed}")
-    if args.requests < 1 or args.warmup < 0:
+    if args.requests < 1 or args.warmup < 0 or args.stalled < 0:
         raise SystemExit(
-            f"--requests/--warmup: expected ≥ 1 / ≥ 0, got {args.requests}/{args.warmup}"
+            f"--requests/--warmup/--stalled: expected ≥ 1 / ≥ 0 / ≥ 0, got "
+            f"{args.requests}/{args.warmup}/{args.stalled}"
         )
 
     torch.manual_seed(args.seed)
@@ -145,6 +191,16 @@ def main(argv: Optional[list[str]] = None) -> dict[str, object]:
     warmup = make_plan(args.warmup, args.malformed, valid, args.seed + 1)
     plan = make_plan(args.requests, args.malformed, valid, args.seed)
     local = threading.local()
+    stop, ready, stalled_answers = threading.Event(), threading.Semaphore(0), Counter[str]()
+    stallers = [
+        threading.Thread(target=hold_stalled, args=(port, stop, ready, stalled_answers))
+        for _ in range(args.stalled)
+    ]
+    for thread in stallers:
+        thread.start()
+    for _ in stallers:  # every stalled connection is being read by the server from here on
+        if not ready.acquire(timeout=60):
+            raise SystemExit("--stalled: a connection got no 100 Continue within 60 s")
 
     def send(request: Request) -> tuple[Request, object, float]:
         """(request, status or exception name, seconds) on this thread's connection."""
@@ -176,6 +232,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, object]:
             load.append(os.getloadavg()[0])
         health = send(("GET", "/health", None, {}, 200))[1] if serving.is_alive() else "stopped"
     finally:
+        stop.set()
+        for thread in stallers:
+            thread.join()
         server.shutdown()
         server.server_close()
 
@@ -194,6 +253,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, object]:
         "requests": args.requests,
         "malformed": sum(1 for r in plan if r[4] != 200),
         "concurrency": args.concurrency,
+        "stalled_connections": args.stalled,
+        "stalled_answers": dict(sorted(stalled_answers.items())),
         "load_average_1min_before_after": load,
         "requests_per_s": len(results) / seconds,
         "valid_latency_ms": {f"p{q}": float(np.percentile(latencies, q)) for q in (50, 90, 99)},

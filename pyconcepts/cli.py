@@ -139,16 +139,16 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from pyconcepts.serve import Limits, serve
+    from pyconcepts.serve import cli_limits, serve
 
     try:
-        limits = Limits(
-            max_body_bytes=int(args.max_body_mib * 2**20),
-            max_concurrency=args.max_concurrency,
-            timeout=args.timeout,
-        )
+        limits = cli_limits(args.port, args.max_body_mib, args.max_concurrency, args.timeout)
+    except ValueError as exc:  # a usage error, like argparse's own: one line, exit status 2
+        print(f"serve: {exc}", file=sys.stderr)
+        return 2
+    try:
         serve(args.model, args.host, args.port, limits, quiet=args.quiet)
-    except (ValueError, OSError) as exc:  # bad limits, not an export, port taken
+    except (ValueError, OSError) as exc:  # not an export, port taken
         raise SystemExit(f"serve: {exc}") from exc
     return 0
 

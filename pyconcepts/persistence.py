@@ -20,7 +20,7 @@ import hashlib
 import json
 import math
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, BinaryIO, Union
 
@@ -44,19 +44,35 @@ ITEM_SIZES = {
 }  # fmt: skip
 
 
+def temp_file(target: Path, suffix: str) -> Path:
+    """A new, empty file next to ``target`` (same folder, so ``os.replace`` onto it is atomic),
+    created exclusively under a random name like :func:`tempfile.mkstemp`, but with mode
+    ``0o666`` less the umask, as ``open(target, "w")`` would: ``mkstemp``'s 0600 would make
+    every saved file private whatever the umask says. Creates the folder if needed."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}{suffix}"
+        try:
+            os.close(os.open(tmp, flags, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"{target.parent}: no free temporary name for {target.name}")
+
+
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file + fsync + rename."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    tmp = temp_file(target, ".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with tmp.open("wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

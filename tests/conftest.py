@@ -50,3 +50,25 @@ def resnet() -> torch.nn.Module:
     from pyconcepts.models import load
 
     return load("cw-resnet", progress=False)
+
+
+@pytest.fixture(scope="session")
+def quick_fitted() -> dict:
+    """The five explainers in their quick configurations (pyconcepts.testing.quick_explainers)
+    on untrained seeded zoo architectures, fitted on a 64-image concept world: method → fitted
+    explainer. Shared by the tests that need every method fitted, not trained."""
+    from pyconcepts.data import ConceptWorld
+    from pyconcepts.models import cw_resnet, cw_vgg
+    from pyconcepts.testing import quick_explainers
+
+    torch.manual_seed(0)
+    world = ConceptWorld(64, seed=5)
+    explainers = quick_explainers(world, cw_vgg().eval(), cw_resnet().eval())
+    return {method: make().fit(data, **kw) for method, (make, data, kw) in explainers.items()}
+
+
+@pytest.fixture(scope="session")
+def quick_exports(quick_fitted: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Each of ``quick_fitted`` exported to ONNX: method → path."""
+    folder = tmp_path_factory.mktemp("quick_exports")
+    return {m: e.export_onnx(folder / f"{m}.onnx") for m, e in quick_fitted.items()}

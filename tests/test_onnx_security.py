@@ -3,16 +3,15 @@ LoadError that says why, before onnxruntime ever sees it."""
 
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 import torch
 
-from pyconcepts.data import ConceptWorld
 from pyconcepts.errors import LoadError
-from pyconcepts.models import cw_resnet, cw_vgg
-from pyconcepts.testing import quick_explainers
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -21,16 +20,9 @@ from pyconcepts.export import onnx as export  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def exports(quick_exports: dict[str, Path]) -> dict[str, Path]:
     """One export per method (quick configurations, untrained models)."""
-    folder = tmp_path_factory.mktemp("onnx")
-    torch.manual_seed(0)
-    world = ConceptWorld(64, seed=5)
-    explainers = quick_explainers(world, cw_vgg().eval(), cw_resnet().eval())
-    paths = {}
-    for method, (make, data, fit_kwargs) in explainers.items():
-        paths[method] = make().fit(data, **fit_kwargs).export_onnx(folder / f"{method}.onnx")
-    return paths
+    return quick_exports
 
 
 def _ops(model: Any) -> set[str]:
@@ -54,6 +46,38 @@ def test_exports_pass_the_full_checker(tmp_path: Path, monkeypatch: pytest.Monke
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1), torch.nn.Flatten())
     export.export_module(model, tmp_path / "m.onnx", torch.rand(1, 3, 4, 4), ["logits"])
     assert calls == [{"full_check": True}]
+
+
+def test_only_the_batch_axis_of_an_output_is_dynamic(exports: dict[str, Path]) -> None:
+    """Outputs of fixed size (heatmaps after Resize, scores after Flatten) are declared so."""
+    for method, path in exports.items():
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        for output in session.get_outputs():
+            batch, *rest = output.shape
+            assert batch == "batch", (method, output.name, output.shape)
+            assert all(isinstance(d, int) and d > 0 for d in rest), (method, output.name, rest)
+
+
+def test_export_prints_no_tracer_warning(
+    quick_fitted: dict[str, Any], tmp_path: Path, recwarn: pytest.WarningsRecorder
+) -> None:
+    warnings.simplefilter("always")
+    quick_fitted["srae"].export_onnx(tmp_path / "srae.onnx")  # its graph branches on shapes
+    tracer = [w for w in recwarn if issubclass(w.category, torch.jit.TracerWarning)]
+    assert not tracer, [str(w.message) for w in tracer]
+
+
+@pytest.mark.parametrize(
+    "umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)], ids=["022", "077", "002"]
+)
+def test_an_export_has_the_mode_of_a_normal_write(tmp_path: Path, umask: int, mode: int) -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1), torch.nn.Flatten())
+    old = os.umask(umask)
+    try:
+        path = export.export_module(model, tmp_path / "m.onnx", torch.rand(1, 3, 4, 4), ["x"])
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == mode
 
 
 @pytest.fixture

@@ -70,3 +70,20 @@ def test_explainer_documents_of_the_wrong_type_are_a_load_error(tmp_path):
     persistence.save_file(path, {"x": torch.zeros(1)}, kind="explainer", documents=documents)
     with pytest.raises(LoadError, match="corrupt explainer documents"):
         IBD.load(path, model=nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize(
+    "umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)], ids=["022", "077", "002"]
+)
+def test_saved_files_have_the_mode_of_a_normal_write(tmp_path, umask, mode):
+    """Atomic writes go through a temporary file; it is created with 0o666 less the umask,
+    like open(), not mkstemp's 0o600."""
+    old = os.umask(umask)
+    try:
+        persistence.atomic_write_bytes(tmp_path / "a.bin", b"data")
+        persistence.save_file(tmp_path / "b.safetensors", {"x": torch.zeros(2)}, "test", {})
+    finally:
+        os.umask(old)
+    for name in ("a.bin", "b.safetensors"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "b.safetensors"]

@@ -19,7 +19,7 @@ from PIL import Image
 from pyconcepts.cli import main
 from pyconcepts.data import ConceptWorld
 from pyconcepts.export import OnnxExplainer
-from pyconcepts.serve import Limits, build_server
+from pyconcepts.serve import Limits, build_server, decode_image
 from pyconcepts.testing import quick_explainers
 
 MAX_BODY = 256 * 1024
@@ -38,7 +38,9 @@ def fitted(tmp_path_factory, vgg, resnet):
 
 @pytest.fixture(scope="module")
 def server(fitted):
-    limits = Limits(max_body_bytes=MAX_BODY, max_concurrency=1, timeout=5, max_pixels=MAX_PIXELS)
+    """The service with one explain slot; its 60 s request timeout is far longer than any test
+    keeps a connection waiting, so that no outcome depends on the machine's speed."""
+    limits = Limits(max_body_bytes=MAX_BODY, max_concurrency=1, timeout=60, max_pixels=MAX_PIXELS)
     srv = build_server(fitted[1], "127.0.0.1", 0, limits, quiet=True)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
@@ -71,6 +73,8 @@ def raw_request(server, data: bytes, half_close: bool = False):
         while chunk := sock.recv(65536):
             answer += chunk
     head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 "), answer[:200]  # a status line, then headers
+    assert b"\r\nContent-Type: application/json\r\n" in head + b"\r\n", head
     return int(head.split()[1]), json.loads(body)
 
 
@@ -102,7 +106,10 @@ def test_health_and_metadata(server):
     assert status == 200 and meta["method"] == "ibd"
     assert meta["class_names"] == served.class_names
     assert meta["concept_names"] == served.concept_names
-    assert meta["output_names"] == ["logits", "concept_scores", "heatmaps", "residual_heatmap"]
+    assert meta["output_names"] == list(served.output_names)
+    assert meta["output_names"][:5] == [
+        "logits", "concept_scores", "heatmaps", "heatmap_concepts", "class_maps",
+    ]  # fmt: skip
 
 
 def test_png_and_base64_json_match_onnx_explainer(server, fitted, image):
@@ -184,6 +191,8 @@ def test_raw_protocol_abuse_gets_a_json_error(server):
     assert status == 413 and "Content-Length" in answer["error"]
     status, answer = raw_request(server, f"{head}Transfer-Encoding: chunked\r\n\r\n5\r\n".encode())
     assert status == 411
+    status, answer = raw_request(server, f"{head}Content-Length: {'9' * 5000}\r\n\r\n".encode())
+    assert status == 413 and "5000-digit" in answer["error"]
     status, answer = raw_request(server, f"{head}Content-Length: 1e3\r\n\r\n".encode())
     assert status == 400
     status, answer = raw_request(server, f"{head}Content-Length: 100\r\n\r\nshort".encode(), True)
@@ -193,34 +202,162 @@ def test_raw_protocol_abuse_gets_a_json_error(server):
     assert request(server, "GET", "/health")[0] == 200
 
 
-def request_until(server, want, *args):
-    """Repeat a request (for up to 5 s) until it is answered ``want``; the last answer."""
-    deadline = time.monotonic() + 5
-    while True:
-        status, response, answer = request(server, *args)
-        if status == want or time.monotonic() > deadline:
-            return status, response, answer
+@pytest.fixture
+def held_explain(server, monkeypatch):
+    """Makes ``server.explain_image`` wait, once entered, until the test sets ``release``:
+    a request inside it holds an explain slot for as long as the test decides."""
+    entered, release = threading.Event(), threading.Event()
+    explain = server.explain_image
+
+    def held(*args):
+        entered.set()
+        assert release.wait(60), "the test never released the explain call"
+        return explain(*args)
+
+    monkeypatch.setattr(server, "explain_image", held)
+    yield entered, release
+    release.set()
 
 
-def test_busy_service_answers_503(server, image):
-    """max_concurrency=1: a request stuck sending its body holds the only slot."""
+def test_busy_service_answers_503(server, image, held_explain):
+    """max_concurrency=1: while one request is being explained, another is answered 503."""
+    entered, release = held_explain
     png = png_bytes(image)
-    with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=10) as slow:
-        head = f"POST /explain HTTP/1.1\r\nContent-Type: image/png\r\nContent-Length: {len(png)}"
-        slow.sendall(head.encode() + b"\r\n\r\n" + png[:10])
-        status, response, _ = request_until(server, 503, "POST", "/explain", png, PNG)
-        assert status == 503 and response.getheader("Retry-After") == "1"
-    assert request_until(server, 200, "POST", "/explain", png, PNG)[0] == 200  # slot freed
+    first: list[int] = []
+    worker = threading.Thread(
+        target=lambda: first.append(request(server, "POST", "/explain", png, PNG)[0])
+    )
+    worker.start()
+    try:
+        assert entered.wait(60)  # the first request holds the only slot from here on
+        status, response, answer = request(server, "POST", "/explain", png, PNG)
+        assert status == 503 and response.getheader("Retry-After") == "1", answer
+    finally:
+        release.set()
+        worker.join(60)
+    assert first == [200]
+    assert request(server, "POST", "/explain", png, PNG)[0] == 200  # the slot was given back
 
 
-def test_a_handler_exception_is_a_json_500_and_the_service_survives(server, image, monkeypatch):
+def read_head(sock: socket.socket) -> bytes:
+    """Bytes from ``sock`` up to the end of one answer's head (the blank line)."""
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(1)
+        assert chunk, f"connection closed after {head!r}"
+        head += chunk
+    return head
+
+
+def test_requests_waiting_for_their_body_hold_no_explain_slot(server, image):
+    """max_concurrency=1: connections that announced a body and sent none (the server has
+    said 100 Continue to each: it is reading their bodies) do not make others wait or 503."""
+    png = png_bytes(image)
+    head = (
+        "POST /explain HTTP/1.1\r\nContent-Type: image/png\r\nExpect: 100-continue\r\n"
+        f"Content-Length: {len(png)}\r\n\r\n"
+    ).encode()
+    port = server.server_address[1]
+    stalled = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(3)]
+    try:
+        for sock in stalled:
+            sock.sendall(head)
+            assert read_head(sock).startswith(b"HTTP/1.1 100 Continue\r\n")
+        assert request(server, "POST", "/explain", png, PNG)[0] == 200
+        stalled[0].sendall(png)  # a body that arrives is explained as usual
+        answer = read_head(stalled[0])
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+def test_bodies_being_received_share_a_byte_budget(server, image):
+    """max_concurrency × max_body_bytes = 256 KiB of bodies at once: while one connection has
+    sent 200 KiB of its body, a 100 KiB one does not fit (503); it does once that one ends."""
+    budget = server.body_budget
+    body = b"\x00" * (100 * 1024)
+    with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=10) as big:
+        head = f"POST /explain HTTP/1.1\r\nContent-Type: image/png\r\nContent-Length: {MAX_BODY}"
+        big.sendall(head.encode() + b"\r\n\r\n" + b"\x00" * (200 * 1024))
+        deadline = time.monotonic() + 60
+        while budget.held < 200 * 1024:  # wait until the server has received them
+            assert time.monotonic() < deadline, f"the server holds {budget.held} bytes"
+            time.sleep(0.01)
+        status, response, answer = request(server, "POST", "/explain", body, PNG)
+        assert status == 503 and response.getheader("Retry-After") == "1", answer
+        assert "bytes of request bodies" in answer["error"]
+    deadline = time.monotonic() + 60
+    while budget.held:  # the closed connection's bytes are given back
+        assert time.monotonic() < deadline, f"the server still holds {budget.held} bytes"
+        time.sleep(0.01)
+    assert request(server, "POST", "/explain", body, PNG)[0] == 400  # fits: decoded, not an image
+
+
+def test_a_large_jpeg_is_decoded_at_reduced_scale(image):
+    """A JPEG 4× the input size is decoded at 1/4 scale (libjpeg's DCT scaling), then resized."""
+    jpeg = png_bytes(np.asarray(Image.fromarray(image).resize((256, 256))), "JPEG")
+    with Image.open(io.BytesIO(jpeg)) as img:
+        img.draft("RGB", (64, 64))
+        assert img.size == (64, 64)
+        want = np.asarray(img.convert("RGB").resize((64, 64), Image.BILINEAR), np.float32) / 255
+    got = decode_image(jpeg, (64, 64), 256 * 256)
+    assert np.array_equal(got[0].transpose(1, 2, 0), want)
+
+
+def test_100_continue_comes_only_after_the_size_check(server, image):
+    head = "POST /explain HTTP/1.1\r\nContent-Type: image/png\r\nExpect: 100-continue\r\n"
+    status, answer = raw_request(server, f"{head}Content-Length: {MAX_BODY + 1}\r\n\r\n".encode())
+    assert status == 413, answer
+
+
+@pytest.mark.parametrize(
+    "line, want",
+    [
+        ("GET /health HTTP/2.0", 505),
+        ("hello", 400),
+        ("GET /health HTTP/1.x", 400),
+        ("GET /health HTTP/1.1 extra", 400),
+        ("GET /health", 400),
+    ],
+)
+def test_a_bad_request_line_gets_a_status_line_and_json(server, line, want):
+    status, answer = raw_request(server, f"{line}\r\nHost: x\r\n\r\n".encode())
+    assert status == want and answer["error"]
+
+
+def test_image_jpg_and_wrapped_base64_are_accepted(server, image):
+    jpeg, png = png_bytes(image, "JPEG"), png_bytes(image)
+    status, _, answer = request(server, "POST", "/explain", jpeg, {"Content-Type": "image/jpg"})
+    assert status == 200, answer
+    want = request(server, "POST", "/explain", png, PNG)[2]
+    wrapped = base64.encodebytes(png).decode()  # 76-column lines, as `base64 FILE` prints
+    assert "\n" in wrapped.rstrip("\n")
+    status, _, got = request(server, "POST", "/explain", json.dumps({"image": wrapped}), JSON)
+    assert status == 200 and got == want
+
+
+def test_an_unrecognised_image_error_shows_no_memory_address(server):
+    status, _, answer = request(server, "POST", "/explain", b"hello world", PNG)
+    assert status == 400 and "PNG or JPEG" in answer["error"]
+    assert "0x" not in answer["error"] and "BytesIO" not in answer["error"], answer
+
+
+def test_a_handler_exception_is_a_json_500_and_the_service_survives(
+    server, image, monkeypatch, capsys
+):
     def broken(*_args):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(server, "explain_image", broken)
+    monkeypatch.setattr(server, "quiet", False)
     status, _, answer = request(server, "POST", "/explain", png_bytes(image), PNG)
     assert status == 500 and "RuntimeError" in answer["error"]
     assert request(server, "GET", "/health")[0] == 200
+    log = capsys.readouterr().err.splitlines()
+    traceback = [line for line in log if "Traceback" in line or "RuntimeError: boom" in line]
+    assert len(traceback) == 2, log  # the traceback's lines are log lines of their own
+    assert not any("\\x0a" in line for line in log), log
 
 
 def test_a_body_that_does_not_arrive_in_time_gets_408(fitted):
@@ -247,9 +384,45 @@ def test_keep_alive_serves_several_requests_on_one_connection(server, image):
         conn.close()
 
 
-def test_limits_are_validated():
-    with pytest.raises(ValueError, match="max_concurrency"):
-        Limits(max_concurrency=0)
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("max_concurrency", 0),
+        ("max_concurrency", True),
+        ("max_body_bytes", 2.5),
+        ("max_pixels", -1),
+        ("max_json_depth", None),
+        ("timeout", float("inf")),
+        ("timeout", float("nan")),
+        ("timeout", 0),
+        ("timeout", 1e12),
+    ],
+)
+def test_limits_are_validated(field, value):
+    with pytest.raises(ValueError, match=f"^{field}: expected"):
+        Limits(**{field: value})
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--timeout", "inf"],
+        ["--timeout", "nan"],
+        ["--timeout", "-1"],
+        ["--port", "70000"],
+        ["--port", "-1"],
+        ["--max-body-mib", "inf"],
+        ["--max-body-mib", "0"],
+        ["--max-concurrency", "0"],
+    ],
+)
+def test_serve_refuses_bad_numeric_options_in_one_line(option, tmp_path, capsys):
+    """Checked before the model is loaded (the file does not exist here)."""
+    assert main(["serve", str(tmp_path / "missing.onnx"), *option]) == 2
+    err = capsys.readouterr().err
+    name = option[0].lstrip("-")
+    assert err.startswith("serve: ") and err.count("\n") == 1, err
+    assert name in err or name.replace("-", "_") in err, err
 
 
 def test_cli_export_writes_a_loadable_onnx(fitted, tmp_path, capsys):

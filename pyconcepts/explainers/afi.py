@@ -811,7 +811,7 @@ class AfI(ConceptExplainer):
         images, labels = _collect(data, self.batch_size)
         device = self._model_device()
         images, labels = images.to(device), labels.to(device)
-        self._check_images(images)
+        images = self._check_images(images)
         self.valid_range_ = self._resolve_range(images)
         self.model.eval()
         with torch.no_grad():

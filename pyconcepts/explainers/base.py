@@ -36,6 +36,7 @@ from torch import nn
 from pyconcepts import persistence
 from pyconcepts.errors import EmptyHeatmapWarning, LoadError, NotFittedError, OutOfMemoryError
 from pyconcepts.explanation import Explanation
+from pyconcepts.inputs import check_image_batch, parameter_dtype
 
 E = TypeVar("E", bound="ConceptExplainer")
 
@@ -125,19 +126,10 @@ class ConceptExplainer(abc.ABC):
         self.input_size_ = (int(images.shape[2]), int(images.shape[3]))
 
     def _check_images(self, images: Any, name: str = "images") -> torch.Tensor:
-        """Validate a batch of images against what the explainer was fitted on."""
-        if not isinstance(images, torch.Tensor):
-            raise TypeError(
-                f"{name}: expected a torch.Tensor [B,C,H,W], got {type(images).__name__}"
-            )
-        if images.dim() != 4:
-            raise ValueError(
-                f"{name}: expected a 4-D tensor [B,C,H,W], got shape {tuple(images.shape)}"
-            )
-        if not images.is_floating_point():
-            raise TypeError(f"{name}: expected a floating-point tensor, got dtype {images.dtype}")
-        if images.shape[0] == 0:
-            raise ValueError(f"{name}: expected at least one image, got an empty batch")
+        """Validate a batch of images against what the explainer was fitted on; returns it cast
+        to the model's parameter dtype (the rule shared with the ONNX path:
+        :func:`pyconcepts.inputs.check_image_batch`)."""
+        images = check_image_batch(images, parameter_dtype(self.model), name)
         if self.is_fitted and images.shape[1] != self.n_features_in_:
             raise ValueError(
                 f"{name}: expected {self.n_features_in_} channels (as at fit), "
@@ -149,8 +141,6 @@ class ConceptExplainer(abc.ABC):
                 f"{name}: expected images of height {h} and width {w} (as at fit), got height "
                 f"{got_h} and width {got_w}; resize them, or fit on images of this size"
             )
-        if not bool(torch.isfinite(images).all()):
-            raise ValueError(f"{name}: expected finite values, got NaN or inf")
         return images
 
     def _model_device(self) -> torch.device:

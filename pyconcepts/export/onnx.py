@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +34,8 @@ from torch import nn
 
 from pyconcepts.errors import LoadError
 from pyconcepts.explanation import Explanation
+from pyconcepts.inputs import check_image_batch
+from pyconcepts.persistence import temp_file
 
 # Operators of the exports of the five methods, with both exporters (tests/test_onnx_security.py
 # checks that every method's export stays inside this set).
@@ -83,10 +84,9 @@ def export_module(
     if exporter not in ("torchscript", "dynamo"):
         raise ValueError(f"exporter: expected 'torchscript' or 'dynamo', got {exporter!r}")
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     module = module.eval()
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".onnx", dir=target.parent)
-    os.close(fd)
+    example = example_input.float().cpu()
+    tmp = temp_file(target, ".onnx")
     try:
         kwargs: dict[str, Any] = {}
         if exporter == "dynamo":
@@ -96,10 +96,10 @@ def export_module(
             kwargs["dynamic_axes"] = {n: {0: "batch"} for n in ["images", *output_names]}
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.filterwarnings("ignore", message=".*TracerWarning.*")
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(
                 module,
-                (example_input.float().cpu(),),
+                (example,),
                 tmp,
                 input_names=["images"],
                 output_names=list(output_names),
@@ -107,7 +107,10 @@ def export_module(
                 dynamo=exporter == "dynamo",
                 **kwargs,
             )
+            traced = module(example)
         graph = onnx.load(tmp)
+        traced = traced if isinstance(traced, (tuple, list)) else (traced,)
+        _fix_output_dims(graph, [tuple(t.shape) for t in traced])
         for key, value in (metadata or {}).items():
             entry = graph.metadata_props.add()
             entry.key, entry.value = key, value
@@ -119,9 +122,31 @@ def export_module(
         onnx.save(graph, tmp)
         os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return target
+
+
+def _fix_output_dims(graph: Any, shapes: Sequence[tuple[int, ...]]) -> None:
+    """Declare every output dimension but the batch axis (0) fixed, at its size in the traced
+    example: the exporter names some dimensions it cannot prove constant (``Resize``,
+    ``Flatten``) as symbols, though only the batch size varies for a graph of static
+    ``[C, H, W]`` input. The full checker that runs next verifies the declared sizes against
+    shape inference."""
+    outputs = graph.graph.output
+    if len(shapes) != len(outputs):
+        raise ValueError(
+            f"module: expected {len(outputs)} outputs (output_names), got {len(shapes)} tensors"
+        )
+    for output, shape in zip(outputs, shapes):
+        dims = output.type.tensor_type.shape.dim
+        if len(dims) != len(shape):
+            raise ValueError(
+                f"output {output.name!r}: the graph declares {len(dims)} dimensions, the traced "
+                f"module returned shape {list(shape)}"
+            )
+        for dim, size in list(zip(dims, shape))[1:]:
+            dim.dim_value = size  # replaces a symbolic dim_param (a oneof field)
 
 
 def default_providers() -> list[str]:
@@ -174,23 +199,19 @@ class OnnxExplainer:
         self.input_shape = tuple(d if isinstance(d, int) else None for d in shape)
 
     def run(self, images: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
-        """Raw outputs by name for ``images`` (float32 NCHW)."""
-        array = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else images
-        if not isinstance(array, np.ndarray):
-            raise TypeError(f"images: expected a tensor or ndarray, got {type(images).__name__}")
-        if array.ndim != 4:
-            raise ValueError(f"images: expected a 4-D array [B,C,H,W], got shape {array.shape}")
-        if array.dtype != np.float32:
-            if not np.issubdtype(array.dtype, np.floating):
-                raise TypeError(f"images: expected float32 values, got dtype {array.dtype}")
-            array = array.astype(np.float32)
-        for axis, (want, got) in enumerate(zip(self.input_shape, array.shape)):
+        """Raw outputs by name for ``images``: a ``[B, C, H, W]`` tensor or array of floats,
+        cast to float32 (the rule of :func:`pyconcepts.inputs.check_image_batch`, shared with
+        the torch explainers: integers, an empty batch and NaN/inf are refused before
+        onnxruntime runs)."""
+        tensor = check_image_batch(images, torch.float32, allow_numpy=True)
+        for axis, (want, got) in enumerate(zip(self.input_shape, tensor.shape)):
             if want is not None and want != got:
                 raise ValueError(
-                    f"images: expected shape {self.input_shape} (None = any), got {array.shape} "
-                    f"(axis {axis})"
+                    f"images: expected shape {self.input_shape} (None = any), got "
+                    f"{tuple(tensor.shape)} (axis {axis})"
                 )
-        outputs = self.session.run(None, {"images": np.ascontiguousarray(array)})
+        array = np.ascontiguousarray(tensor.detach().cpu().numpy())
+        outputs = self.session.run(None, {"images": array})
         return dict(zip(self.output_names, outputs))
 
     def explain(self, images: torch.Tensor | np.ndarray) -> Explanation:
