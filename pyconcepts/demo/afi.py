@@ -78,7 +78,7 @@ def run(ctx: DemoContext) -> dict[str, Any]:
         "meta_heatmaps.png": explainer.plot_heatmaps(tx[:4]),
         "editing_curves.png": afi.plot_editing_curves(curves),
     }
-    plt = afi._pyplot()
+    plt = afi.pyplot()
     for name, fig in figures.items():
         fig.savefig(folder / name, dpi=110, bbox_inches="tight")
         plt.close(fig)

@@ -1,0 +1,273 @@
+"""Stage 2 of AfI: class impressions and MMD concept importance, and the seed's evaluations
+on the concept world (editing curves, distillation test)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Optional
+
+import torch
+from torch import nn
+
+from pyconcepts.data.concept_world import ConceptWorld
+from pyconcepts.explainers.afi.occluders import (
+    ValidRange,
+    features,
+    layer_outputs,
+    meta_detector,
+    predict,
+)
+from pyconcepts.metrics.afi import mmd2
+from pyconcepts.models.features import FeatureExtractor
+
+if TYPE_CHECKING:
+    pass
+
+
+# ---- stage 2: class impressions --------------------------------------------------------------
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    """Per-image mean squared difference of neighbouring pixels (the β = 2 TV prior) ``[N]``."""
+    dh = (x[:, :, 1:, :] - x[:, :, :-1, :]).square().flatten(1).mean(1)
+    dw = (x[:, :, :, 1:] - x[:, :, :, :-1]).square().flatten(1).mean(1)
+    return dh + dw
+
+
+def class_impressions(
+    model: nn.Module,
+    layer: str,
+    weights: torch.Tensor,
+    image_shape: Sequence[int],
+    *,
+    steps: int = 200,
+    lr: float = 0.05,
+    tv_weight: float = 1.0,
+    jitter: int = 2,
+    valid_range: ValidRange = (0.0, 1.0),
+    seed: int = 0,
+) -> torch.Tensor:
+    """One image per class maximising the mean activation of its meta-detector in ``layer``.
+
+    The seed uses a total-variation penalty as its only natural-image prior; we add random
+    jitter (a roll of up to ``jitter`` pixels per step, the usual trick of the cited Inceptionism
+    work). Each objective is normalised by the meta-detector's mean activation on the start
+    image's scale-free units: ``mean f'(x) / (1 + mean |f'(x₀)|)``, so ``tv_weight`` means the
+    same in every layer. Adam on pixels, clipped to ``valid_range`` after every step; all
+    classes are optimised together. Returns ``[K, *image_shape]``.
+    """
+    k = weights.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    lo, hi = valid_range
+    device = weights.device
+    x = (lo + hi) / 2 + 0.01 * (hi - lo) * torch.randn(k, *image_shape, generator=gen)
+    x = x.to(device).requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=lr * (hi - lo))
+    model.eval()
+    fx = FeatureExtractor(model, [layer], detach=False)
+    scale: Optional[torch.Tensor] = None
+    for _ in range(steps):
+        dx, dy = (int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=gen))
+        acts = features(fx, torch.roll(x, shifts=(dy, dx), dims=(2, 3)))[layer]
+        maps = meta_detector(acts, weights)  # [K, K, h, w]: image k scored by detector k
+        own = maps[torch.arange(k), torch.arange(k)].flatten(1).mean(1)
+        if scale is None:
+            scale = 1.0 + own.detach().abs()
+        loss = (-own / scale + tv_weight * total_variation(x)).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            x.clamp_(lo, hi)
+    return x.detach()
+
+
+def pick_impression_layer(
+    model: nn.Module,
+    layers: Sequence[str],
+    impressions: dict[str, torch.Tensor],
+    classes: Sequence[int],
+) -> tuple[str, dict[str, float]]:
+    """The seed picks, by eye, the first layer where the class concept emerges. We automate it:
+    the model classifies each layer's impressions, and the shallowest layer with the highest
+    fraction recognised as their class wins. Returns (layer, fraction per layer)."""
+    target = torch.tensor([int(c) for c in classes])
+    rates: dict[str, float] = {}
+    with torch.no_grad():
+        for name in layers:
+            pred = model(impressions[name]).argmax(1).cpu()
+            rates[name] = float((pred == target).double().mean())
+    best = max(rates.values())
+    return next(n for n in layers if rates[n] == best), rates
+
+
+# ---- stage 2: quantitative concept attribution ----------------------------------------------
+def concept_importance(
+    model: nn.Module,
+    layers: Sequence[str],
+    cis: dict[str, torch.Tensor],
+    probes: Sequence[torch.Tensor],
+    benchmarks: Sequence[torch.Tensor],
+    batch_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MMD concept importance (seed §3.2): for each concept m, class k and layer l, the MMD²
+    between the flattened meta-detector outputs of ``probes[m]`` (images with the concept) and
+    ``benchmarks[m]`` (images without it), Gaussian kernel, median bandwidth. Summed over the
+    layers and normalised per class to sum 1 (the seed says "normalised" only).
+
+    Returns (importance ``[K, M]``, per-layer MMD² ``[L, K, M]``).
+    """
+    if len(probes) != len(benchmarks):
+        raise ValueError(
+            f"benchmarks: expected one set per probe set ({len(probes)}), got {len(benchmarks)}"
+        )
+    raw = torch.zeros(len(layers), len(next(iter(cis.values()))), len(probes), dtype=torch.float64)
+    for m, (pos, neg) in enumerate(zip(probes, benchmarks)):
+        acts_p = layer_outputs(model, layers, pos, batch_size)
+        acts_n = layer_outputs(model, layers, neg, batch_size)
+        for li, name in enumerate(layers):
+            mp = meta_detector(acts_p[name], cis[name]).flatten(2).transpose(0, 1)  # [K, n, hw]
+            mn = meta_detector(acts_n[name], cis[name]).flatten(2).transpose(0, 1)
+            raw[li, :, m] = mmd2(mp, mn).cpu()
+    total = raw.sum(0)
+    norm = total.sum(1, keepdim=True)
+    return total / torch.where(norm > 0, norm, torch.ones_like(norm)), raw
+
+
+# ---- evaluations on the concept world --------------------------------------------------------
+def concept_presence(world: ConceptWorld, batch: int = 256) -> torch.Tensor:
+    """Bool ``[N, M]`` ground-truth concept presence of every image of ``world``."""
+    return torch.cat(
+        [
+            world.concept_presence(slice(s, min(len(world), s + batch))).bool()
+            for s in range(0, len(world), batch)
+        ]
+    )
+
+
+def probe_sets(
+    world: ConceptWorld, n: int, seed: int = 0
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per concept: up to ``n`` random images showing it and as many random images without it
+    (the seed's probe data and "benchmark ones with irrelevant concept tags", from ground
+    truth). Returns (probes, benchmarks), lists of image tensors in concept order."""
+    presence = concept_presence(world)
+    gen = torch.Generator().manual_seed(seed)
+    probes, benchmarks = [], []
+    for m in range(presence.shape[1]):
+        pos = presence[:, m].nonzero().flatten()
+        neg = (~presence[:, m]).nonzero().flatten()
+        size = min(n, len(pos), len(neg))
+        if size < 2:
+            raise ValueError(
+                f"world: concept {world.concepts[m]!r} needs >= 2 images with and without it, "
+                f"got {len(pos)} and {len(neg)}"
+            )
+        pos = pos[torch.randperm(len(pos), generator=gen)[:size]]
+        neg = neg[torch.randperm(len(neg), generator=gen)[:size]]
+        probes.append(world.image(pos))
+        benchmarks.append(world.image(neg))
+    return probes, benchmarks
+
+
+def editing_curves(
+    model: nn.Module,
+    world: ConceptWorld,
+    rankings: dict[str, torch.Tensor],
+    classes: Sequence[int],
+    *,
+    n_images: int = 20,
+    max_concepts: int = 5,
+    n_random: int = 5,
+    seed: int = 0,
+) -> dict[str, dict[str, torch.Tensor]]:
+    """The seed's concept-editing test (Fig. 2) with concept-world renderings.
+
+    For each class, the first ``n_images`` correctly classified images of ``world``; a ranking
+    ``[K, M]`` orders the concepts. *Add* (smallest sufficient concepts): re-render each image
+    on its own background with only the parts carrying one of the top-j concepts; *remove*
+    (smallest destroying concepts): re-render it without those parts. A part (shape + colour +
+    texture) is the smallest unit that can be drawn, so adding a concept adds its parts.
+    Accuracy (fraction still classified as the class) for j = 0…max_concepts. A "random"
+    ranking (mean over ``n_random`` permutations) is added. Returns
+    ``{"add": {name: [K, J+1]}, "remove": {...}}``.
+    """
+    from pyconcepts.data.concept_world import render
+
+    gen = torch.Generator().manual_seed(seed)
+    n_concepts = len(world.concepts)
+    out: dict[str, dict[str, torch.Tensor]] = {"add": {}, "remove": {}}
+    names = [*rankings, "random"]
+    for mode in out:
+        for name in names:
+            out[mode][name] = torch.zeros(len(classes), max_concepts + 1, dtype=torch.float64)
+    for k, c in enumerate(classes):
+        idx = (world.labels == c).nonzero().flatten()[: 4 * n_images]  # candidates
+        idx = idx[predict(model, world.image(idx), 256) == c][:n_images]
+        if not len(idx):
+            continue
+        parts, ids = world.parts[idx], world.concept_ids_of_parts(idx)  # [n,P,7], [n,P,3]
+        exists = parts[..., 0] >= 0
+        orders = {
+            name: torch.argsort(r[k], descending=True, stable=True) for name, r in rankings.items()
+        }
+        random_orders = [torch.randperm(n_concepts, generator=gen) for _ in range(n_random)]
+        for name in names:
+            for order in random_orders if name == "random" else [orders[name]]:
+                for j in range(max_concepts + 1):
+                    carries = (ids[..., None] == order[:j].view(1, 1, 1, -1)).flatten(2).any(2)
+                    for mode, keep in (("add", exists & carries), ("remove", exists & ~carries)):
+                        edited = parts.clone()
+                        edited[~keep] = -1.0
+                        images, _ = render(edited, world.backgrounds[idx], world.shape)
+                        with torch.no_grad():
+                            acc = (model(images).argmax(1) == c).double().mean()
+                        out[mode][name][k, j] += acc / (n_random if name == "random" else 1)
+    return out
+
+
+def distillation_test(
+    model: nn.Module,
+    layers: Sequence[str],
+    weights: dict[str, dict[str, torch.Tensor]],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    classes: Sequence[int],
+    *,
+    n_per_class: int = 60,
+    epochs: int = 200,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> dict[str, torch.Tensor]:
+    """The seed's distillation test (Table 2): per class a balanced binary set (the class vs.
+    the others, all correctly classified by the teacher), represented by the flattened outputs
+    of the class's meta-detectors in all ``layers``; a 32-16-2 student is trained on one half
+    and tested on the other. ``weights`` maps a method name to its CIS (layer → ``[K, C]``).
+    Returns method → test accuracy per class ``[K]``.
+    """
+    from pyconcepts.metrics.afi import distillation_accuracy
+
+    gen = torch.Generator().manual_seed(seed)
+    correct = predict(model, images, batch_size) == labels
+    result = {
+        name: torch.full((len(classes),), float("nan"), dtype=torch.float64) for name in weights
+    }
+    for k, c in enumerate(classes):
+        pos = (correct & (labels == c)).nonzero().flatten()
+        neg = (correct & (labels != c)).nonzero().flatten()
+        size = min(n_per_class, len(pos), len(neg))
+        if size < 4:
+            continue
+        pos = pos[torch.randperm(len(pos), generator=gen)[:size]]
+        neg = neg[torch.randperm(len(neg), generator=gen)[:size]]
+        idx = torch.cat([pos, neg])
+        target = torch.cat([torch.ones(size), torch.zeros(size)]).long()
+        split = torch.randperm(2 * size, generator=gen)
+        train, test = split[:size], split[size:]
+        acts = layer_outputs(model, layers, images[idx], batch_size)
+        for name, cis in weights.items():
+            feats = torch.cat(
+                [meta_detector(acts[n], cis[n][k : k + 1]).flatten(1) for n in layers], dim=1
+            )
+            result[name][k] = distillation_accuracy(
+                feats[train], target[train], feats[test], target[test], epochs=epochs, seed=seed
+            )
+    return result

@@ -1,0 +1,546 @@
+"""The :class:`AfI` explainer: AfI's steps strung together as a ``ConceptExplainer``, with
+its explain module (shared with the ONNX export) and plots."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pyconcepts.data.batches import iter_batches
+from pyconcepts.data.concept_world import ConceptWorld
+from pyconcepts.explainers.afi.concepts import (
+    class_impressions,
+    concept_importance,
+    pick_impression_layer,
+    probe_sets,
+)
+from pyconcepts.explainers.afi.occluders import (
+    ValidRange,
+    channel_importance,
+    feature_importance,
+    features_and_logits,
+    fit_occluders,
+    layer_outputs,
+    middle_layers,
+    occlude,
+    predict,
+)
+from pyconcepts.explainers.base import ConceptExplainer, class_names_of
+from pyconcepts.explainers.layout import (
+    explained_classes,
+    resolve_targets,
+    upsample,
+    warn_unexplained,
+)
+from pyconcepts.explanation import Explanation, displayable
+from pyconcepts.metrics.afi import attack_success_rate
+from pyconcepts.models.features import FeatureExtractor
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+# ---- the explainer ---------------------------------------------------------------------------
+def _collect(data: object, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """All images and labels of ``data`` as two tensors (labels are required)."""
+    if isinstance(data, ConceptWorld):
+        return data.tensors()
+    images, labels = [], []
+    for x, y in iter_batches(data, batch_size):
+        if y is None:
+            raise ValueError("data: AfI needs labels: pass (images, labels) or a labelled dataset")
+        images.append(x)
+        labels.append(y)
+    if not images:
+        raise ValueError("data: expected at least one image, got none")
+    return torch.cat(images), torch.cat(labels).long()
+
+
+class _AfIGraph(nn.Module):
+    """images (, targets) → AfI's outputs (``AfI.onnx_outputs`` order) for the explained class
+    of each image (default: the prediction); ``explain`` and the ONNX export both run it."""
+
+    classes: torch.Tensor
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: str,
+        weights: torch.Tensor,
+        importance: torch.Tensor,
+        classes: Sequence[int],
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.fx = FeatureExtractor(model, [layer])
+        self.weights = nn.Parameter(weights.float()[:, :, None, None], requires_grad=False)
+        self.importance = nn.Parameter(importance.float(), requires_grad=False)
+        self.register_buffer("classes", torch.tensor(list(classes), dtype=torch.long))
+
+    def forward(
+        self, images: torch.Tensor, targets: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, ...]:
+        feats, logits = features_and_logits(self.fx, images)
+        act = next(iter(feats.values()))
+        if act.dim() == 2:
+            act = act[:, :, None, None]
+        maps = F.conv2d(act, self.weights)  # eq. 9 for every fitted class: [B, K, h, w]
+        if targets is None:
+            targets = logits.argmax(1)
+        hit = (targets[:, None] == self.classes[None, :]).to(maps.dtype)  # [B, K]
+        own = torch.einsum("bk,bkhw->bhw", hit, maps)[:, None]
+        class_maps = upsample(own, images.shape[-2:])[:, 0].clamp_min(0)
+        return logits, self.importance[targets], class_maps, maps.mean((2, 3))
+
+
+class AfI(ConceptExplainer):
+    """Attacking for Interpretability: global occluders → FIS/CIS → meta-detectors → concepts.
+
+    Args:
+        model: a classifier returning logits; inputs in ``valid_range``.
+        layers: the "middle layers" (dotted names); None = every ReLU output
+            (:func:`middle_layers`).
+        classes: class indices to explain; None = every class present in the fit data.
+        l1_weight, lr, max_iter, noise, max_degrees, use_transform, valid_range: occluder
+            optimisation (:func:`fit_occluders`); ``use_transform=False`` is the seed's ablation.
+        holdout_fraction: share of each class's fit images held out to measure the occluders'
+            attack success rate (not used to learn them).
+        impression_layer: layer of the class impressions; None = automatic (the shallowest layer
+            whose impressions the model recognises best, :func:`pick_impression_layer`).
+        impression_steps, impression_lr, tv_weight, jitter: :func:`class_impressions`
+            (``impression_steps=0`` skips them).
+        n_probe: images per concept probe set and per benchmark set (concept world fits).
+        heatmap_layer: layer of the meta-detector heatmaps of ``explain``; None = the impression
+            layer when its output is a spatial map, else the last middle layer that has one.
+        seed, batch_size: randomness and evaluation batch size.
+        class_names: names of the model's classes (default: the data's, the model's, or
+            ``class_i``).
+
+    ``valid_range`` is the (low, high) pixel range the occluded images and impressions are
+    clipped to; None (default) takes the fit images' own minimum and maximum, so normalised
+    inputs work as they are. Fit images outside a given range are refused.
+
+    Fitted state: ``delta_`` ``[K,C,H,W]``, ``attack_success_`` (held-out) and
+    ``train_success_`` ``[K]``, ``occluder_iterations_``/``occluder_converged_`` ``[K]``,
+    ``fis_``/``cis_`` (layer → ``[K, ...]``/``[K, C]``), ``impressions_`` (layer → ``[K,C,H,W]``),
+    ``impression_layer_``, ``impression_rates_``, ``concept_importance_`` ``[K, M]`` and
+    ``concept_mmd_`` ``[L, K, M]`` (when probe sets are given or the data is a concept world).
+
+    ``explain`` returns global concept importance of each image's target class as
+    ``concept_scores``, the target class's meta-detector map in ``heatmap_layer_`` (upsampled,
+    negative parts cut) as ``class_maps``, and in ``extras`` ``class_scores [B, K]`` (every
+    fitted class's mean meta-detector activation). AfI has no per-concept maps. The ONNX graph
+    has the same outputs.
+    """
+
+    method = "afi"
+    onnx_outputs = ("logits", "concept_scores", "class_maps", "class_scores")
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Optional[Sequence[str]] = None,
+        classes: Optional[Sequence[int]] = None,
+        *,
+        l1_weight: float = 10.0,
+        lr: float = 0.01,
+        max_iter: int = 300,
+        noise: float = 0.04,
+        max_degrees: float = 5.0,
+        use_transform: bool = True,
+        valid_range: Optional[Sequence[float]] = None,
+        holdout_fraction: float = 0.25,
+        impression_layer: Optional[str] = None,
+        impression_steps: int = 200,
+        impression_lr: float = 0.05,
+        tv_weight: float = 1.0,
+        jitter: int = 2,
+        n_probe: int = 40,
+        heatmap_layer: Optional[str] = None,
+        seed: int = 0,
+        batch_size: int = 64,
+        class_names: Optional[Sequence[str]] = None,
+    ) -> None:
+        self.model = model
+        self.layers = layers
+        self.classes = classes
+        self.l1_weight = l1_weight
+        self.lr = lr
+        self.max_iter = max_iter
+        self.noise = noise
+        self.max_degrees = max_degrees
+        self.use_transform = use_transform
+        self.valid_range = valid_range
+        self.holdout_fraction = holdout_fraction
+        self.impression_layer = impression_layer
+        self.impression_steps = impression_steps
+        self.impression_lr = impression_lr
+        self.tv_weight = tv_weight
+        self.jitter = jitter
+        self.n_probe = n_probe
+        self.heatmap_layer = heatmap_layer
+        self.seed = seed
+        self.batch_size = batch_size
+        self.class_names = class_names
+
+    # ---- fit ------------------------------------------------------------------------------
+    @property
+    def layer(self) -> str:
+        """The layer of ``explain``'s heatmaps (recorded in exports); set by ``fit``."""
+        return self.heatmap_layer_
+
+    @property
+    def _range(self) -> ValidRange:
+        lo, hi = self.valid_range_
+        return float(lo), float(hi)
+
+    def _resolve_range(self, images: torch.Tensor) -> tuple[float, float]:
+        low, high = float(images.min()), float(images.max())
+        if self.valid_range is None:
+            if low >= high:
+                raise ValueError("data: every pixel has the same value; pass valid_range")
+            return low, high
+        lo, hi = (float(v) for v in self.valid_range)
+        if not lo < hi:
+            raise ValueError(
+                f"valid_range: expected (low, high) with low < high, got {self.valid_range}"
+            )
+        if low < lo or high > hi:
+            raise ValueError(
+                f"data: pixel values span [{low:.4g}, {high:.4g}], outside valid_range "
+                f"{tuple(self.valid_range)}; pass the range of the model's inputs (None: the "
+                "data's own range)"
+            )
+        return lo, hi
+
+    def fit(
+        self,
+        data: object,
+        probes: Optional[Sequence[torch.Tensor]] = None,
+        benchmarks: Optional[Sequence[torch.Tensor]] = None,
+        concept_names: Optional[Sequence[str]] = None,
+    ) -> AfI:
+        """Learn occluders, importance scores, impressions and (given probes) concept importance.
+
+        ``data``: a :class:`ConceptWorld` (probe sets then come from its ground truth), an
+        ``(images, labels)`` pair, or anything :func:`pyconcepts.data.iter_batches` accepts with
+        labels. ``probes[m]``/``benchmarks[m]``: images with / without concept m.
+        """
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise ValueError(f"holdout_fraction: expected in [0, 1), got {self.holdout_fraction}")
+        images, labels = _collect(data, self.batch_size)
+        device = self._model_device()
+        images, labels = images.to(device), labels.to(device)
+        images = self._check_images(images)
+        self.valid_range_ = self._resolve_range(images)
+        self.model.eval()
+        with torch.no_grad():
+            n_classes = int(self.model(images[:1]).shape[1])
+        classes = explained_classes(
+            self.classes if self.classes is not None else torch.unique(labels).tolist(), n_classes
+        )
+        layers = FeatureExtractor(self.model, list(self.layers or middle_layers(self.model))).names
+        train, held = self._split(labels, classes)
+        vr = self._range
+        fit = fit_occluders(
+            self.model, images[train], labels[train], classes,
+            l1_weight=self.l1_weight, lr=self.lr, max_iter=self.max_iter, noise=self.noise,
+            max_degrees=self.max_degrees, use_transform=self.use_transform, valid_range=vr,
+            seed=self.seed,
+        )  # fmt: skip
+        self.classes_, self.layers_, self.n_classes_ = classes, layers, n_classes
+        self.delta_ = fit.delta
+        self.occluder_iterations_, self.occluder_converged_ = fit.iterations, fit.converged
+        self.n_used_ = [int(((labels[train] == c) & fit.used).sum()) for c in classes]
+        self.train_success_ = self._attack_success(images[train], labels[train])
+        self.attack_success_ = self._attack_success(images[held], labels[held])
+        used = train.nonzero().flatten()[fit.used]
+        if not len(used):
+            raise ValueError(
+                f"data: the model classifies no training image of classes {classes} correctly "
+                "(also under the transform t): the occluders have nothing to learn from"
+            )
+        self.fis_ = feature_importance(
+            self.model, layers, images[used], labels[used], classes, self.delta_, vr,
+            self.batch_size,
+        )  # fmt: skip
+        self.cis_ = {name: channel_importance(s) for name, s in self.fis_.items()}
+        self._fit_impressions(images[:1])
+        self.class_names_ = list(
+            self.class_names
+            or getattr(data, "class_names", None)
+            or class_names_of(self.model, n_classes, None)
+        )
+        if probes is None and isinstance(data, ConceptWorld):
+            probes, benchmarks = probe_sets(data, self.n_probe, self.seed)
+            concept_names = concept_names or list(data.concepts)
+        self.concept_names_: list[str] = []
+        self.concept_importance_ = torch.zeros(len(classes), 0, dtype=torch.float64)
+        self.concept_mmd_ = torch.zeros(len(layers), len(classes), 0, dtype=torch.float64)
+        if probes is not None:
+            if benchmarks is None:
+                raise ValueError("benchmarks: expected one benchmark set per probe set, got None")
+            self.concept_importance_, self.concept_mmd_ = concept_importance(
+                self.model, layers, self.cis_, [p.to(device) for p in probes],
+                [b.to(device) for b in benchmarks], self.batch_size,
+            )  # fmt: skip
+            names = concept_names or [f"concept_{m}" for m in range(len(probes))]
+            if len(names) != len(probes):
+                raise ValueError(f"concept_names: expected {len(probes)} names, got {len(names)}")
+            self.concept_names_ = list(names)
+        self._record_fit(images)
+        return self
+
+    def _split(
+        self, labels: torch.Tensor, classes: Sequence[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per class, the last ``holdout_fraction`` of its images (in data order) is held out."""
+        held = torch.zeros_like(labels, dtype=torch.bool)
+        for c in classes:
+            idx = (labels == c).nonzero().flatten()
+            n_held = math.floor(len(idx) * self.holdout_fraction)
+            if n_held:
+                held[idx[len(idx) - n_held :]] = True
+        return ~held, held
+
+    def _fit_impressions(self, example: torch.Tensor) -> None:
+        self.impressions_: dict[str, torch.Tensor] = {}
+        self.impression_rates_: dict[str, float] = {}
+        layers = [self.impression_layer] if self.impression_layer else self.layers_
+        if self.impression_layer and self.impression_layer not in self.layers_:
+            raise ValueError(
+                f"impression_layer: expected one of the middle layers {self.layers_}, "
+                f"got {self.impression_layer!r}"
+            )
+        if self.impression_steps > 0:
+            for name in layers:
+                self.impressions_[name] = class_impressions(
+                    self.model, name, self.cis_[name], example.shape[1:],
+                    steps=self.impression_steps, lr=self.impression_lr, tv_weight=self.tv_weight,
+                    jitter=self.jitter, valid_range=self._range, seed=self.seed,
+                )  # fmt: skip
+            chosen, self.impression_rates_ = pick_impression_layer(
+                self.model, layers, self.impressions_, self.classes_
+            )
+        else:
+            chosen = self.impression_layer or self.layers_[-1]
+        self.impression_layer_ = chosen
+        self.heatmap_layer_ = self.heatmap_layer or self._spatial_default(chosen, example)
+        if self.heatmap_layer_ not in self.layers_:
+            raise ValueError(
+                f"heatmap_layer: expected one of the middle layers {self.layers_}, "
+                f"got {self.heatmap_layer_!r}"
+            )
+
+    def _spatial_default(self, chosen: str, example: torch.Tensor) -> str:
+        """``chosen`` when its output is a spatial map, else the last middle layer with one
+        (a dense layer's meta-detector is a single number: a 1×1 "map"), with a warning."""
+        acts = layer_outputs(self.model, self.layers_, example, self.batch_size)
+        spatial = [n for n in self.layers_ if acts[n].dim() == 4 and acts[n][0, 0].numel() > 1]
+        if chosen in spatial:
+            return chosen
+        if not spatial:
+            raise ValueError(
+                f"layers: none of the middle layers {self.layers_} outputs a spatial map; "
+                "pass heatmap_layer (a conv layer's name)"
+            )
+        warnings.warn(
+            f"heatmap_layer: the {'impression' if self.impressions_ else 'last middle'} layer "
+            f"{chosen!r} has no spatial map; the heatmaps use {spatial[-1]!r} instead",
+            stacklevel=4,
+        )
+        return spatial[-1]
+
+    # ---- use ------------------------------------------------------------------------------
+    def occlude(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Each image minus the occluder of its label (images of unfitted classes unchanged)."""
+        self._check_fitted()
+        return self._occlude(images, labels)
+
+    def attack_success(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Per fitted class, the fraction of its correctly classified ``images`` whose prediction
+        the class's occluder flips (NaN where there is none)."""
+        self._check_fitted()
+        return self._attack_success(images, labels)
+
+    def _occlude(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        out = images.clone()
+        for k, c in enumerate(self.classes_):
+            mask = labels == c
+            out[mask] = occlude(images[mask], self.delta_[k].to(images.device), self._range)
+        return out
+
+    def _attack_success(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        clean = predict(self.model, images, self.batch_size)
+        occl = predict(self.model, self._occlude(images, labels), self.batch_size)
+        rates = [
+            attack_success_rate(clean[labels == c], occl[labels == c], c) for c in self.classes_
+        ]
+        return torch.tensor(rates, dtype=torch.float64)
+
+    def _importance_table(self) -> torch.Tensor:
+        """Concept importance for every model class (rows of unfitted classes are 0)."""
+        table = torch.zeros(self.n_classes_, len(self.concept_names_), dtype=torch.float64)
+        table[torch.tensor(self.classes_, dtype=torch.long)] = self.concept_importance_
+        return table
+
+    def explain(self, images: torch.Tensor, targets: Optional[Any] = None) -> Explanation:
+        """The target class's (default: the prediction's) concept importance and meta-detector
+        map of each image; images of classes that were not fitted get a zero map, with a
+        warning."""
+        self._check_fitted()
+        images = self._check_images(images).to(self._model_device())
+        t = resolve_targets(targets, images.shape[0], self.n_classes_)
+        with torch.no_grad():
+            outputs = self._onnx_module()(images, None if t is None else t.to(images.device))
+        out = dict(zip(self.onnx_outputs, outputs))
+        t = out["logits"].argmax(1) if t is None else t.to(out["logits"].device)
+        warn_unexplained(t, self.classes_)
+        return Explanation.from_outputs(
+            self.method, self.heatmap_layer_, self.concept_names_, self.class_names_, out, t
+        )
+
+    # ---- persistence / export --------------------------------------------------------------
+    def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
+        tensors = {
+            "delta": self.delta_,
+            "occluder_iterations": self.occluder_iterations_,
+            "occluder_converged": self.occluder_converged_,
+            "train_success": self.train_success_,
+            "attack_success": self.attack_success_,
+            "concept_importance": self.concept_importance_,
+            "concept_mmd": self.concept_mmd_,
+            **{f"fis.{n}": t for n, t in self.fis_.items()},
+            **{f"cis.{n}": t for n, t in self.cis_.items()},
+            **{f"impressions.{n}": t for n, t in self.impressions_.items()},
+        }
+        state = {
+            "classes_": self.classes_,
+            "layers_": self.layers_,
+            "n_classes_": self.n_classes_,
+            "n_used_": self.n_used_,
+            "impression_layer_": self.impression_layer_,
+            "impression_rates_": self.impression_rates_,
+            "heatmap_layer_": self.heatmap_layer_,
+            "valid_range_": list(self.valid_range_),
+            "class_names_": self.class_names_,
+            "concept_names_": self.concept_names_,
+        }
+        return tensors, state
+
+    def _set_state(self, tensors: dict[str, torch.Tensor], state: dict[str, object]) -> None:
+        device = self._model_device()
+        for key, value in state.items():
+            setattr(self, key, value)
+        self.delta_ = tensors["delta"].to(device)
+        self.occluder_iterations_ = tensors["occluder_iterations"]
+        self.occluder_converged_ = tensors["occluder_converged"]
+        self.train_success_ = tensors["train_success"]
+        self.attack_success_ = tensors["attack_success"]
+        self.concept_importance_ = tensors["concept_importance"]
+        self.concept_mmd_ = tensors["concept_mmd"]
+        self.fis_, self.cis_, self.impressions_ = (
+            {k[len(p) + 1 :]: v.to(device) for k, v in tensors.items() if k.startswith(p + ".")}
+            for p in ("fis", "cis", "impressions")
+        )
+        if set(self.cis_) != set(self.layers_):
+            raise ValueError(f"state: CIS for layers {sorted(self.cis_)}, expected {self.layers_}")
+
+    def _onnx_module(self) -> nn.Module:
+        return _AfIGraph(
+            self.model,
+            self.heatmap_layer_,
+            self.cis_[self.heatmap_layer_],
+            self._importance_table(),
+            self.classes_,
+        ).to(self._model_device())
+
+    def _class_map(self, images: torch.Tensor, cls: int) -> torch.Tensor:
+        maps = self.explain(images, [cls] * len(images)).class_maps
+        assert maps is not None  # AfI always returns class maps
+        return maps
+
+    # ---- plots ----------------------------------------------------------------------------
+    def plot_heatmaps(self, images: torch.Tensor, n: int = 4) -> Figure:
+        """Per image (rows, at most ``n``): the image, then each fitted class's meta-detector
+        heatmap over it (the explained class's title in bold)."""
+        plt = pyplot()
+        images = images[:n]
+        e = self.explain(images)
+        heat = torch.stack([self._class_map(images, c) for c in self.classes_], 1).cpu()
+        k = len(self.classes_)
+        fig, axes = plt.subplots(
+            len(images), k + 1, figsize=(1.6 * (k + 1), 1.7 * len(images)), squeeze=False
+        )
+        for i in range(len(images)):
+            picture = displayable(images[i])
+            axes[i, 0].imshow(picture)
+            axes[i, 0].set_title(f"pred: {self.class_names_[int(e.targets[i])]}", fontsize=6)
+            for j, c in enumerate(self.classes_):
+                ax = axes[i, j + 1]
+                ax.imshow(picture)
+                ax.imshow(heat[i, j].numpy(), cmap="jet", alpha=0.5)
+                weight = "bold" if c == int(e.targets[i]) else "normal"
+                ax.set_title(self.class_names_[c], fontsize=5, fontweight=weight)
+        for ax in axes.flat:
+            ax.axis("off")
+        fig.suptitle(f"AfI meta-detectors at {self.heatmap_layer_}", fontsize=8)
+        fig.tight_layout()
+        return fig
+
+    def plot_impressions(self) -> Figure:
+        """Top row: class impressions at ``impression_layer_``; bottom row: the occluders δ
+        (scaled to [0, 1]) with their held-out attack success rates."""
+        plt = pyplot()
+        k = len(self.classes_)
+        fig, axes = plt.subplots(2, k, figsize=(1.6 * k, 3.6), squeeze=False)
+        imp = self.impressions_.get(self.impression_layer_)
+        for j, c in enumerate(self.classes_):
+            name = self.class_names_[c]
+            if imp is not None:
+                axes[0, j].imshow(imp[j].cpu().permute(1, 2, 0).clamp(0, 1).numpy())
+            axes[0, j].set_title(name, fontsize=5)
+            d = self.delta_[j].cpu()
+            d = (d - d.min()) / (d.max() - d.min()).clamp_min(1e-12)
+            axes[1, j].imshow(d.permute(1, 2, 0).numpy())
+            axes[1, j].set_title(f"ASR {float(self.attack_success_[j]):.2f}", fontsize=6)
+        for ax in axes.flat:
+            ax.axis("off")
+        fig.suptitle(f"class impressions ({self.impression_layer_}) and occluders", fontsize=8)
+        fig.tight_layout()
+        return fig
+
+
+def pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_editing_curves(curves: dict[str, dict[str, torch.Tensor]]) -> Figure:
+    """Accuracy (mean over classes) vs number of concepts added (left) / removed (right), one
+    line per ranking, like the seed's Fig. 2."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(7.0, 3.0))
+    for ax, mode, title in zip(
+        axes, ("add", "remove"), ("adding top concepts", "removing top concepts")
+    ):
+        for name, table in curves[mode].items():
+            mean = table.nanmean(0)
+            ax.plot(range(len(mean)), mean.numpy(), marker="o", label=name)
+        ax.set_xlabel("number of concepts")
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

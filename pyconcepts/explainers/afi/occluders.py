@@ -1,0 +1,347 @@
+"""Stage 1 of AfI: the transformation t, global feature occluders, feature and channel importance
+and meta-detectors (seed eqs. 4–9), on any torch classifier."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional, cast
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pyconcepts.models.features import FeatureExtractor
+
+if TYPE_CHECKING:
+    pass
+
+
+ValidRange = tuple[float, float]
+
+
+# ---- the transformation t ---------------------------------------------------------------------
+def random_transform(
+    x: torch.Tensor,
+    noise: float = 0.04,
+    max_degrees: float = 5.0,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """The seed's t: add uniform noise in [−noise, noise], then rotate by a uniform angle in
+    [−max_degrees, max_degrees] about the image centre; differentiable and batched (one draw per
+    image). Rotation resamples bilinearly with border padding so that no black corners appear —
+    t must not change clean predictions (eq. 4, third condition). Random draws come from
+    ``generator`` (CPU) so results are reproducible.
+    """
+    n = x.shape[0]
+    u = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+    angle = torch.rand(n, generator=generator, dtype=x.dtype).to(x.device)
+    angle = (angle * 2 - 1) * math.radians(max_degrees)
+    cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(
+        x + (u * 2 - 1) * noise, grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
+
+
+def occlude(x: torch.Tensor, delta: torch.Tensor, valid_range: ValidRange) -> torch.Tensor:
+    """``x − δ`` clipped to the valid input range (eq. 4's last constraint holds by design)."""
+    return (x - delta).clamp(valid_range[0], valid_range[1])
+
+
+# ---- activations ------------------------------------------------------------------------------
+def middle_layers(model: nn.Module) -> list[str]:
+    """Default "middle layers": the output of every ReLU module, in registration order.
+
+    Post-activation maps are non-negative, so a CIS-weighted sum of them is a detector; for the
+    zoo models these are the conv blocks and the hidden dense layer (the seed's fc6 analogue).
+    """
+    names = [n for n, m in model.named_modules() if isinstance(m, (nn.ReLU, nn.ReLU6))]
+    if not names:
+        raise ValueError("layers: the model has no ReLU modules; pass layer names explicitly")
+    return names
+
+
+def features(fx: FeatureExtractor, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``fx(x)`` with its type narrowed (layer name → activation)."""
+    return cast("dict[str, torch.Tensor]", fx(x))
+
+
+def features_and_logits(
+    fx: FeatureExtractor, x: torch.Tensor
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """``fx(x, return_output=True)`` with its type narrowed: (activations, model output)."""
+    return cast("tuple[dict[str, torch.Tensor], torch.Tensor]", fx(x, return_output=True))
+
+
+def layer_outputs(
+    model: nn.Module, layers: Sequence[str], x: torch.Tensor, batch_size: int = 64
+) -> dict[str, torch.Tensor]:
+    """Activations of ``layers`` for ``x``, in batches, without gradients."""
+    fx = FeatureExtractor(model, list(layers))
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in fx.names}
+    with torch.no_grad():
+        for chunk in x.split(batch_size):
+            for name, a in features(fx, chunk).items():
+                parts[name].append(a)
+    return {name: torch.cat(v) for name, v in parts.items()}
+
+
+# ---- stage 1: global feature occluders --------------------------------------------------------
+@dataclass
+class OccluderFit:
+    """Result of :func:`fit_occluders` for K classes.
+
+    delta ``[K,C,H,W]``; iterations ``[K]`` (Adam steps taken); converged ``[K]`` (eq. 4's
+    constraints held on all used images); used ``[N]`` (images kept: f(x) = f(t(x)) = y).
+    """
+
+    delta: torch.Tensor
+    iterations: torch.Tensor
+    converged: torch.Tensor
+    used: torch.Tensor
+
+
+def _generators(classes: Sequence[int], seed: int) -> list[torch.Generator]:
+    # one stream per class: results do not depend on which classes are optimised together
+    return [torch.Generator().manual_seed(seed * 1_000_003 + int(c)) for c in classes]
+
+
+def _keep_images(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    classes: Sequence[int],
+    gens: list[torch.Generator],
+    noise: float,
+    max_degrees: float,
+    use_transform: bool,
+) -> torch.Tensor:
+    """Eq. 4's third constraint: keep images predicted y whose transformed copy is predicted y."""
+    used = torch.zeros(len(images), dtype=torch.bool, device=images.device)
+    with torch.no_grad():
+        for c, gen in zip(classes, gens):
+            idx = (labels == c).nonzero().flatten()
+            if not len(idx):
+                continue
+            x = images[idx]
+            ok = model(x).argmax(1) == c
+            if use_transform:
+                ok &= model(random_transform(x, noise, max_degrees, gen)).argmax(1) == c
+            used[idx] = ok
+    return used
+
+
+def _optimise(
+    model: nn.Module,
+    groups: list[torch.Tensor],
+    classes: Sequence[int],
+    gens: list[torch.Generator],
+    *,
+    l1_weight: float,
+    lr: float,
+    max_iter: int,
+    noise: float,
+    max_degrees: float,
+    use_transform: bool,
+    valid_range: ValidRange,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Minimise eq. 5 for all groups at once: one forward/backward per iteration over the images
+    of the classes still running. Adam (β = 0.9, 0.999, ε = 1e-8) is applied per class with its
+    own step count, so a class that meets eq. 4 is frozen exactly where it met it."""
+    k, ref = len(groups), groups[0]
+    delta = torch.zeros(k, *ref.shape[1:], dtype=ref.dtype, device=ref.device)
+    m, v = torch.zeros_like(delta), torch.zeros_like(delta)
+    steps = torch.zeros(k, dtype=torch.long)
+    running = torch.tensor([len(g) > 0 for g in groups])
+    converged = torch.zeros(k, dtype=torch.bool)
+    target = torch.tensor([int(c) for c in classes], device=ref.device)
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    for _ in range(max_iter):
+        active = running.nonzero().flatten().tolist()
+        if not active:
+            break
+        xs = torch.cat([groups[a] for a in active])
+        owner = torch.cat([torch.full((len(groups[a]),), a, dtype=torch.long) for a in active]).to(
+            ref.device
+        )
+        d = delta.detach().requires_grad_(True)
+        occluded = occlude(xs, d[owner], valid_range)
+        batch = [occluded]
+        if use_transform:
+            batch.append(
+                torch.cat(
+                    [
+                        random_transform(chunk, noise, max_degrees, gens[a])
+                        for a, chunk in zip(
+                            active, occluded.split([len(groups[a]) for a in active])
+                        )
+                    ]
+                )
+            )
+        logits = model(torch.cat(batch)).view(len(batch), len(xs), -1)
+        y = target[owner]
+        zy = logits.gather(2, y.view(1, -1, 1).expand(len(batch), -1, 1)).squeeze(2)
+        flipped = (logits.argmax(2) != y).all(0)
+        counts = torch.bincount(owner, minlength=k).clamp_min(1).to(zy.dtype)
+        per_class = torch.zeros(k, dtype=zy.dtype, device=zy.device).index_add(0, owner, zy.sum(0))
+        loss = (per_class / counts).sum() + l1_weight * d[active].abs().flatten(1).mean(1).sum()
+        (grad,) = torch.autograd.grad(loss, d)
+        # eq. 4 per class: done when no image of it keeps its label under x−δ (and t(x−δ))
+        unflipped = torch.zeros(k, dtype=torch.long, device=ref.device).index_add(
+            0, owner, (~flipped).long()
+        )
+        done = (unflipped == 0).cpu() & running
+        converged |= done
+        running &= ~done
+        step_rows = running.nonzero().flatten()
+        if not len(step_rows):
+            break
+        steps[step_rows] += 1
+        with torch.no_grad():
+            rows = step_rows.to(ref.device)
+            g = grad[rows]
+            m[rows] = b1 * m[rows] + (1 - b1) * g
+            v[rows] = b2 * v[rows] + (1 - b2) * g * g
+            t = steps[step_rows].to(delta.dtype).to(ref.device).view(-1, *[1] * (delta.dim() - 1))
+            m_hat = m[rows] / (1 - b1**t)
+            v_hat = v[rows] / (1 - b2**t)
+            delta[rows] -= lr * m_hat / (v_hat.sqrt() + eps)
+    return delta, steps, converged
+
+
+def fit_occluders(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    classes: Sequence[int],
+    *,
+    l1_weight: float = 10.0,
+    lr: float = 0.01,
+    max_iter: int = 300,
+    noise: float = 0.04,
+    max_degrees: float = 5.0,
+    use_transform: bool = True,
+    valid_range: ValidRange = (0.0, 1.0),
+    seed: int = 0,
+    batched: bool = True,
+) -> OccluderFit:
+    """Learn one global feature occluder per class in ``classes`` (seed eqs. 4–5).
+
+    Minimises ``mean_i Z(x_i−δ)[y] + Z(t(x_i−δ))[y] + λ·D(δ)`` with Adam, D = mean |δ| (the l1
+    norm divided by the input size, so λ does not depend on the resolution). ``noise`` is in the
+    seed's units, inputs scaled to [−1, 1]; it is rescaled to ``valid_range`` (½·0.04 for [0, 1]).
+    A class stops when eq. 4 holds on all its used images, else after ``max_iter`` steps.
+    ``batched=False`` optimises the classes one after another (same result, for the benchmark).
+    """
+    if max_iter < 0:
+        raise ValueError(f"max_iter: expected >= 0, got {max_iter}")
+    if valid_range[0] >= valid_range[1]:
+        raise ValueError(f"valid_range: expected lo < hi, got {valid_range}")
+    model.eval()
+    scaled_noise = noise * (valid_range[1] - valid_range[0]) / 2
+    gens = _generators(classes, seed)
+    used = _keep_images(
+        model, images, labels, classes, gens, scaled_noise, max_degrees, use_transform
+    )
+    groups = [images[(labels == c) & used] for c in classes]
+    opts = dict(
+        l1_weight=l1_weight,
+        lr=lr,
+        max_iter=max_iter,
+        noise=scaled_noise,
+        max_degrees=max_degrees,
+        use_transform=use_transform,
+        valid_range=valid_range,
+    )
+    if batched:
+        delta, steps, conv = _optimise(model, groups, classes, gens, **opts)  # type: ignore[arg-type]
+    else:
+        fits = [
+            _optimise(model, [g], [c], [gen], **opts)  # type: ignore[arg-type]
+            for g, c, gen in zip(groups, classes, gens)
+        ]
+        delta = torch.cat([f[0] for f in fits])
+        steps = torch.cat([f[1] for f in fits])
+        conv = torch.cat([f[2] for f in fits])
+    return OccluderFit(delta, steps, conv, used)
+
+
+# ---- stage 1: feature and channel importance ------------------------------------------------
+def feature_importance(
+    model: nn.Module,
+    layers: Sequence[str],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    classes: Sequence[int],
+    delta: torch.Tensor,
+    valid_range: ValidRange = (0.0, 1.0),
+    batch_size: int = 64,
+) -> dict[str, torch.Tensor]:
+    """FIS of every neuron of every layer (eqs. 6–7): layer → ``[K, *neuron_shape]``.
+
+    ``s = mean_i f_l(x_i) − f_l(x_i − δ*)`` over the class's images, negatives set to 0. A class
+    without images gets all-zero scores.
+    """
+    out: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for k, c in enumerate(classes):
+        x = images[labels == c]
+        if not len(x):
+            for name in layers:
+                out[name].append(torch.empty(0))
+            continue
+        clean = layer_outputs(model, layers, x, batch_size)
+        occl = layer_outputs(model, layers, occlude(x, delta[k], valid_range), batch_size)
+        for name in layers:
+            shapes[name] = tuple(clean[name].shape[1:])
+            out[name].append((clean[name] - occl[name]).mean(0).clamp_min(0))
+    if not shapes:
+        raise ValueError("images: no image of any requested class")
+    return {
+        name: torch.stack(
+            [s if s.numel() else torch.zeros(shapes[name], device=delta.device) for s in v]
+        )
+        for name, v in out.items()
+    }
+
+
+def channel_importance(fis: torch.Tensor) -> torch.Tensor:
+    """CIS (eq. 8): ``[K, C, ...]`` FIS → ``[K, C]`` sums per feature map divided by B.
+
+    The seed only asks that B makes w ∈ [0, 1]; we take B = the class's largest channel sum, so
+    the top channel of each class has weight 1 (B = 1 when all scores are 0). Dense layers
+    ``[K, C]`` are C maps of size 1×1.
+    """
+    w = fis.flatten(2).sum(2) if fis.dim() > 2 else fis
+    b = w.max(1, keepdim=True).values
+    return w / torch.where(b > 0, b, torch.ones_like(b))
+
+
+def meta_detector(activations: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Eq. 9: ``Σ_c w_c·A_c`` for every class: ``[N, C, H, W]`` (or dense ``[N, C]``) with
+    weights ``[K, C]`` → ``[N, K, H, W]`` (``[N, K, 1, 1]`` for dense layers)."""
+    if activations.dim() == 2:
+        activations = activations[:, :, None, None]
+    if activations.dim() != 4 or activations.shape[1] != weights.shape[1]:
+        raise ValueError(
+            f"activations: expected [N, {weights.shape[1]}, H, W] or [N, {weights.shape[1]}], "
+            f"got {tuple(activations.shape)}"
+        )
+    return torch.einsum("nchw,kc->nkhw", activations, weights.to(activations.dtype))
+
+
+def heatmaps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Meta-detector outputs ``[N, K, h, w]`` upsampled bilinearly to the input ``size``."""
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+
+
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    with torch.no_grad():
+        return (
+            torch.cat([model(x).argmax(1) for x in images.split(batch_size)])
+            if len(images)
+            else torch.empty(0, dtype=torch.long, device=images.device)
+        )
