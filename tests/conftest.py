@@ -50,3 +50,23 @@ def resnet() -> torch.nn.Module:
     from pyconcepts.models import load
 
     return load("cw-resnet", progress=False)
+
+
+@pytest.fixture(scope="session")
+def effnet() -> torch.nn.Module:
+    """The pretrained EfficientNet-Lite0; skipped where the ImageNet packages are missing."""
+    from pyconcepts.models import load
+
+    try:
+        return load("efficientnet-lite0")
+    except ImportError as exc:
+        pytest.skip(f"efficientnet-lite0 needs README's 'ImageNet models' install ({exc.name})")
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict:
+    """scikit-image's chelsea (a tabby cat) and coffee (an espresso cup) as HxWx3 uint8."""
+    skimage_data = pytest.importorskip(
+        "skimage.data", reason="the photos need scikit-image (the [imagenet] extra)"
+    )
+    return {"chelsea": skimage_data.chelsea(), "coffee": skimage_data.coffee()}
