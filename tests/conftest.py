@@ -72,3 +72,23 @@ def quick_exports(quick_fitted: dict, tmp_path_factory: pytest.TempPathFactory) 
     """Each of ``quick_fitted`` exported to ONNX: method → path."""
     folder = tmp_path_factory.mktemp("quick_exports")
     return {m: e.export_onnx(folder / f"{m}.onnx") for m, e in quick_fitted.items()}
+
+
+@pytest.fixture(scope="session")
+def effnet() -> torch.nn.Module:
+    """The pretrained EfficientNet-Lite0; skipped where the ImageNet packages are missing."""
+    from pyconcepts.models import load
+
+    try:
+        return load("efficientnet-lite0")
+    except ImportError as exc:
+        pytest.skip(f"efficientnet-lite0 needs README's 'ImageNet models' install: no {exc.name}")
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict:
+    """scikit-image's chelsea (a tabby cat) and coffee (an espresso cup) as HxWx3 uint8."""
+    skimage_data = pytest.importorskip(
+        "skimage.data", reason="the photos need scikit-image (the [imagenet] extra)"
+    )
+    return {"chelsea": skimage_data.chelsea(), "coffee": skimage_data.coffee()}

@@ -162,7 +162,10 @@ def available() -> list[str]:
 
 def _entry(name: str) -> ZooEntry:
     if name not in ZOO:
-        raise ValueError(f"name: expected one of {available()}, got {name!r}")
+        from pyconcepts.models.imagenet import IMAGENET_MODELS
+
+        expected = [*available(), *IMAGENET_MODELS]
+        raise ValueError(f"name: expected one of {expected}, got {name!r}")
     return ZOO[name]
 
 
@@ -180,8 +183,14 @@ def load(name: str, *, progress: bool = True, retrain: bool = False) -> nn.Modul
     else trained (and cached) now; ``retrain=True`` trains again and replaces the cache.
 
     The returned module has ``zoo_info`` (dict: name, feature layer, class names, test
-    accuracy, recipe).
+    accuracy, recipe). Names in :data:`~pyconcepts.models.imagenet.IMAGENET_MODELS`
+    (``"efficientnet-lite0"``) load a pretrained ImageNet CNN instead (the ``[imagenet]``
+    extra; see :mod:`pyconcepts.models.imagenet`).
     """
+    from pyconcepts.models.imagenet import IMAGENET_MODELS, load_imagenet
+
+    if name in IMAGENET_MODELS:
+        return load_imagenet(name)
     entry = _entry(name)
     path = _cache_path(entry)
     sources = [p for p in (path, _shipped_path(entry)) if p.exists() and not retrain]

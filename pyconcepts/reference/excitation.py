@@ -3,7 +3,9 @@
 The twin of :func:`pyconcepts.attribution.excitation.excitation_backprop` for sequential
 networks, with no autograd: every rule is spelled out (conv_transpose for convolutions,
 max-unpooling to the winners for max pooling), so the computation traces into a
-standard ONNX graph. Supported chain links: Linear, Conv2d, ReLU, MaxPool2d (kernel = stride,
+standard ONNX graph. Supported chain links: Linear, Conv2d, ReLU, ReLU6 / Hardtanh (the signal
+passes where the input is above the lower clamp, as in the hook version), ZeroPad2d /
+ConstantPad2d with value 0 (the signal is cropped back), MaxPool2d (kernel = stride,
 no padding or dilation), Flatten, Dropout (eval), Identity, BatchNorm (eval, directly after a
 Linear / Conv2d: folded into it, as the hook version does), and :class:`GatheredLinear` (a
 per-sample choice among K linear layers, e.g. one SRAE encoder layer per explained class).
@@ -46,7 +48,10 @@ class GatheredLinear(nn.Module):
         return torch.einsum("bi,bio->bo", x, self.weight[self.index]) + self.bias[self.index]
 
 
-_LINKS = (nn.Linear, nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Dropout, nn.Identity)
+_LINKS = (
+    nn.Linear, nn.Conv2d, nn.ReLU, nn.Hardtanh, nn.ConstantPad2d, nn.MaxPool2d, nn.Flatten,
+    nn.Dropout, nn.Identity,
+)  # fmt: skip
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
@@ -108,6 +113,11 @@ def chain_of(model: nn.Module, example: torch.Tensor) -> list[tuple[str, nn.Modu
             )
         if isinstance(module, nn.Conv2d) and isinstance(module.padding, str):
             raise ValueError(f"model: {name} uses padding={module.padding!r}; give it as numbers")
+        if isinstance(module, nn.ConstantPad2d) and (module.value != 0 or min(module.padding) < 0):
+            raise ValueError(
+                f"model: {name} pads {module.padding} with {module.value}; only non-negative "
+                "zero padding is supported"
+            )
         if isinstance(module, nn.MaxPool2d) and not _simple_pool(module):
             raise ValueError(f"model: {name} needs kernel_size == stride, no padding/dilation")
         chain.append((name, module))
@@ -223,6 +233,12 @@ def excitation_backprop_chain(
             p = _pool_down(link, x, p)
         elif isinstance(link, nn.ReLU):  # as its gradient: nothing passes an inactive unit
             p = p * (x > 0).to(p.dtype)[:, None]
+        elif isinstance(link, nn.Hardtanh):  # active units pass, saturated ones included
+            p = p * (x > link.min_val).to(p.dtype)[:, None]
+        elif isinstance(link, nn.ConstantPad2d):  # padded zeros receive nothing: crop
+            left, right, top, bottom = link.padding
+            height, width = p.shape[-2], p.shape[-1]
+            p = p[..., top : height - bottom, left : width - right]
         else:  # Flatten, Dropout, Identity: the signal passes unchanged
             p = p.reshape(p.shape[0], p.shape[1], *x.shape[1:])
     maps = p.sum(2) if p.dim() > 3 else p

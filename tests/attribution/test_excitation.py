@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -247,3 +249,215 @@ def test_no_autograd_graph_outlives_a_call() -> None:
     for _ in range(5):
         excitation_backprop(model, x, [0, 1])
     assert live_tensors() == before
+
+
+class _SamePadConv(nn.Conv2d):
+    """A convolution with its own forward: static zero padding, then the convolution (as
+    EfficientNet's TensorFlow-style "same" convolutions)."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__(c_in, c_out, 3, bias=False)
+        self.static_padding = nn.ZeroPad2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.conv2d(self.static_padding(x), self.weight)
+
+
+class _Identity(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class _Double(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * x
+
+
+def _head(c: int, n: int) -> list[nn.Module]:
+    return [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, n)]
+
+
+def test_relu6_passes_the_signal_of_active_units_saturated_or_not() -> None:
+    torch.manual_seed(6)
+    net = nn.Sequential(nn.Linear(4, 5), nn.ReLU6(), nn.Linear(5, 3)).double()
+    x = torch.rand(3, 4, dtype=torch.float64) * 20
+    with torch.no_grad():
+        pre = net[0](x)
+    assert bool((pre > 6).any()) and bool((pre < 0).any())  # saturated and inactive units
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # followed exactly: no fallback warning
+        got = excitation_backprop(net, x, [0, 2], contrastive=False)
+    w1, w2 = net[0].weight.detach().numpy(), net[2].weight.detach().numpy()
+    for b in range(3):
+        h = pre[b].clamp(0, 6).numpy()
+        for t, target in enumerate((0, 2)):
+            p_h = _mwp_dense(w2, h, np.eye(3)[target]) * (pre[b].numpy() > 0)
+            want = _mwp_dense(w1, x[b].numpy(), p_h)
+            np.testing.assert_allclose(got[b, t].numpy(), want, rtol=1e-10, atol=1e-12)
+
+
+def test_zero_padding_and_convolutions_with_their_own_forward() -> None:
+    torch.manual_seed(7)
+    plain = nn.Conv2d(2, 3, 3, padding=1, bias=False)
+    same = _SamePadConv(2, 3)
+    with torch.no_grad():
+        same.weight.copy_(plain.weight)
+    bn = nn.BatchNorm2d(3).eval()
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([1.2, -0.5, 0.8]))
+    unpadded = nn.Conv2d(2, 3, 3, bias=False)
+    with torch.no_grad():
+        unpadded.weight.copy_(plain.weight)
+    head = _head(3, 2)
+    reference = nn.Sequential(plain, bn, nn.ReLU(), *head).double()
+    x = torch.rand(2, 2, 5, 5, dtype=torch.float64)
+    for net in (
+        nn.Sequential(same, bn, nn.ReLU(), *head),
+        nn.Sequential(nn.ZeroPad2d(1), unpadded, bn, nn.ReLU(), *head),
+        nn.Sequential(nn.ConstantPad2d(1, 0.0), _Identity(), unpadded, bn, nn.ReLU6(), *head),
+    ):
+        net.double()
+        torch.testing.assert_close(net(x), reference(x))
+        torch.testing.assert_close(
+            excitation_backprop(net, x, [0, 1]), excitation_backprop(reference, x, [0, 1])
+        )
+    with pytest.raises(ValueError, match=r"ConstantPad2d with value 1\.0"):
+        excitation_backprop(nn.Sequential(nn.ConstantPad2d(1, 1.0), plain, *head), x, 0)
+    with pytest.raises(ValueError, match=r"does not support layer\(s\) 1 \(_Double\)"):
+        excitation_backprop(nn.Sequential(plain, _Double(), *head), x, 0)
+
+
+class _Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(x + self.conv(x))
+
+
+def _gradient_x_activation(model: nn.Module, acts: torch.Tensor, logits_of, target: int):
+    leaf = acts.detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(logits_of(leaf)[:, target].sum(), leaf)
+    return (g * leaf.detach()).clamp(min=0).sum(1)
+
+
+def test_a_residual_sum_falls_back_to_gradient_x_activation_with_a_warning() -> None:
+    torch.manual_seed(8)
+    stem = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.ReLU())
+    block, head = _Residual(), nn.Sequential(*_head(3, 4))
+    net = nn.Sequential(stem, block, head).eval()
+    x = torch.rand(2, 3, 6, 6)
+    with pytest.warns(UserWarning, match=r"AddBackward0 x1.*positive part of gradient x activ"):
+        got = excitation_backprop(net, x, [1, 3], layer="0.1")
+    with torch.no_grad():
+        acts = stem(x)
+    for t, target in enumerate((1, 3)):
+        want = _gradient_x_activation(net, acts, lambda a: head(block(a)), target)
+        torch.testing.assert_close(got[:, t], want)
+    # read above the residual block, the rule follows the model exactly again
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        excitation_backprop(net, x, 1, layer="1")
+
+
+def test_negative_activations_inside_the_model_fall_back_too() -> None:
+    torch.manual_seed(9)
+    bottleneck = nn.Sequential(  # a linear bottleneck: no activation after the second conv
+        nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 4, 1), nn.Conv2d(4, 2, 1), nn.ReLU(),
+        *_head(2, 2),
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match=r"negative inputs to excited layers \(3 \(Conv2d"):
+        maps = excitation_backprop(bottleneck, torch.rand(1, 3, 4, 4), 0, layer="1")
+    assert maps.shape == (1, 1, 4, 4) and bool((maps >= 0).all())
+
+
+def test_layers_of_a_module_that_runs_twice_are_named_by_call() -> None:
+    class Shared(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.conv2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+            self.act, self.pool, self.fc = nn.ReLU6(), nn.AdaptiveAvgPool2d(1), nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.pool(self.act(self.conv2(self.act(self.conv1(x))))).flatten(1))
+
+    torch.manual_seed(10)
+    net = Shared().eval()
+    x = torch.rand(2, 3, 6, 6)
+    first = excitation_backprop(net, x, [0, 1], layer="act@0")
+    second = excitation_backprop(net, x, [0, 1], layer="act@1")
+    assert first.shape == second.shape == (2, 2, 6, 6) and not torch.equal(first, second)
+    with pytest.raises(ValueError, match=r"layer: 'act' runs more than once .* 'act@0'"):
+        excitation_backprop(net, x, 0, layer="act")
+    with pytest.raises(ValueError, match="output_layer: 'fc:input' names a module's input"):
+        excitation_backprop(net, x, 0, output_layer="fc:input")
+
+
+def test_forward_only_twin_covers_relu6_and_zero_padding() -> None:
+    from pyconcepts.reference.excitation import chain_of, excitation_backprop_chain
+
+    torch.manual_seed(11)
+    model = nn.Sequential(
+        nn.ZeroPad2d((1, 2, 0, 1)), nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU6(),
+        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 2 * 2, 3),
+    ).eval()  # fmt: skip
+    x = torch.rand(2, 3, 5, 4) * 8
+    chain = [m for _, m in chain_of(model, x[:1])]
+    targets = torch.tensor([[0, 2], [1, 1]])
+    torch.testing.assert_close(
+        excitation_backprop_chain(chain, x, targets),
+        excitation_backprop(model, x, targets),
+        rtol=1e-4,
+        atol=1e-7,
+    )
+    with pytest.raises(ValueError, match="only non-negative zero padding"):
+        chain_of(nn.Sequential(nn.ConstantPad2d(1, 0.5), nn.Conv2d(3, 1, 1)), x[:1])
+
+
+def _cat_beside_coffee(photos: dict) -> np.ndarray:
+    """A 256x256 photo: chelsea's face on the left half, the espresso cup on the right (the
+    model's 224 crop keeps 112 columns of each)."""
+    from PIL import Image
+
+    halves = []
+    for name in ("chelsea", "coffee"):
+        im = Image.fromarray(photos[name])
+        width = round(im.size[0] * 256 / im.size[1])
+        im = im.resize((width, 256), Image.Resampling.BILINEAR)
+        left = (width - 128) // 2
+        halves.append(np.asarray(im.crop((left, 0, left + 128, 256))))
+    return np.concatenate(halves, axis=1)
+
+
+def test_efficientnet_heatmaps_find_the_cat(effnet, photos) -> None:
+    from pyconcepts.models import discover_layers
+
+    x = effnet.preprocess(_cat_beside_coffee(photos))
+    with torch.no_grad():
+        logits = effnet(x)[0]
+    cat = max((281, 282, 285), key=lambda c: float(logits[c]))
+    assert int(logits.argmax()) == cat
+    layer = discover_layers(effnet, x).feature_map
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the head is followed exactly: no fallback
+        maps = excitation_backprop(effnet, x, [cat, 967], layer=layer, size=(224, 224))
+    assert maps.shape == (1, 2, 224, 224) and bool(torch.isfinite(maps).all())
+    assert bool((maps >= 0).all())
+    left = maps[0, :, :, :112].sum((1, 2)) / maps[0].sum((1, 2))
+    assert float(left[0]) > 0.9  # measured 0.98; a uniform map has 0.5
+    assert float(left[1]) < 0.1  # the espresso map sits on the cup (measured 0.06)
+
+
+def test_efficientnet_blocks_fall_back_with_a_warning(effnet, photos) -> None:
+    x = effnet.preprocess([photos["chelsea"], _cat_beside_coffee(photos)])
+    with pytest.warns(UserWarning, match=r"AddBackward0 x9.*negative inputs to excited layers"):
+        pixels = excitation_backprop(effnet, x[:1], 285)
+    assert pixels.shape == (1, 1, 224, 224) and bool(torch.isfinite(pixels).all())
+    assert bool((pixels >= 0).all()) and float(pixels.sum()) > 0
+    with pytest.warns(UserWarning, match="negative inputs"):
+        maps = excitation_backprop(effnet, x[1:], [285, 967], layer="_blocks.15._swish@1")
+    left = maps[0, :, :, :3].sum((1, 2)) / maps[0].sum((1, 2))  # 7x7 map: 3.5 columns per photo
+    assert bool(torch.isfinite(maps).all()) and bool((maps >= 0).all())
+    assert float(left[0]) > float(left[1])  # the cat's map lies further left than the cup's
