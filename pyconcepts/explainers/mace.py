@@ -36,6 +36,7 @@ from pyconcepts.explainers.layout import (
 from pyconcepts.explanation import Explanation, combine_maps, scores_of_columns
 from pyconcepts.metrics.saliency import binarize
 from pyconcepts.models.features import FeatureExtractor, resolve_layer
+from pyconcepts.models.layers import ModelLayers, discover_layers
 from pyconcepts.ops import semihard_triplet_loss
 
 _WithOutput = tuple[dict[str, torch.Tensor], torch.Tensor]
@@ -90,6 +91,9 @@ def find_tail(model: nn.Module, dense_layer: str) -> nn.Module:
     the last step of that module, as in VGG-style ``classifier`` heads). ``fit`` checks the
     result against the model's logits and raises if the model is not of that shape.
     """
+    name, _, port = dense_layer.partition(":")
+    if port == "input":  # z is the input of a layer: that layer starts the tail
+        return nn.Sequential(model.get_submodule(name), find_tail(model, name))
     parts = dense_layer.split(".")
     after: list[nn.Module] = []
     for depth in range(len(parts) - 1, -1, -1):
@@ -186,9 +190,12 @@ class MACE(ConceptExplainer):
 
     Args:
         model: the frozen classifier (any ``nn.Module`` mapping images to logits).
-        layer: conv layer whose feature maps feed the concept maps (dotted name); default: the
-            zoo model's feature layer.
-        dense_layer: the model's first dense layer (z); default: the first ``nn.Linear``.
+        layer: conv layer whose feature maps feed the concept maps (a name in
+            :class:`~pyconcepts.models.FeatureExtractor`'s syntax); default: the model's last
+            spatial feature map (:func:`~pyconcepts.models.layers.discover_layers`).
+        dense_layer: the model's first dense layer (z); default: the first ``nn.Linear`` when
+            it is not the classifier, else the classifier's input (a model whose only dense
+            layer is its classifier would otherwise make z the logits themselves).
         classes: the class ids to explain (K of them); default: every output. Each explained
             class has its own maps, embedding generator and relevance terms, so memory grows
             with K: on a 1,000-class model pass the classes of interest.
@@ -287,7 +294,7 @@ class MACE(ConceptExplainer):
         self.class_names = class_names
 
     # ---- configuration resolved against the model ------------------------------------------
-    def _resolve(self) -> tuple[str, str]:
+    def _resolve(self, example: torch.Tensor) -> tuple[str, str]:
         if self.negatives not in ("batch", "image"):
             raise ValueError(f"negatives: expected 'batch' or 'image', got {self.negatives!r}")
         if self.relevance_loss not in ("bce", "paper"):
@@ -296,20 +303,15 @@ class MACE(ConceptExplainer):
             )
         if self.n_concepts < 1 or not self.embedding_sizes:
             raise ValueError("n_concepts must be >= 1 and embedding_sizes non-empty")
-        layer = self.layer
-        if layer is None:
-            layer = (getattr(self.model, "zoo_info", None) or {}).get("feature_layer")
-            if layer is None:
-                raise ValueError("layer: no default for this model; pass the conv layer's name")
-        layer = resolve_layer(self.model, layer)[0]
+        given = self.layer is not None and self.dense_layer is not None
+        found = None if given else discover_layers(self.model, example)
+        layer = self.layer if self.layer is not None else cast(ModelLayers, found).feature_map
         dense = self.dense_layer
-        if dense is None:
-            dense = next(
-                (n for n, m in self.model.named_modules() if isinstance(m, nn.Linear)), None
-            )
-            if dense is None:
-                raise ValueError("dense_layer: the model has no nn.Linear; pass the layer's name")
-        return layer, resolve_layer(self.model, dense)[0]
+        if dense is None:  # the first dense layer before the classifier, else its input
+            linears = [n for n, m in self.model.named_modules() if isinstance(m, nn.Linear)]
+            head = cast(ModelLayers, found)
+            dense = linears[0] if linears and linears[0] != head.classifier else head.penultimate
+        return resolve_layer(self.model, layer)[0], resolve_layer(self.model, dense)[0]
 
     def _extract(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(feature maps, z, logits) of a batch, without gradients, the model in eval mode."""
@@ -334,7 +336,6 @@ class MACE(ConceptExplainer):
                 f"min_kept: expected an int in [0, n_concepts={self.n_concepts}], "
                 f"got {self.min_kept!r}"
             )
-        self.layer_, self.dense_layer_ = self._resolve()
         with frozen(self.model):
             return self._fit(data, epochs, progress, prune_data)
 
@@ -381,6 +382,7 @@ class MACE(ConceptExplainer):
             images = self._check_images(images, "data")
             if record and not feats:
                 self._record_fit(images)
+                self.layer_, self.dense_layer_ = self._resolve(images)
             f, z, lg = self._extract(images)
             feats.append(f)
             zs.append(z.flatten(1))

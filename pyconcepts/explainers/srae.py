@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +43,8 @@ from pyconcepts.data.batches import iter_batches
 from pyconcepts.explainers.base import ConceptExplainer, class_names_of
 from pyconcepts.explainers.layout import explained_classes, resolve_targets, warn_unexplained
 from pyconcepts.explanation import Explanation, combine_maps, scores_of_columns
-from pyconcepts.models.features import resolve_layer
+from pyconcepts.models.features import FeatureExtractor, resolve_layer
+from pyconcepts.models.layers import ModelLayers, discover_layers
 from pyconcepts.reference.excitation import GatheredLinear, chain_of, excitation_backprop_chain
 
 VARIANTS = ("srae", "nn", "sae", "cae")
@@ -356,23 +357,16 @@ class _Standardised(nn.Module):
 
 
 class _ThroughLayer(nn.Module):
-    """images → head(flattened output of ``layer``): the model up to Z, then an SRAE encoder."""
+    """images → head(flattened Z at ``layer``): the model up to Z, then an SRAE encoder."""
 
-    def __init__(self, model: nn.Module, layer: nn.Module, head: nn.Module) -> None:
+    def __init__(self, model: nn.Module, layer: str, head: nn.Module) -> None:
         super().__init__()
         self.model, self.head = model, head
-        self._layer = [layer]  # not a submodule: it is already inside model
+        self.fx = FeatureExtractor(model, [layer], detach=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        store: dict[str, torch.Tensor] = {}
-        handle = self._layer[0].register_forward_hook(
-            lambda _m, _a, out: store.setdefault("z", out)
-        )
-        try:
-            self.model(images)
-        finally:
-            handle.remove()
-        return self.head(store["z"].flatten(1))
+        z = self.fx(images)[self.fx.names[0]]
+        return self.head(z.flatten(1))
 
 
 class _OnnxHead(nn.Module):
@@ -388,13 +382,10 @@ class _OnnxHead(nn.Module):
         example = example.to(explainer._model_device())
         chain = chain_of(explainer.model, example)
         names = [name for name, _ in chain]
-        z_name, _ = resolve_layer(explainer.model, explainer.layer)
-        if z_name not in names:
-            raise ValueError(f"layer: {z_name!r} must be a leaf layer of the model for ONNX export")
-        self.z_index = names.index(z_name)
+        self.z_index = _chain_index(names, resolve_layer(explainer.model, explainer.layer_)[0])
         self.stop: Optional[int] = None
-        if explainer.heatmap_layer is not None:
-            stop_name, _ = resolve_layer(explainer.model, explainer.heatmap_layer)
+        if explainer.heatmap_layer_ is not None:
+            stop_name, _ = resolve_layer(explainer.model, explainer.heatmap_layer_)
             if stop_name not in names[: self.z_index + 1]:
                 raise ValueError(f"heatmap_layer: {stop_name!r} must be a leaf layer below Z")
             self.stop = names.index(stop_name)
@@ -465,7 +456,10 @@ class SRAE(ConceptExplainer):
 
     Args:
         model: the CNN to explain (eval mode).
-        layer: the layer whose (flattened) output is Z; default the first dense layer after ReLU.
+        layer: where Z is read (flattened), in :class:`~pyconcepts.models.FeatureExtractor`'s
+            syntax; default: the classifier's input (the penultimate vector, as the paper's
+            "first dense layer after ReLU" is on the zoo models), found by
+            :func:`~pyconcepts.models.layers.discover_layers`.
         classes: class indices to explain (one-vs-all each); None = every output.
         n_features: x-features per class (n, the paper's 5).
         hidden: hidden sizes before the x-layer (the paper's 800-100).
@@ -476,8 +470,10 @@ class SRAE(ConceptExplainer):
         n_positive, n_negative: per-class sample caps (None = all available).
         epochs, batch_size, lr, patience: Adam training with early stopping on the validation
             faithfulness of a held-out ``val_fraction`` of the fit data.
-        heatmap_layer: where c-MWP maps are read (None = the input pixels, which must then be
-            non-negative; else a layer name after a ReLU, upsampled to the image).
+        heatmap_layer: where c-MWP maps are read (a layer name after a ReLU, upsampled to the
+            image). None: the input pixels when the fit images are non-negative (the paper),
+            else the model's last feature map (c-MWP needs non-negative inputs; normalised
+            images are not).
         seed: initialisation, sampling and batching.
     """
 
@@ -490,7 +486,7 @@ class SRAE(ConceptExplainer):
     def __init__(
         self,
         model: nn.Module,
-        layer: str = "relu_fc1",
+        layer: Optional[str] = None,
         classes: Optional[Sequence[int]] = None,
         n_features: int = 5,
         hidden: Sequence[int] = (800, 100),
@@ -537,24 +533,34 @@ class SRAE(ConceptExplainer):
     ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
         """Z ``[N, D]`` (flattened ``layer`` output), logits ``[N, C]``, labels (or None) and
         the first image batch (for the input layout) of any data ``iter_batches`` accepts."""
-        _, module = resolve_layer(self.model, self.layer)
         zs, logits, labels, first = [], [], [], None
-        store: dict[str, torch.Tensor] = {}
-        handle = module.register_forward_hook(lambda _m, _a, out: store.__setitem__("z", out))
-        try:
-            with torch.no_grad():
-                for images, y in iter_batches(data, batch_size, device=self._model_device()):
-                    images = self._check_images(images, "data")
-                    first = images if first is None else first
-                    logits.append(self.model(images).float())
-                    zs.append(store["z"].flatten(1).float().clone())
-                    if y is not None:
-                        labels.append(y)
-        finally:
-            handle.remove()
+        fx: Optional[FeatureExtractor] = None
+        with torch.no_grad():
+            for images, y in iter_batches(data, batch_size, device=self._model_device()):
+                images = self._check_images(images, "data")
+                if fx is None:
+                    first = images
+                    fx = FeatureExtractor(self.model, [self._resolve_layers(images)])
+                feats, out = fx(images, return_output=True)
+                logits.append(out.float())
+                zs.append(feats[fx.names[0]].flatten(1).float().clone())
+                if y is not None:
+                    labels.append(y)
         if first is None:
             raise ValueError("data: expected at least one image, got none")
         return torch.cat(zs), torch.cat(logits), (torch.cat(labels) if labels else None), first
+
+    def _resolve_layers(self, example: torch.Tensor) -> str:
+        """Z's layer (``layer_``), resolved on the first fit batch, and ``heatmap_layer_``."""
+        if not hasattr(self, "layer_"):
+            negative = bool((example < 0).any())
+            given = self.layer is not None and (self.heatmap_layer is not None or not negative)
+            found = None if given else discover_layers(self.model, example)
+            layer = self.layer or cast(ModelLayers, found).penultimate
+            self.layer_ = resolve_layer(self.model, layer)[0]
+            default = found.feature_map if found is not None and negative else None
+            self.heatmap_layer_ = self.heatmap_layer or default
+        return self.layer_
 
     def _loss_config(self) -> LossConfig:
         return LossConfig(
@@ -568,6 +574,8 @@ class SRAE(ConceptExplainer):
         config = self._loss_config()
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction: expected a value in [0, 1), got {self.val_fraction}")
+        for name in ("layer_", "heatmap_layer_"):  # resolved again on this fit's data
+            vars(self).pop(name, None)
         z, logits, labels, first = self.features(data, self.batch_size)
         n_classes = logits.shape[1]
         classes = explained_classes(self.classes, n_classes)
@@ -622,16 +630,15 @@ class SRAE(ConceptExplainer):
     def x_feature_module(self, cls: int) -> nn.Module:
         """images → the n x-features of class ``cls`` (plain layers, for excitation backprop)."""
         self._check_fitted()
-        _, layer = resolve_layer(self.model, self.layer)
         head = _Standardised(self.autoencoder_, self._row(cls), self.z_mean_, self.z_std_)
-        return _ThroughLayer(self.model, layer, head.to(self.z_mean_.device))
+        return _ThroughLayer(self.model, self.layer_, head.to(self.z_mean_.device))
 
     def heatmaps(self, images: torch.Tensor, cls: int) -> torch.Tensor:
         """c-MWP maps ``[B, n, H, W]`` of class ``cls``'s x-features, each summing to 1 (or 0)."""
         module = self.x_feature_module(cls)
         maps = excitation_backprop(
             module, images, list(range(self.n_features)),
-            layer=None if self.heatmap_layer is None else f"model.{self.heatmap_layer}",
+            layer=None if self.heatmap_layer_ is None else f"model.{self.heatmap_layer_}",
             size=images.shape[-2:],
         )  # fmt: skip
         return normalise_maps(maps)
@@ -671,7 +678,7 @@ class SRAE(ConceptExplainer):
                 sel = ((t == cls) & explained).nonzero().flatten()
                 maps[sel] = self.heatmaps(images[sel], int(cls)).to(maps.dtype).cpu()
             logit_map = excitation_backprop(
-                self.model, images, t.to(images.device), layer=self.heatmap_layer,
+                self.model, images, t.to(images.device), layer=self.heatmap_layer_,
                 size=images.shape[-2:],
             )  # fmt: skip
             logit_map = normalise_maps(logit_map)[:, 0].cpu()
@@ -684,7 +691,7 @@ class SRAE(ConceptExplainer):
             for name in ("heatmaps", "heatmap_concepts", "class_maps", "logit_heatmap"):
                 del out[name]
         return Explanation.from_outputs(
-            self.method, self.layer, self.concept_names_, self.class_names_, out, t
+            self.method, self.layer_, self.concept_names_, self.class_names_, out, t
         )
 
     # ---- persistence / export ------------------------------------------------------------
@@ -696,11 +703,14 @@ class SRAE(ConceptExplainer):
             "class_names": self.class_names_,
             "concept_names": self.concept_names_,
             "n_in": int(self.z_mean_.shape[0]),
+            "layer": self.layer_,
+            "heatmap_layer": self.heatmap_layer_,
         }
         return tensors, state
 
     def _set_state(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
         self.classes_ = [int(c) for c in state["classes"]]
+        self.layer_, self.heatmap_layer_ = str(state["layer"]), state["heatmap_layer"]
         ae = GroupedAutoencoder(
             len(self.classes_), int(state["n_in"]), self.hidden, self.n_features, self.x_activation
         )
@@ -713,6 +723,18 @@ class SRAE(ConceptExplainer):
 
     def _onnx_module(self) -> nn.Module:
         return _OnnxHead(self)
+
+
+def _chain_index(names: Sequence[str], z_layer: str) -> int:
+    """Position in the model's chain of leaf layers whose output is Z (``"name:input"``: the
+    link before ``name``), for the forward-only ONNX twin."""
+    base, _, port = z_layer.partition(":")
+    if base not in names or (port == "input" and names.index(base) == 0):
+        raise ValueError(
+            f"layer: {z_layer!r} must be a leaf layer of the model (or a leaf's input) for ONNX "
+            "export"
+        )
+    return names.index(base) - (1 if port == "input" else 0)
 
 
 def x_feature_names(class_names: Sequence[str], n_features: int) -> list[str]:
