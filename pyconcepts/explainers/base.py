@@ -84,8 +84,11 @@ class ConceptExplainer(abc.ABC):
         return config
 
     def __repr__(self) -> str:
+        """The constructor call, then (once fitted) the layers the explainer chose."""
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
+        chosen = {k: v for k, v in vars(self).items() if k.endswith("layer_") or k == "layers_"}
+        found = ", ".join(f"{k}={v!r}" for k, v in chosen.items())
+        return f"{type(self).__name__}({args})" + (f"  # fitted: {found}" if found else "")
 
     # ---- the contract ------------------------------------------------------------------
     @abc.abstractmethod

@@ -31,6 +31,7 @@ from pyconcepts.explainers.layout import resolve_targets, upsample
 from pyconcepts.explanation import Explanation
 from pyconcepts.metrics.ibd import average_precision, basis_ground_truth, residual_ratio
 from pyconcepts.models.features import FeatureExtractor, resolve_layer
+from pyconcepts.models.layers import discover_layers
 from pyconcepts.ops import greedy_nnls_basis
 
 if TYPE_CHECKING:
@@ -46,7 +47,8 @@ class IBD(ConceptExplainer):
 
     Args:
         model: the classifier (``eval()`` is the caller's business; fitting does not train it).
-        layer: the conv layer whose features are decomposed (``"layer3"`` for ``cw-resnet``).
+        layer: the conv layer whose features are decomposed; default: the model's last spatial
+            feature map (``discover_layers``: ``"layer3"`` for ``cw-resnet``).
         classifier: the linear layer applied to the globally pooled ``layer`` (None: the last
             ``nn.Linear`` of the model). Needed for CAM mode.
         mode: ``"cam"`` (class weights of the linear head), ``"gradcam"`` (per-image pooled
@@ -75,7 +77,7 @@ class IBD(ConceptExplainer):
     def __init__(
         self,
         model: nn.Module,
-        layer: str = "layer3",
+        layer: Optional[str] = None,
         classifier: Optional[str] = None,
         mode: str = "auto",
         n_terms: int = 7,
@@ -134,7 +136,7 @@ class IBD(ConceptExplainer):
         return module
 
     def _features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        fx = FeatureExtractor(self.model, [self.layer])
+        fx = FeatureExtractor(self.model, [self.layer_])
         with torch.no_grad():
             out = fx(images.to(self._model_device()), return_output=True)
         assert isinstance(out, tuple)
@@ -161,6 +163,9 @@ class IBD(ConceptExplainer):
         self._check_config()
         images, masks, names = _segmentation_data(data, concept_names, max_images)
         self._record_fit(images)
+        self.layer_ = resolve_layer(
+            self.model, self.layer or discover_layers(self.model, images[:1]).feature_map
+        )[0]
         gen = torch.Generator().manual_seed(self.seed)
         n = images.shape[0]
         n_held = max(1, round(self.heldout * n)) if n > 1 else 0
@@ -202,7 +207,7 @@ class IBD(ConceptExplainer):
             for k in range(n_classes):
                 cam = grad_cam(
                     self.model,
-                    self.layer,
+                    self.layer_,
                     sub.to(self._model_device()),
                     torch.full((sub.shape[0],), k, dtype=torch.long),
                     upsample=False,
@@ -230,7 +235,7 @@ class IBD(ConceptExplainer):
             linear = False
         if not linear and self.mode == "cam":
             raise ValueError(
-                f"mode='cam' needs logits = classifier(global average of {self.layer!r}), which "
+                f"mode='cam' needs logits = classifier(global average of {self.layer_!r}), which "
                 "does not hold for this model; use mode='gradcam' (or 'auto')"
             )
         return "cam" if linear else "gradcam"
@@ -307,7 +312,7 @@ class IBD(ConceptExplainer):
             with torch.no_grad():
                 outputs = self._onnx_module()(images, t)
         else:
-            cam = grad_cam(self.model, self.layer, images, t, upsample=False)
+            cam = grad_cam(self.model, self.layer_, images, t, upsample=False)
             acts, t = cam.activations.float().detach(), cam.targets
             wk = cam.weights.float().detach()
             Q = self.concept_vectors_.to(wk.device)
@@ -320,7 +325,7 @@ class IBD(ConceptExplainer):
         out = {k: v.cpu() for k, v in zip(self.onnx_outputs, outputs)}
         t = out["logits"].argmax(1) if t is None else t.cpu()
         return Explanation.from_outputs(
-            self.method, self.layer, self.concept_names_, self.class_names_, out, t
+            self.method, self.layer_, self.concept_names_, self.class_names_, out, t
         )
 
     # ---- reports -----------------------------------------------------------------------------
@@ -378,6 +383,7 @@ class IBD(ConceptExplainer):
             "concept_names": self.concept_names_,
             "class_names": self.class_names_,
             "mode": self.mode_,
+            "layer": self.layer_,
         }
         return tensors, state
 
@@ -390,6 +396,7 @@ class IBD(ConceptExplainer):
         self.concept_names_ = list(state["concept_names"])
         self.class_names_ = list(state["class_names"])
         self.mode_ = str(state["mode"])
+        self.layer_ = str(state["layer"])
 
     def _onnx_module(self) -> nn.Module:
         if self.mode_ != "cam":
@@ -399,7 +406,7 @@ class IBD(ConceptExplainer):
             )
         device = self._model_device()
         return _IBDHead(
-            self.model, self.layer, *(t.to(device) for t in (
+            self.model, self.layer_, *(t.to(device) for t in (
                 self.concept_vectors_, self.basis_indices_, self.basis_coefs_, self.residuals_,
                 self.class_bias_,
             )),

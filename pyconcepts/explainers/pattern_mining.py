@@ -45,6 +45,7 @@ from pyconcepts.explainers.base import ConceptExplainer, class_names_of
 from pyconcepts.explainers.layout import class_table, resolve_targets, select_columns, upsample
 from pyconcepts.explanation import Explanation, combine_maps, scores_of_columns
 from pyconcepts.models.features import FeatureExtractor, resolve_layer
+from pyconcepts.models.layers import discover_layers
 from pyconcepts.ops import association_rules, frequent_itemsets, itemset_support
 
 if TYPE_CHECKING:
@@ -247,13 +248,10 @@ class FilterPatterns(ConceptExplainer):
         self.class_names = class_names
 
     # ---- configuration checks -------------------------------------------------------------
-    def _layer_name(self) -> str:
-        if self.layer is not None:
-            return resolve_layer(self.model, self.layer)[0]
-        info = getattr(self.model, "zoo_info", None)
-        if isinstance(info, dict) and info.get("feature_layer"):
-            return str(info["feature_layer"])
-        raise ValueError("layer: expected the name of a conv layer (the model is not a zoo model)")
+    def _layer_name(self, example: torch.Tensor) -> str:
+        """``layer``, or the model's last spatial feature map (``discover_layers``)."""
+        layer = self.layer or discover_layers(self.model, example).feature_map
+        return resolve_layer(self.model, layer)[0]
 
     def _check_config(self, height: int, width: int) -> None:
         for name in ("top_filters", "patch_size", "n_candidates", "n_patches", "top_rules",
@@ -348,7 +346,6 @@ class FilterPatterns(ConceptExplainer):
     def fit(self, data: Any, progress: bool = False) -> FilterPatterns:
         """Mine the patterns of ``data`` (tensor, (images, labels), Dataset or batches); a
         progress bar over the batches with ``progress``."""
-        self.layer_ = self._layer_name()
         gen = torch.Generator().manual_seed(self.seed)
         parts: dict[str, list[torch.Tensor]] = {}
         device = self._model_device()
@@ -358,6 +355,7 @@ class FilterPatterns(ConceptExplainer):
             if not parts:
                 self._check_config(*images.shape[-2:])
                 self._record_fit(images)
+                self.layer_ = self._layer_name(images)
             for key, value in self._transactions(images, gen).items():
                 parts.setdefault(key, []).append(value.detach().cpu())
         if not parts:

@@ -157,7 +157,7 @@ def test_tcav_parts():
 def test_fit_state(fitted, world):
     k = len(CLASSES)
     assert fitted.delta_.shape == (k, 3, 64, 64)
-    assert fitted.layers_ == afi.middle_layers(fitted.model)
+    assert fitted.layers_ == afi.middle_layers(fitted.model, world.image(slice(0, 1)))
     assert fitted.attack_success_.shape == (k,) and fitted.train_success_.shape == (k,)
     for name in fitted.layers_:
         w = fitted.cis_[name]

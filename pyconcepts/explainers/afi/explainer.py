@@ -245,7 +245,8 @@ class AfI(ConceptExplainer):
         classes = explained_classes(
             self.classes if self.classes is not None else torch.unique(labels).tolist(), n_classes
         )
-        layers = FeatureExtractor(self.model, list(self.layers or middle_layers(self.model))).names
+        chosen = self.layers or middle_layers(self.model, images[:1])
+        layers = FeatureExtractor(self.model, list(chosen)).names
         train, held = self._split(labels, classes)
         vr = self._range
         fit = fit_occluders(

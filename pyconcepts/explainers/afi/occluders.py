@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyconcepts.models.features import FeatureExtractor
+from pyconcepts.models.layers import describe
 
 if TYPE_CHECKING:
     pass
@@ -52,13 +53,15 @@ def occlude(x: torch.Tensor, delta: torch.Tensor, valid_range: ValidRange) -> to
 
 
 # ---- activations ------------------------------------------------------------------------------
-def middle_layers(model: nn.Module) -> list[str]:
-    """Default "middle layers": the output of every ReLU module, in registration order.
+def middle_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """Default "middle layers": the output of every ReLU/ReLU6 call, in call order (a module
+    that runs several times, like a shared activation, gives one ``name@k`` per call).
 
     Post-activation maps are non-negative, so a CIS-weighted sum of them is a detector; for the
     zoo models these are the conv blocks and the hidden dense layer (the seed's fc6 analogue).
     """
-    names = [n for n, m in model.named_modules() if isinstance(m, (nn.ReLU, nn.ReLU6))]
+    relus = {n for n, m in model.named_modules() if isinstance(m, (nn.ReLU, nn.ReLU6))}
+    names = [r.name for r in describe(model, example) if r.name.partition("@")[0] in relus]
     if not names:
         raise ValueError("layers: the model has no ReLU modules; pass layer names explicitly")
     return names
