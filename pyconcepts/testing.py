@@ -27,7 +27,7 @@ from torch.nn.modules.module import register_module_forward_hook
 from pyconcepts.errors import EmptyHeatmapWarning, NotFittedError, OutOfMemoryError
 from pyconcepts.explainers.base import ConceptExplainer
 from pyconcepts.explanation import Explanation
-from pyconcepts.models.features import resolve_layer
+from pyconcepts.models.features import parse_layer
 
 
 @dataclass
@@ -305,12 +305,15 @@ def _check_zero_layer(
 ) -> None:
     """With the explained layer's output forced to zero, outputs stay finite and images whose
     heatmaps are all zero are reported by an EmptyHeatmapWarning."""
-    layer = getattr(fitted, "layer", None)
+    layer = getattr(fitted, "layer_", None) or getattr(fitted, "layer", None)
     if not isinstance(layer, str) or not layer:
         report.skipped["zero_layer"] = "the explainer has no single explained layer"
         return
-    _, module = resolve_layer(fitted.model, layer)
-    handle = module.register_forward_hook(lambda _m, _i, out: out * 0)  # keeps autograd
+    address = parse_layer(fitted.model, layer)
+    if address.port == "input":  # zero what the layer receives
+        handle = address.module.register_forward_pre_hook(lambda _m, args: (args[0] * 0, *args[1:]))
+    else:
+        handle = address.module.register_forward_hook(lambda _m, _i, out: out * 0)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -318,11 +321,12 @@ def _check_zero_layer(
     finally:
         handle.remove()
     ok("zero_layer_scores_finite", bool(torch.isfinite(zero.concept_scores).all()))
-    if zero.heatmaps is not None:
-        ok("zero_layer_heatmaps_finite", bool(torch.isfinite(zero.heatmaps).all()))
-        empty = bool((zero.heatmaps.flatten(1) == 0).all(1).any())
+    maps = zero.class_maps if zero.class_maps is not None else zero.heatmaps
+    if maps is not None:
+        ok("zero_layer_maps_finite", bool(torch.isfinite(maps).all()))
+        empty = bool((maps.flatten(1) == 0).all(1).any())
         warned = any(issubclass(w.category, EmptyHeatmapWarning) for w in caught)
-        ok("all_zero_heatmaps_warned", warned == empty, f"(empty maps: {empty}, warned: {warned})")
+        ok("all_zero_maps_warned", warned == empty, f"(empty maps: {empty}, warned: {warned})")
 
 
 def _rss_bytes() -> Optional[int]:

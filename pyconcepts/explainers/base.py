@@ -213,7 +213,7 @@ class ConceptExplainer(abc.ABC):
         props = {
             "pyconcepts_method": self.method,
             "pyconcepts_config": json.dumps(self.get_config(), sort_keys=True),
-            "pyconcepts_layer": str(getattr(self, "layer", "")),
+            "pyconcepts_layer": str(getattr(self, "layer_", None) or getattr(self, "layer", "")),
             "pyconcepts_outputs": json.dumps(list(self.onnx_outputs)),
             "pyconcepts_concepts": json.dumps(list(getattr(self, "concept_names_", []))),
             "pyconcepts_classes": json.dumps(list(getattr(self, "class_names_", []))),

@@ -223,7 +223,8 @@ def test_resnet_like_model_and_a_model_it_cannot_split():
     images, labels = torch.rand(12, 3, 64, 64), torch.arange(12) % 3
     e = MACE(cw_resnet().eval(), layer="layer3", n_concepts=2, embedding_sizes=(8,), epochs=1)
     e.fit((images, labels), progress=False)
-    assert e.dense_layer_ == "fc" and e.explain(images[:2]).heatmaps.shape == (2, 2, 64, 64)
+    # the only dense layer is the classifier: z is its input, not the logits themselves
+    assert e.dense_layer_ == "fc:input" and e.explain(images[:2]).heatmaps.shape == (2, 2, 64, 64)
 
     class Opaque(torch.nn.Module):  # the dense layer is not followed inside a Sequential
         def __init__(self):

@@ -154,8 +154,8 @@ def test_errors():
         FilterPatterns(model, "features.relu4", tau_support=2).fit(data)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="layer"):
         FilterPatterns(model, "features.nope").fit(data)
-    with pytest.raises(ValueError, match="layer"):
-        FilterPatterns(model).fit(data)  # not a zoo model: the layer must be named
+    found = FilterPatterns(model, patch_size=16, n_candidates=4, n_patches=1).fit(data)
+    assert found.layer_ == "features.relu4"  # the model's last feature map, found by itself
 
 
 @pytest.mark.slow
