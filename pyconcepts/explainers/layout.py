@@ -33,11 +33,14 @@ def resolve_targets(
     return t
 
 
-def explained_classes(classes: Optional[Sequence[int]], n_classes: int) -> list[int]:
+def explained_classes(
+    classes: Optional[Sequence[int]], n_classes: int, present: Optional[torch.Tensor] = None
+) -> list[int]:
     """The validated ``classes`` argument of an explainer: distinct ids in [0, n_classes), in
-    the given order; None means every class."""
+    the given order; None means the classes ``present`` in the fit data (its labels, or the
+    model's predictions), so a 1,000-class model costs only the classes one has images of."""
     if classes is None:
-        return list(range(n_classes))
+        return sorted(set(present.tolist())) if present is not None else list(range(n_classes))
     if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence):
         raise TypeError(f"classes: expected a sequence of class ids, got {type(classes).__name__}")
     ids = [int(c) for c in classes]

@@ -196,9 +196,9 @@ class MACE(ConceptExplainer):
         dense_layer: the model's first dense layer (z); default: the first ``nn.Linear`` when
             it is not the classifier, else the classifier's input (a model whose only dense
             layer is its classifier would otherwise make z the logits themselves).
-        classes: the class ids to explain (K of them); default: every output. Each explained
-            class has its own maps, embedding generator and relevance terms, so memory grows
-            with K: on a 1,000-class model pass the classes of interest.
+        classes: the class ids to explain (K of them); default: the classes of the fit data
+            (its labels, else the model's predictions). Each explained class has its own maps,
+            embedding generator and relevance terms, so memory grows with K.
         n_concepts: C concept maps per class (paper: 10).
         embedding_sizes: dense layer sizes of the embedding generator, the last is Q (authors'
             code: 128 → 64 → 32).
@@ -341,9 +341,9 @@ class MACE(ConceptExplainer):
 
     def _fit(self, data: Any, epochs: int, progress: bool, prune_data: Any) -> MACE:
         cache = self._cache(data, record=True)
-        feats, z, logits, _ = cache
+        feats, z, logits, labels = cache
         n_out = logits.shape[1]
-        self.classes_ = explained_classes(self.classes, n_out)
+        self.classes_ = explained_classes(self.classes, n_out, labels)
         k = len(self.classes_)
         self.tail_ = find_tail(self.model, self.dense_layer_)
         with torch.no_grad():

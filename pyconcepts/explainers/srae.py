@@ -460,7 +460,8 @@ class SRAE(ConceptExplainer):
             syntax; default: the classifier's input (the penultimate vector, as the paper's
             "first dense layer after ReLU" is on the zoo models), found by
             :func:`~pyconcepts.models.layers.discover_layers`.
-        classes: class indices to explain (one-vs-all each); None = every output.
+        classes: class indices to explain (one-vs-all each); None = the classes of the fit
+            data (its labels, else the model's predictions).
         n_features: x-features per class (n, the paper's 5).
         hidden: hidden sizes before the x-layer (the paper's 800-100).
         beta, q, eta, lambda1, lambda2, lambda3: weights of Eq. (5) (module docstring).
@@ -578,10 +579,10 @@ class SRAE(ConceptExplainer):
             vars(self).pop(name, None)
         z, logits, labels, first = self.features(data, self.batch_size)
         n_classes = logits.shape[1]
-        classes = explained_classes(self.classes, n_classes)
         if labels is None:
             labels = logits.argmax(1)
         labels = labels.to(z.device)
+        classes = explained_classes(self.classes, n_classes, labels)
         gen = torch.Generator().manual_seed(self.seed)
         self.z_mean_ = z.mean(0)
         std = z.std(0) if z.shape[0] > 1 else torch.ones_like(self.z_mean_)
