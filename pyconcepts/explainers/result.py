@@ -27,7 +27,12 @@ class Explanation:
         logits: ``[B, n_classes]`` the model's output for the batch.
         targets: ``[B]`` the class explained for each image (the prediction by default).
         class_names: names of the model's classes.
-        heatmaps: ``[B, C, H, W]`` per-concept maps at input resolution, where the method has them.
+        heatmaps: ``[B, C, H, W]`` non-negative maps at input resolution of the explained class's
+            concepts of each image, where the method has them.
+        heatmap_concepts: ``[B, C]`` int64, the index in ``concept_names`` of each heatmap
+            column (−1: unused column); None when column j is concept j.
+        class_maps: ``[B, H, W]`` one combined non-negative map per image, where the method has
+            one (see :meth:`class_map`).
         extras: method-specific tensors (documented by each explainer).
     """
 
@@ -39,6 +44,8 @@ class Explanation:
     targets: torch.Tensor
     class_names: list[str]
     heatmaps: Optional[torch.Tensor] = None
+    heatmap_concepts: Optional[torch.Tensor] = None
+    class_maps: Optional[torch.Tensor] = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -53,6 +60,23 @@ class Explanation:
                 raise ValueError(f"{name}: expected {b} rows, got {getattr(self, name).shape[0]}")
         if self.heatmaps is not None and self.heatmaps.shape[:1] != (b,):
             raise ValueError(f"heatmaps: expected {b} rows, got {tuple(self.heatmaps.shape)}")
+
+    def class_map(self, index: int) -> Optional[torch.Tensor]:
+        """One ``[H, W]`` map of why image ``index`` is its class: ``class_maps[index]`` where the
+        method gives one, else its heatmaps summed with weights = the positive part of their
+        concepts' scores, else None."""
+        if self.class_maps is not None:
+            return self.class_maps[index]
+        if self.heatmaps is None:
+            return None
+        maps = self.heatmaps[index]
+        if self.heatmap_concepts is not None:
+            ids = self.heatmap_concepts[index]
+            scores = self.concept_scores[index][ids.clamp(min=0)] * (ids >= 0)
+        else:
+            scores = self.concept_scores[index][: maps.shape[0]]
+        weights = scores.clamp(min=0).to(maps.dtype)
+        return (weights[:, None, None] * maps[: weights.shape[0]]).sum(0)
 
     def __len__(self) -> int:
         return int(self.concept_scores.shape[0])
@@ -91,7 +115,11 @@ class Explanation:
             "concept_scores": self.concept_scores,
             "logits": self.logits,
             "targets": self.targets,
-            **({"heatmaps": self.heatmaps} if self.heatmaps is not None else {}),
+            **{
+                name: value
+                for name in ("heatmaps", "heatmap_concepts", "class_maps")
+                if (value := getattr(self, name)) is not None
+            },
             **{f"extras.{k}": v for k, v in self.extras.items()},
         }
         manifest = {**self.to_dict(), "pyconcepts_version": __version__}

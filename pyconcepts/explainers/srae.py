@@ -671,7 +671,7 @@ class SRAE(ConceptExplainer):
             extras["logit_heatmap"] = normalise_maps(logit_maps)[:, 0]
         return Explanation(
             self.method, self.layer, list(self.concept_names_), scores, logits, targets,
-            list(self.class_names_), maps, extras,
+            list(self.class_names_), maps, extras=extras,
         )  # fmt: skip
 
     # ---- persistence / export ------------------------------------------------------------
