@@ -156,3 +156,11 @@ def test_explain_in_batches_matches_one_batch(tmp_path, resnet, capsys):
     from_disk = load_explanation(tmp_path / "a")
     torch.testing.assert_close(from_disk.explanation.concept_scores, whole.concept_scores,
                                atol=1e-4, rtol=1e-4)  # fmt: skip
+
+
+def test_demo_json_keeps_stdout_to_one_document(tmp_path, capsys):
+    assert main(["demo", "--only", "world", "--out", str(tmp_path), "--json"]) == 0
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert doc["steps"]["world"]["status"] == "ok" and doc["report"].endswith("report.html")
+    assert "[demo] world" in captured.err and "report: " in captured.err

@@ -8,6 +8,7 @@ Every command has ``--help``. Exit status: 0 ok, 1 failure, 2 usage error; error
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Sequence
 from typing import Optional
@@ -156,8 +157,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run one command; returns the exit status (0 ok, 1 failure, 2 usage)."""
     parser = build_parser()
     args = parser.parse_args(argv)  # usage errors exit 2 here, with argparse's message
+    args.stdout = sys.stdout
+    # under --json, stdout carries the JSON alone: anything else printed goes to stderr
+    quiet = contextlib.redirect_stdout(sys.stderr) if getattr(args, "json", False) else None
     try:
-        return int(args.func(args))
+        with quiet or contextlib.nullcontext():
+            return int(args.func(args))
     except UsageError as exc:
         if args.debug:
             raise

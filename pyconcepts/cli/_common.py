@@ -79,8 +79,10 @@ def say(args: argparse.Namespace, text: str) -> None:
     print(text, file=sys.stderr if getattr(args, "json", False) else sys.stdout, flush=True)
 
 
-def print_json(doc: Any) -> None:
-    print(json.dumps(doc, indent=2, default=str))
+def print_json(args: argparse.Namespace, doc: Any) -> None:
+    """The command's one JSON document, on the real stdout (under ``--json`` everything else a
+    command prints goes to stderr, see :func:`pyconcepts.cli.main`)."""
+    print(json.dumps(doc, indent=2, default=str), file=args.stdout, flush=True)
 
 
 def device_of(args: argparse.Namespace) -> Any:

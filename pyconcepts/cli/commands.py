@@ -44,7 +44,9 @@ def demo(args: argparse.Namespace) -> int:
     report = write_report(out, title="pyconcepts demo")
     failed = [name for name, r in results.items() if r["status"] != "ok"]
     if args.json:
-        print_json({"out": str(out.resolve()), "report": str(report.resolve()), "steps": results})
+        print_json(
+            args, {"out": str(out.resolve()), "report": str(report.resolve()), "steps": results}
+        )
     else:
         print(f"\nResults under {out.resolve()}: summary.json and one folder per step.")
     if failed:
@@ -166,7 +168,7 @@ def explain(args: argparse.Namespace) -> int:
         say(args, f"exported ONNX graph to {explainer.export_onnx(folder / 'explainer.onnx')}")
     report = None if args.no_report else write_report(folder, title=f"pyconcepts {args.method}")
     if args.json:
-        print_json({
+        print_json(args, {
             "out": str(folder.resolve()),
             "report": None if report is None else str(report.resolve()),
             **result.to_dict(),
@@ -185,7 +187,7 @@ def export(args: argparse.Namespace) -> int:
     explainer = _fit_or_load(args)[0]
     path = Path(explainer.export_onnx(args.out)).resolve()
     if args.json:
-        print_json({"out": str(path), "outputs": list(explainer.onnx_outputs)})
+        print_json(args, {"out": str(path), "outputs": list(explainer.onnx_outputs)})
         return OK
     print(f"wrote the {args.method} ONNX export to {path}")
     print(f"outputs: {', '.join(explainer.onnx_outputs)}")
@@ -201,7 +203,7 @@ def report(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     size = path.stat().st_size
     if args.json:
-        print_json({"report": str(path.resolve()), "bytes": size})
+        print_json(args, {"report": str(path.resolve()), "bytes": size})
     else:
         print(f"report: {path.resolve()} ({size / 2**20:.2f} MiB)")
     return OK
@@ -227,7 +229,7 @@ def backends(args: argparse.Namespace) -> int:
 
     report = status()
     if args.json:
-        print_json(report)
+        print_json(args, report)
         return OK
     for name, text in report.items():
         print(f"{name:10s} {text}")
@@ -271,7 +273,7 @@ def info(args: argparse.Namespace) -> int:
         "packages": {d: version(d) for dists in extras.values() for d in dists},
     }
     if args.json:
-        print_json(doc)
+        print_json(args, doc)
         return OK
     for key, value in doc.items():
         if isinstance(value, dict):
@@ -292,7 +294,7 @@ def zoo(args: argparse.Namespace) -> int:
         if args.train or args.retrain:
             models.load(name, retrain=args.retrain, progress=show_progress(args))
     if args.json:
-        print_json({"cache": str(models.cache_dir()), **{n: models.info(n) for n in names}})
+        print_json(args, {"cache": str(models.cache_dir()), **{n: models.info(n) for n in names}})
         return OK
     for name in names:
         found = models.info(name)

@@ -190,7 +190,10 @@ def json_tables(doc: Any, title: str) -> list[Table]:
 
 
 def _is_scalar(value: Any) -> bool:
-    return value is None or isinstance(value, (bool, int, float, str))
+    """A value that fits a table cell (long strings, such as printed tensors, do not)."""
+    if isinstance(value, str):
+        return len(value) <= 80
+    return value is None or isinstance(value, (bool, int, float))
 
 
 def fmt(value: Any) -> str:
