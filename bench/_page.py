@@ -44,12 +44,7 @@ def table(kernel: Kernel, result: dict[str, Any]) -> str:
     impls = list(dict.fromkeys(r["impl"] for r in rows))
     seconds = {(r["size"], r["impl"]): r["seconds"] for r in rows}
     tools = [i for i in impls if i != OURS]
-    head = [
-        kernel.size_name,
-        f"{OURS} (s)",
-        *(f"{t} (s)" for t in tools),
-        *(f"{t} / ours" for t in tools),
-    ]
+    head = [kernel.size_name, OURS, *tools, *(f"{t} / ours" for t in tools)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
     for size in dict.fromkeys(r["size"] for r in rows):
         ours = seconds[(size, OURS)]
@@ -59,13 +54,20 @@ def table(kernel: Kernel, result: dict[str, Any]) -> str:
         ]
         lines.append("| " + " | ".join([f"{size:,}", _cell(ours), *times, *ratios]) + " |")
     notes = [f"{name}: not run ({why})" for name, why in result["skipped"].items()]
+    notes += [
+        f"{impl}: timed, outputs not compared (it computes a different quantity by design)"
+        for impl in dict.fromkeys(r["impl"] for r in rows if r["agrees"] is None)
+    ]
     return "\n".join(lines) + ("\n\n" + "; ".join(notes) + "." if notes else "")
 
 
 def _cell(value: float | None) -> str:
+    """Seconds with a unit that keeps three significant digits readable."""
     if value is None:
         return "–"
-    return f"{value:.3g}" if value >= 0.01 else f"{value * 1e3:.3g} ms"
+    if value >= 1:
+        return f"{value:.3g} s"
+    return f"{value * 1e3:.3g} ms" if value >= 1e-3 else f"{value * 1e6:.3g} µs"
 
 
 def plot(kernel: Kernel, result: dict[str, Any], path: Path) -> None:
@@ -76,13 +78,18 @@ def plot(kernel: Kernel, result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.0, 3.2))
+    others = iter(["tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:gray"])
+    sizes = list(dict.fromkeys(r["size"] for r in result["rows"]))
     for impl in dict.fromkeys(r["impl"] for r in result["rows"]):
         points = [(r["size"], r["seconds"]) for r in result["rows"] if r["impl"] == impl]
         xs, ys = zip(*points)
-        style = {"linewidth": 2.5, "color": "tab:blue"} if impl == OURS else {"linewidth": 1.2}
-        ax.plot(xs, ys, marker="o", label=impl, **style)
+        ours = impl == OURS
+        colour = "tab:blue" if ours else next(others)
+        ax.plot(xs, ys, marker="o", label=impl, color=colour, linewidth=2.5 if ours else 1.2)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.set_xticks(sizes, [f"{s:,}" for s in sizes])
+    ax.minorticks_off()
     ax.set_xlabel(kernel.size_name)
     ax.set_ylabel("seconds (median)")
     ax.set_title(kernel.name, fontsize=10)

@@ -17,7 +17,7 @@ def _toy() -> Kernel:
         return calls, {"missing tool": "not installed"}
 
     return Kernel("toy", "doubling", "size N", {"quick": [1, 2], "full": [1, 2, 3]}, setup,
-                  lambda a, b: a == b)  # fmt: skip
+                  lambda impl, a, b: a == b)  # fmt: skip
 
 
 def test_kernel_rows_table_plot_and_page(tmp_path):
@@ -27,9 +27,7 @@ def test_kernel_rows_table_plot_and_page(tmp_path):
         (1, OURS), (1, "their tool"), (2, OURS), (2, "their tool"),
     ]  # fmt: skip
     table = _page.table(kernel, result)
-    assert table.splitlines()[0] == (
-        "| size N | pyconcepts (s) | their tool (s) | their tool / ours |"
-    )
+    assert table.splitlines()[0] == ("| size N | pyconcepts | their tool | their tool / ours |")
     assert "missing tool: not run (not installed)" in table
     image = tmp_path / "img" / "bench-toy.png"
     _page.plot(kernel, result, image)
@@ -47,6 +45,6 @@ def test_kernel_rows_table_plot_and_page(tmp_path):
 
 def test_disagreeing_tool_stops_the_run():
     bad = Kernel("bad", "", "n", {}, lambda n: ({OURS: lambda: 1, "t": lambda: 2}, {}),
-                 lambda a, b: a == b)  # fmt: skip
+                 lambda impl, a, b: a == b)  # fmt: skip
     with pytest.raises(SystemExit, match="disagrees"):
         run_kernel(bad, [1], repeats=1, log=lambda s: None)

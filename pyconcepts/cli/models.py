@@ -27,11 +27,11 @@ def add_model_options(parser: argparse.ArgumentParser, default_help: str) -> Non
         help=f"a zoo name (cw-vgg, cw-resnet, …) or module:function returning an nn.Module "
         f"({default_help})",
     )
-    for name in ("mean", "std"):
+    for name, example in (("mean", "0.485,0.456,0.406"), ("std", "0.229,0.224,0.225")):
         parser.add_argument(
             f"--{name}",
             type=_floats,
-            help=f"per-channel {name} the model normalises images with, e.g. 0.485,0.456,0.406 "
+            help=f"per-channel {name} the model normalises images with, e.g. {example} "
             "(default: the model's own preprocess, else none)",
         )
 

@@ -14,6 +14,7 @@ EXAMPLES = 4  # images shown per saved explanation
 MAPS = 4  # heatmaps shown per image
 BARS = 8  # concept-score bars per image
 NAMES = 80  # concept names listed per method before "… and N more"
+FOLD_ROWS = 12  # longer tables start folded
 
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1100px;padding:0 16px 40px;
@@ -28,10 +29,11 @@ font-size:12px}.example{display:flex;gap:14px;align-items:flex-start;flex-wrap:w
 border:1px solid #e3e7ef;border-radius:6px;padding:10px;margin:10px 0}
 figure{margin:0;text-align:center;font-size:11px;max-width:140px}figure img{display:block;
 width:128px;height:128px;image-rendering:pixelated}.bars{min-width:280px;font-size:12px}
-.bar{display:flex;align-items:center;gap:6px;margin:2px 0}.bar .name{width:150px;overflow:hidden;
+.bar{display:flex;align-items:center;gap:6px;margin:2px 0}.bar .name{width:200px;overflow:hidden;
 text-overflow:ellipsis;white-space:nowrap}.bar .track{width:120px;background:#f1f4f9;height:10px}
 .bar .fill{height:10px;background:#3b6fd8}.bar .neg{background:#d8563b}
-.figures img{max-width:100%;border:1px solid #e3e7ef;margin:6px 0}.error{color:#b3261e}
+details{margin:10px 0}.figures img{max-width:100%;border:1px solid #e3e7ef;margin:6px 0}
+.error{color:#b3261e}
 """
 
 
@@ -127,7 +129,11 @@ def _section(section: Section) -> str:
     if scalars:
         parts.append("<h3>Metrics</h3>" + _table(Table("", ["metric", "value"], scalars)))
     for table in section.tables:
-        parts.append(f"<h3>{_e(table.title)}</h3>" + _table(table))
+        if len(table.rows) > FOLD_ROWS:  # long tables fold (no script: <details> is HTML)
+            title = f"<summary><b>{_e(table.title)}</b> ({len(table.rows)} rows)</summary>"
+            parts.append(f"<details>{title}{_table(table)}</details>")
+        else:
+            parts.append(f"<h3>{_e(table.title)}</h3>" + _table(table))
     figures = [f for f in section.figures if section.name != "world"]
     if figures:
         parts.append(
@@ -165,7 +171,7 @@ def _example(saved: SavedExplanation, i: int) -> str:
         base = to_rgb(saved.images[i], saved.mean, saved.std)
         figures.append(_figure(array_uri(base), "input"))
     class_map = e.class_map(i)
-    if class_map is not None:
+    if class_map is not None and float(class_map.max()) > 0:
         figures.append(_figure(array_uri(heat_rgb(class_map, base)), "class map"))
     for column, concept in _top_maps(saved, i):
         assert e.heatmaps is not None
@@ -181,15 +187,16 @@ def _example(saved: SavedExplanation, i: int) -> str:
 
 
 def _top_maps(saved: SavedExplanation, i: int) -> list[tuple[int, int]]:
-    """(heatmap column, concept index) of image ``i``'s highest-scoring mapped concepts."""
+    """(heatmap column, concept index) of image ``i``'s highest-scoring mapped concepts: the
+    columns ``heatmap_concepts`` names, else (one column per concept) those that scored."""
     e = saved.explanation
     if e.heatmaps is None:
         return []
-    n_columns = e.heatmaps.shape[1]
     if e.heatmap_concepts is not None:
         pairs = [(j, int(c)) for j, c in enumerate(e.heatmap_concepts[i].tolist()) if c >= 0]
     else:
-        pairs = [(j, j) for j in range(min(n_columns, len(e.concept_names)))]
+        n = min(e.heatmaps.shape[1], len(e.concept_names))
+        pairs = [(j, j) for j in range(n) if float(e.concept_scores[i, j]) != 0]
     pairs = [(j, c) for j, c in pairs if float(e.heatmaps[i, j].max()) > 0]
     pairs.sort(key=lambda p: -float(e.concept_scores[i, p[1]]))
     return pairs[:MAPS]
