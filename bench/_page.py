@@ -91,7 +91,7 @@ def plot(kernel: Kernel, result: dict[str, Any], path: Path) -> None:
     ax.set_xticks(sizes, [f"{s:,}" for s in sizes])
     ax.minorticks_off()
     ax.set_xlabel(kernel.size_name)
-    ax.set_ylabel("seconds (median)")
+    ax.set_ylabel("seconds (best of runs)")
     ax.set_title(kernel.name, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
@@ -109,8 +109,9 @@ def section(info: dict[str, Any], load: tuple[float, float], sizes: str, parts: 
         f"load average (1 min) {load[0]:.2f} at the start, {load[1]:.2f} at the end — the "
         "machine may be shared, so compare the ratios (measured side by side) rather than the "
         f"absolute times. Size set: `{sizes}`. Each size's outputs agree before timing; times are "
-        "medians of repeated calls (a call over 1 s is timed once). Regenerate with "
-        "`python -m bench --all --out bench/results` (`--quick` for a smoke run).\n"
+        "the best of repeated calls, each round calling every implementation in turn (a first "
+        "call over 1 s is the only one timed); `bench/results/all.json` also has the medians. "
+        "Regenerate with `python -m bench --all --out bench/results` (`--quick`: a smoke run).\n"
     )
     return "\n".join([BEGIN, header, *parts, END])
 

@@ -104,9 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_json(rep)
     rep.set_defaults(func=commands.report)
 
-    srv = sub.add_parser(
+    srv = sub.add_parser(  # its options and errors belong to pyconcepts.serve
         "serve",
-        parents=common,
         help="serve an ONNX export over HTTP (/health, /metadata, /explain)",
         description="HTTP inference service for an export of `pyconcepts export`: GET /health, "
         "GET /metadata, POST /explain (PNG/JPEG body or JSON with a base64 image). See "
@@ -164,7 +163,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with quiet or contextlib.nullcontext():
             return int(args.func(args))
     except UsageError as exc:
-        if args.debug:
+        if getattr(args, "debug", False):
             raise
         print(f"pyconcepts {args.command}: error: {exc}", file=sys.stderr)
         return USAGE
@@ -172,7 +171,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"pyconcepts {args.command}: interrupted", file=sys.stderr)
         return FAILURE
     except Exception as exc:
-        if args.debug:
+        if getattr(args, "debug", False):
             raise
         text = str(exc).splitlines()[0] if str(exc) else ""
         print(
