@@ -164,23 +164,26 @@ def markdown_tables(text: str, title: str) -> list[Table]:
 
 
 def json_tables(doc: Any, title: str) -> list[Table]:
-    """Tables of a metrics document: its scalar entries as one key/value table, and each entry
-    that maps names to scalars, or to mappings of scalars, as a table of its own. Long lists
-    and deeper structures are left to the file."""
+    """Tables of a metrics document: its scalar entries as one key/value table; entries that map
+    the same names to scalars (per class, say) side by side in one table; entries that map names
+    to mappings of scalars as a table each. Long lists and deeper structures stay in the file."""
     if not isinstance(doc, dict):
         return []
     tables: list[Table] = []
     scalars = [[k, fmt(v)] for k, v in doc.items() if _is_scalar(v)]
     if scalars:
         tables.append(Table(title, ["metric", "value"], scalars))
+    by_names: dict[tuple[str, ...], list[str]] = {}
+    for key, value in doc.items():
+        if isinstance(value, dict) and value and all(_is_scalar(v) for v in value.values()):
+            by_names.setdefault(tuple(value), []).append(key)
+    for names, keys in by_names.items():
+        rows = [[name, *(fmt(doc[k][name]) for k in keys)] for name in names]
+        tables.append(Table(f"{title}: {', '.join(keys)}", ["", *keys], rows))
     for key, value in doc.items():
         if not isinstance(value, dict) or not value:
             continue
-        if all(_is_scalar(v) for v in value.values()):
-            tables.append(
-                Table(f"{title}: {key}", ["", "value"], [[k, fmt(v)] for k, v in value.items()])
-            )
-        elif all(
+        if all(
             isinstance(v, dict) and all(_is_scalar(x) for x in v.values()) for v in value.values()
         ):
             columns = list(dict.fromkeys(c for row in value.values() for c in row))
