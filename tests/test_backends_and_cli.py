@@ -50,8 +50,12 @@ def test_cli_demo_runs_chosen_steps_and_writes_a_summary(tmp_path, vgg, resnet, 
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["world"]["status"] == "ok" and (tmp_path / "world" / "samples.png").exists()
     assert summary["zoo"]["cw-vgg_test_accuracy"] > 0.9
-    with pytest.raises(ValueError, match="unknown"):
-        main(["demo", "--out", str(tmp_path), "--only", "nope"])
+    assert (tmp_path / "report.html").is_file()
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        f"report: {(tmp_path / 'report.html').resolve()}"
+    )
+    assert main(["demo", "--out", str(tmp_path), "--only", "nope"]) == 2
+    assert "unknown step" in capsys.readouterr().err
 
 
 def test_cuda_module_status_is_explained():

@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
 from torch import nn
 
 from pyconcepts.data.concept_world import ConceptWorld, train_test
+from pyconcepts.explanation import Explanation
 
 STEPS = ("world", "zoo", "concept_maps", "mace", "srae", "afi", "pattern_mining", "ibd")
 
@@ -59,6 +61,24 @@ class DemoContext:
         folder = self.out / name
         folder.mkdir(parents=True, exist_ok=True)
         return folder
+
+    def save_explanation(
+        self,
+        step: str,
+        explainer: Any,
+        model_name: str,
+        images: torch.Tensor,
+        explanation: Optional[Explanation] = None,
+    ) -> Path:
+        """Save the explanation of ``images`` (computed here unless given), the images and the
+        explainer's settings under ``<step>/explanation`` for the report."""
+        from pyconcepts.report import save_explanation
+
+        config = explainer.get_config()
+        settings = {"method": explainer.method, "model": model_name, "config": config}
+        if explanation is None:
+            explanation = explainer.explain(images)
+        return save_explanation(self.step_dir(step) / "explanation", explanation, images, settings)
 
 
 def run_demo(

@@ -45,6 +45,7 @@ def run(ctx: DemoContext) -> dict[str, Any]:
     )  # fmt: skip
     explainer.fit((x, y), probes, benchmarks, concept_names=world.concepts)
     explainer.save(folder / "afi.pcx")
+    ctx.save_explanation("afi", explainer, "cw-vgg", test.image(slice(0, 4)))
     classes, layers = explainer.classes_, explainer.layers_
     # baselines: TCAV (CAV ranking + gradient FIS) and the seed's ablation without t
     tcav_rank = tcav_concept_scores(model, layers, probes, benchmarks, x, y, classes, epochs=50)

@@ -28,6 +28,7 @@ def run(ctx: DemoContext) -> dict[str, Any]:
     ibd = IBD(model, layer="layer3").fit(world, max_images=1000)
     fit_s = time.perf_counter() - start
     ibd.save(folder / "ibd.pcx")
+    ctx.save_explanation("ibd", ibd, "cw-resnet", test.image(slice(0, 8)))
     gt = ibd.ground_truth_scores(world.class_concept_matrix())
 
     images = test.image(slice(0, 256))

@@ -31,7 +31,7 @@ def run(ctx: DemoContext) -> dict[str, Any]:
     xt, yt = ctx.test.tensors()
     xt, yt = xt[:N_EVAL], yt[:N_EVAL]
     explanation = explainer.explain(xt)
-    explainer.explain(xt[:8]).save(folder / "explanation", pngs=4)
+    ctx.save_explanation("mace", explainer, "cw-vgg", xt[:8])
     preds = explanation.predictions
     maps = explainer.concept_maps_of(xt)
 

@@ -39,6 +39,7 @@ def run(ctx: DemoContext) -> dict[str, Any]:
             random_row = {"accuracy": report["random"], "avg_perturbed": report["avg_perturbed"]}
             table["Baseline"] = {"accuracy": report["baseline"], "avg_perturbed": 0.0}
             explainer.save(folder / "filter_patterns.pcx")
+            ctx.save_explanation("pattern_mining", explainer, "cw-vgg", test[0][:8])
             fig = explainer.plot()
             fig.savefig(folder / "patterns.png", dpi=90, bbox_inches="tight")
             truth = ground_truth_scores(explainer, ctx.test)

@@ -27,6 +27,7 @@ def run(ctx: DemoContext) -> dict[str, Any]:
     explainer.save(folder / "srae.pcx")
     images = ctx.test.image(slice(0, 4))
     explanation = explainer.explain(images)
+    ctx.save_explanation("srae", explainer, "cw-vgg", images, explanation)
     for i in range(len(images)):
         fig = explanation.plot(i, image=images[i], k=explainer.n_features)
         fig.savefig(folder / f"x_features_{i}.png", dpi=90, bbox_inches="tight")

@@ -1,0 +1,130 @@
+"""``--model``, ``--mean``/``--std`` and ``--images``: any model and any folder of images.
+
+``--model`` is a name that :func:`pyconcepts.models.load` knows (the zoo, ``cw-vgg`` /
+``cw-resnet``, and whatever else it loads) or ``module:function`` — a function that returns an
+``nn.Module`` (the current folder is importable). Images are read as RGB in [0, 1] and
+normalised with ``--mean``/``--std``, else with the model's own ``model.preprocess`` (a dict
+or object with ``mean`` and ``std``), else left as they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+from pyconcepts.cli._common import UsageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def add_model_options(parser: argparse.ArgumentParser, default_help: str) -> None:
+    parser.add_argument(
+        "--model",
+        help=f"a zoo name (cw-vgg, cw-resnet, …) or module:function returning an nn.Module "
+        f"({default_help})",
+    )
+    for name, example in (("mean", "0.485,0.456,0.406"), ("std", "0.229,0.224,0.225")):
+        parser.add_argument(
+            f"--{name}",
+            type=_floats,
+            help=f"per-channel {name} the model normalises images with, e.g. {example} "
+            "(default: the model's own preprocess, else none)",
+        )
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.replace(" ", ",").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
+
+
+def load_model(spec: str) -> Any:
+    """The model ``spec`` names (see the module doc), in eval mode; one-line errors."""
+    from torch import nn
+
+    if ":" in spec:
+        module_name, _, attr = spec.partition(":")
+        if str(Path.cwd()) not in sys.path:
+            sys.path.insert(0, str(Path.cwd()))
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise UsageError(f"--model {spec}: {exc}") from None
+        try:
+            model = factory()
+        except Exception as exc:
+            raise UsageError(f"--model {spec}: calling {attr}() failed: {exc}") from None
+        if not isinstance(model, nn.Module):
+            raise UsageError(f"--model {spec}: {attr}() returned a {type(model).__name__}, "
+                             "expected a torch nn.Module")  # fmt: skip
+    else:
+        from pyconcepts import models
+
+        try:
+            model = models.load(spec, progress=False)
+        except (ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
+            raise UsageError(f"--model {spec}: {exc}") from None
+    return model.eval()
+
+
+def preprocessing(
+    model: Any, mean: Optional[Sequence[float]], std: Optional[Sequence[float]]
+) -> tuple[Optional[list[float]], Optional[list[float]]]:
+    """(mean, std) the model's inputs are normalised with: the options, else its own
+    ``preprocess`` attribute, else (None, None)."""
+    own = getattr(model, "preprocess", None)
+    for name, given in (("mean", mean), ("std", std)):
+        if given is None and own is not None:
+            value = own.get(name) if isinstance(own, dict) else getattr(own, name, None)
+            if name == "mean":
+                mean = None if value is None else [float(v) for v in value]
+            else:
+                std = None if value is None else [float(v) for v in value]
+    for name, values in (("mean", mean), ("std", std)):
+        if values is not None and len(values) not in (1, 3):
+            raise UsageError(f"--{name}: expected 1 or 3 values (per channel), got {len(values)}")
+    if std is not None and any(v <= 0 for v in std):
+        raise UsageError(f"--std: expected positive values, got {std}")
+    return (None if mean is None else list(mean)), (None if std is None else list(std))
+
+
+def normalise(images: Any, mean: Optional[list[float]], std: Optional[list[float]]) -> Any:
+    """``(images − mean) / std`` per channel (either may be None)."""
+    if mean is not None:
+        images = images - images.new_tensor(mean)[:, None, None]
+    if std is not None:
+        images = images / images.new_tensor(std)[:, None, None]
+    return images
+
+
+def read_images(folder: str, size: tuple[int, int]) -> Any:
+    """The .png/.jpg files of ``folder``, sorted by name, as RGB ``[N, 3, H, W]`` in [0, 1]
+    resized to ``size``."""
+    import numpy as np
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    base = Path(folder)
+    if not base.is_dir():
+        raise UsageError(f"--images {folder}: no such folder")
+    files = sorted(p for p in base.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UsageError(f"--images {folder}: no .png/.jpg files")
+    arrays = []
+    for f in files:
+        try:
+            with Image.open(f) as picture:
+                arrays.append(np.asarray(picture.convert("RGB").resize((size[1], size[0]))))
+        except (OSError, UnidentifiedImageError) as exc:
+            raise UsageError(f"--images: cannot read {f}: {exc}") from None
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
