@@ -421,7 +421,7 @@ def test_serve_refuses_bad_numeric_options_in_one_line(option, tmp_path, capsys)
     assert main(["serve", str(tmp_path / "missing.onnx"), *option]) == 2
     err = capsys.readouterr().err
     name = option[0].lstrip("-")
-    assert err.startswith("serve: ") and err.count("\n") == 1, err
+    assert err.startswith("pyconcepts serve: error: ") and err.count("\n") == 1, err
     assert name in err or name.replace("-", "_") in err, err
 
 
