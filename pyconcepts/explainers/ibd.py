@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Optional, cast
 
@@ -282,6 +283,16 @@ class IBD(ConceptExplainer):
         recon = (fit.coefs[:, :, None] * self.concept_vectors_[fit.indices]).sum(1)
         self.residuals_ = self.class_weights_ - recon
         self.residual_ratio_ = residual_ratio(self.class_weights_, self.residuals_).float()
+        empty = (self.basis_coefs_ > 0).sum(1) == 0
+        if bool(empty.any()):
+            names = [self.class_names_[int(k)] for k in empty.nonzero().flatten()[:8]]
+            warnings.warn(
+                f"{int(empty.sum())} of {len(empty)} classes ({', '.join(names)}"
+                f"{', ...' if int(empty.sum()) > 8 else ''}) have an empty concept basis: their "
+                "weight vectors point away from every concept vector, so their concept maps are "
+                "zero and their scores are all residual; try another layer or more concepts",
+                stacklevel=3,
+            )
 
     # ---- explaining --------------------------------------------------------------------------
     def explain(

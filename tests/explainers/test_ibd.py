@@ -176,3 +176,16 @@ def test_ground_truth_on_the_trained_resnet(resnet: torch.nn.Module) -> None:
     assert float(gt["mean_precision_at_k"]) > 0.25
     assert float(gt["mean_recall"]) > 0.3
     assert 0 < float(e.residual_ratio_.mean()) <= 1
+
+
+def test_an_empty_class_basis_is_reported(fitted: IBD) -> None:
+    """A class weight vector opposite to every concept vector has an all-zero NNLS basis: fit
+    says so instead of leaving all-zero concept maps unexplained."""
+    import copy
+
+    e = copy.deepcopy(fitted)
+    e.class_weights_ = e.class_weights_.clone()
+    e.class_weights_[0] = -e.concept_vectors_.sum(0)
+    with pytest.warns(UserWarning, match=r"1 of \d+ classes .* empty concept basis"):
+        e._decompose_classes()
+    assert float(e.basis_coefs_[0].abs().sum()) == 0.0
