@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from pyconcepts import persistence
+from pyconcepts.data.concept_folder import ConceptData
 from pyconcepts.errors import EmptyHeatmapWarning, LoadError, NotFittedError, OutOfMemoryError
 from pyconcepts.explanation import Explanation
 from pyconcepts.inputs import check_image_batch, parameter_dtype
@@ -149,6 +150,40 @@ class ConceptExplainer(abc.ABC):
     def _model_device(self) -> torch.device:
         p = next(self.model.parameters(), None)
         return p.device if p is not None else torch.device("cpu")
+
+    # ---- naming ----------------------------------------------------------------------------
+    def name_concepts(
+        self, data: ConceptData, quantile: float = 0.99, batch_size: int = 32
+    ) -> dict[str, tuple[str, float]]:
+        """Label each of the explainer's concepts with the user concept it fires on
+        (network dissection): its heatmaps over ``data``'s images (explained as every class
+        the explainer knows, so each class's concepts are drawn) against ``data``'s masks.
+        Returns concept name → (best user concept, IoU); concepts without maps are left out.
+        See :mod:`pyconcepts.data.concept_folder` for the folder format."""
+        from pyconcepts.metrics.dissection import name_units
+
+        self._check_fitted()
+        state = vars(self)
+        classes = state.get("classes_") or range(len(state["class_names_"]))
+        maps: dict[int, torch.Tensor] = {}  # concept index → its maps [N, H, W]
+        for k in classes:
+            parts = [self.explain(x, targets=[int(k)] * len(x))  # type: ignore[call-arg]
+                     for x in data.images.split(batch_size)]  # fmt: skip
+            ids = parts[0].heatmap_concepts
+            if parts[0].heatmaps is None or ids is None:
+                raise ValueError(
+                    f"{type(self).__name__} has no per-concept heatmaps to name concepts by"
+                )
+            heat = torch.cat([p.heatmaps for p in parts if p.heatmaps is not None])
+            for col, cid in enumerate(ids[0].tolist()):
+                if cid >= 0:
+                    maps.setdefault(cid, heat[:, col])
+        order = sorted(maps)
+        if not order:
+            return {}
+        units = torch.stack([maps[i] for i in order], 1).float()
+        labels = name_units(units, data.masks, data.names, quantile)
+        return {state["concept_names_"][i]: label for i, label in zip(order, labels)}
 
     # ---- persistence ---------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

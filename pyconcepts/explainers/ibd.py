@@ -155,7 +155,8 @@ class IBD(ConceptExplainer):
     ) -> IBD:
         """Learn the concept vectors from segmentation data and decompose every class.
 
-        ``data``: a :class:`~pyconcepts.data.ConceptWorld` (its ground-truth masks), a pair
+        ``data``: a :class:`~pyconcepts.data.ConceptWorld` (its ground-truth masks), a user
+        concept folder read by :func:`~pyconcepts.data.load_concept_folder`, a pair
         ``(images [N,3,H,W], masks [N,C,H,W])`` or an iterable of such batches (a batch may
         also be ``(images, labels, masks, ...)``: the masks are the first 4-D tensor after the
         images). ``concept_names`` default to the world's concepts, else ``concept_i``;
@@ -512,12 +513,16 @@ def _segmentation_data(
     data: Any, concept_names: Optional[list[str]], max_images: Optional[int]
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """(images, masks, concept names) from a ConceptWorld, a pair or an iterable of batches."""
+    from pyconcepts.data.concept_folder import ConceptData
     from pyconcepts.data.concept_world import ConceptWorld
 
     if isinstance(data, ConceptWorld):
         n = len(data) if max_images is None else min(len(data), max_images)
         images, masks = data.image(slice(0, n)), data.concept_masks(slice(0, n))
         names = list(data.concepts) if concept_names is None else list(concept_names)
+    elif isinstance(data, ConceptData):
+        images, masks = data.images[:max_images], data.masks[:max_images]
+        names = list(data.names) if concept_names is None else list(concept_names)
     else:
         if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
             batches: Any = [data]
