@@ -13,15 +13,22 @@ Data = Union[torch.Tensor, tuple, Dataset, Iterable]
 
 
 def iter_batches(
-    data: Any, batch_size: int = 64, device: Optional[torch.device] = None
+    data: Any,
+    batch_size: int = 64,
+    device: Optional[torch.device] = None,
+    max_images: Optional[int] = None,
 ) -> Iterator[tuple[torch.Tensor, Optional[torch.Tensor]]]:
-    """Yield ``(images, labels)`` batches from any supported input (labels None when absent).
+    """Yield ``(images, labels)`` batches from any supported input (labels None when absent),
+    the first ``max_images`` images only when given (every explainer's ``max_images``).
 
     Accepted: an image tensor ``[N,C,H,W]``; a pair ``(images, labels)`` of tensors; a
     ``Dataset`` whose items start with (image, label); an iterable of such batches.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+    if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
+        raise ValueError(f"max_images: expected an int >= 1 or None, got {max_images!r}")
+    left = max_images
     if isinstance(data, torch.Tensor):
         batches: Iterable[Any] = ((b, None) for b in data.split(batch_size))
     elif isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
@@ -51,6 +58,11 @@ def iter_batches(
             raise TypeError(
                 f"data: each batch must be a tensor or (images, labels, ...), got {type(batch)}"
             )
+        if left is not None:
+            if left <= 0:
+                return
+            images, labels = images[:left], None if labels is None else labels[:left]
+            left -= images.shape[0]
         if device is not None:
             images = images.to(device)
             labels = None if labels is None else labels.to(device)

@@ -25,7 +25,7 @@ def run(ctx: DemoContext) -> dict[str, Any]:
     model = ctx.model("cw-resnet")
     world, test = ctx.train, ctx.test
     start = time.perf_counter()
-    ibd = IBD(model, layer="layer3").fit(world, max_images=1000)
+    ibd = IBD(model, layer="layer3", max_images=1000).fit(world)
     fit_s = time.perf_counter() - start
     ibd.save(folder / "ibd.pcx")
     ctx.save_explanation("ibd", ibd, "cw-resnet", test.image(slice(0, 8)))

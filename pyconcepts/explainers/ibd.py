@@ -66,6 +66,7 @@ class IBD(ConceptExplainer):
         batch_size: images per forward pass.
         seed: seeds the split and the sampling of negatives.
         class_names: names of the classes (default: the zoo's, else ``class_i``).
+        max_images: use at most this many fit images (None: all of them).
     """
 
     method = "ibd"
@@ -92,6 +93,7 @@ class IBD(ConceptExplainer):
         batch_size: int = 128,
         seed: int = 0,
         class_names: Optional[list[str]] = None,
+        max_images: Optional[int] = None,
     ) -> None:
         self.model = model
         self.layer = layer
@@ -108,6 +110,7 @@ class IBD(ConceptExplainer):
         self.batch_size = batch_size
         self.seed = seed
         self.class_names = class_names
+        self.max_images = max_images
 
     # ---- fitting -----------------------------------------------------------------------------
     def _check_config(self) -> None:
@@ -151,7 +154,6 @@ class IBD(ConceptExplainer):
         self,
         data: Any,
         concept_names: Optional[list[str]] = None,
-        max_images: Optional[int] = None,
     ) -> IBD:
         """Learn the concept vectors from segmentation data and decompose every class.
 
@@ -160,10 +162,11 @@ class IBD(ConceptExplainer):
         ``(images [N,3,H,W], masks [N,C,H,W])`` or an iterable of such batches (a batch may
         also be ``(images, labels, masks, ...)``: the masks are the first 4-D tensor after the
         images). ``concept_names`` default to the world's concepts, else ``concept_i``;
-        ``max_images`` caps the images used.
+        the constructor's ``max_images`` caps the images used.
         """
         self._check_config()
-        images, masks, names = _segmentation_data(data, concept_names, max_images)
+        images, masks, names = _segmentation_data(data, concept_names, self.max_images)
+        images = self._check_images(images, "data")
         self._record_fit(images)
         self.layer_ = resolve_layer(
             self.model, self.layer or discover_layers(self.model, images[:1]).feature_map

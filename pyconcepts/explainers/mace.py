@@ -224,7 +224,8 @@ class MACE(ConceptExplainer):
             (the paper prunes without a floor; 0 restores that).
         finetune_epochs: epochs of fine-tuning after pruning (default: a quarter of ``epochs``).
         seed: initialisation and shuffling seed.
-        class_names: names of the K classes.
+        class_names: names of the model's classes.
+        max_images: use at most this many fit images (None: all of them).
     """
 
     method = "mace"
@@ -264,6 +265,7 @@ class MACE(ConceptExplainer):
         finetune_epochs: Optional[int] = None,
         seed: int = 0,
         class_names: Optional[Sequence[str]] = None,
+        max_images: Optional[int] = None,
     ) -> None:
         self.model = model
         self.layer = layer
@@ -292,6 +294,7 @@ class MACE(ConceptExplainer):
         self.finetune_epochs = finetune_epochs
         self.seed = seed
         self.class_names = class_names
+        self.max_images = max_images
 
     # ---- configuration resolved against the model ------------------------------------------
     def _resolve(self, example: torch.Tensor) -> tuple[str, str]:
@@ -378,7 +381,8 @@ class MACE(ConceptExplainer):
         """The frozen model's (feature maps, z, logits, labels) over ``data``."""
         feats: list[torch.Tensor] = []
         zs, logits, labels = [], [], []
-        for images, lab in iter_batches(data, self.batch_size, self._model_device()):
+        batches = iter_batches(data, self.batch_size, self._model_device(), self.max_images)
+        for images, lab in batches:
             images = self._check_images(images, "data")
             if record and not feats:
                 self._record_fit(images)

@@ -208,6 +208,7 @@ class FilterPatterns(ConceptExplainer):
         batch_size: images per Grad-CAM / perturbation batch.
         seed: seeds the random candidate windows.
         class_names: names of the model's classes (default: the zoo's, else ``class_i``).
+        max_images: use at most this many fit images (None: all of them).
     """
 
     method = "pattern_mining"
@@ -230,6 +231,7 @@ class FilterPatterns(ConceptExplainer):
         batch_size: int = 32,
         seed: int = 0,
         class_names: Optional[Sequence[str]] = None,
+        max_images: Optional[int] = None,
     ) -> None:
         self.model = model
         self.layer = layer
@@ -246,6 +248,7 @@ class FilterPatterns(ConceptExplainer):
         self.batch_size = batch_size
         self.seed = seed
         self.class_names = class_names
+        self.max_images = max_images
 
     # ---- configuration checks -------------------------------------------------------------
     def _layer_name(self, example: torch.Tensor) -> str:
@@ -349,7 +352,7 @@ class FilterPatterns(ConceptExplainer):
         gen = torch.Generator().manual_seed(self.seed)
         parts: dict[str, list[torch.Tensor]] = {}
         device = self._model_device()
-        batches = iter_batches(data, self.batch_size, device)
+        batches = iter_batches(data, self.batch_size, device, self.max_images)
         for images, _ in tqdm(batches, desc="FilterPatterns", unit="batch", disable=not progress):
             images = self._check_images(images, "data")
             if not parts:

@@ -462,6 +462,7 @@ class SRAE(ConceptExplainer):
             :func:`~pyconcepts.models.layers.discover_layers`.
         classes: class indices to explain (one-vs-all each); None = the classes of the fit
             data (its labels, else the model's predictions).
+        max_images: use at most this many fit images (None: all of them).
         n_features: x-features per class (n, the paper's 5).
         hidden: hidden sizes before the x-layer (the paper's 800-100).
         beta, q, eta, lambda1, lambda2, lambda3: weights of Eq. (5) (module docstring).
@@ -510,6 +511,7 @@ class SRAE(ConceptExplainer):
         heatmap_layer: Optional[str] = None,
         seed: int = 0,
         class_names: Optional[Sequence[str]] = None,
+        max_images: Optional[int] = None,
     ) -> None:
         self.model = model
         self.layer = layer
@@ -527,17 +529,19 @@ class SRAE(ConceptExplainer):
         self.heatmap_layer = heatmap_layer
         self.seed = seed
         self.class_names = class_names
+        self.max_images = max_images
 
     # ---- features ------------------------------------------------------------------------
     def features(
-        self, data: Any, batch_size: int = 256
+        self, data: Any, batch_size: int = 256, max_images: Optional[int] = None
     ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
         """Z ``[N, D]`` (flattened ``layer`` output), logits ``[N, C]``, labels (or None) and
         the first image batch (for the input layout) of any data ``iter_batches`` accepts."""
         zs, logits, labels, first = [], [], [], None
         fx: Optional[FeatureExtractor] = None
         with torch.no_grad():
-            for images, y in iter_batches(data, batch_size, device=self._model_device()):
+            batches = iter_batches(data, batch_size, self._model_device(), max_images)
+            for images, y in batches:
                 images = self._check_images(images, "data")
                 if fx is None:
                     first = images
@@ -577,7 +581,7 @@ class SRAE(ConceptExplainer):
             raise ValueError(f"val_fraction: expected a value in [0, 1), got {self.val_fraction}")
         for name in ("layer_", "heatmap_layer_"):  # resolved again on this fit's data
             vars(self).pop(name, None)
-        z, logits, labels, first = self.features(data, self.batch_size)
+        z, logits, labels, first = self.features(data, self.batch_size, self.max_images)
         n_classes = logits.shape[1]
         if labels is None:
             labels = logits.argmax(1)

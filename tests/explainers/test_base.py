@@ -289,3 +289,29 @@ def test_other_image_sizes_are_refused_naming_height_and_width(fitted):
     e, _ = fitted
     with pytest.raises(ValueError, match=r"height 64 and width 64 .*got height 64 and width 48"):
         e.explain(torch.rand(1, 3, 64, 48))
+
+
+def test_max_images_caps_what_every_explainer_fits_on() -> None:
+    """Images past ``max_images`` are NaN: an explainer that read one would refuse the data."""
+    from pyconcepts.data import ConceptWorld, iter_batches
+    from pyconcepts.models import cw_resnet, cw_vgg
+    from pyconcepts.testing import quick_explainers
+
+    world = ConceptWorld(24, seed=1)
+    x, y = world.tensors()
+    assert [len(b) for b, _ in iter_batches((x, y), 5, max_images=12)] == [5, 5, 2]
+    with pytest.raises(ValueError, match="max_images"):
+        next(iter_batches(x, 5, max_images=0))
+    poisoned = x.clone()
+    poisoned[16:] = float("nan")
+    masks = world.concept_masks(slice(None))
+    torch.manual_seed(0)
+    for method, (make, _, kw) in quick_explainers(world, cw_vgg(), cw_resnet()).items():
+        explainer = make()
+        explainer.max_images = 16  # type: ignore[attr-defined]
+        data = (poisoned, masks) if method == "ibd" else (poisoned, y)
+        explainer.fit(data, **kw)  # would raise "expected finite values" past image 16
+        assert "max_images=16" in repr(explainer), method
+        explainer.max_images = 17  # type: ignore[attr-defined]
+        with pytest.raises(ValueError, match="finite"):
+            explainer.fit(data, **kw)

@@ -102,7 +102,7 @@ def test_explain_given_targets(fitted: IBD, world: ConceptWorld) -> None:
 
 def test_gradcam_mode_decomposes_per_image(world: ConceptWorld) -> None:
     torch.manual_seed(0)
-    e = IBD(cw_vgg().eval(), layer="features.relu4", **FAST).fit(world, max_images=60)
+    e = IBD(cw_vgg().eval(), layer="features.relu4", max_images=60, **FAST).fit(world)
     assert e.mode_ == "gradcam"  # the VGG head is not linear in pooled features
     from pyconcepts.attribution.gradcam import grad_cam
 
@@ -116,7 +116,7 @@ def test_gradcam_mode_decomposes_per_image(world: ConceptWorld) -> None:
     with pytest.raises(NotImplementedError, match="CAM mode"):
         e.export_onnx("never.onnx")
     with pytest.raises(ValueError, match="mode='gradcam'"):
-        IBD(cw_vgg().eval(), layer="features.relu4", mode="cam", **FAST).fit(world, max_images=20)
+        IBD(cw_vgg().eval(), layer="features.relu4", mode="cam", max_images=20, **FAST).fit(world)
 
 
 def test_fit_from_tensors_and_batches_equals_fit_from_world(

@@ -47,12 +47,16 @@ if TYPE_CHECKING:
 
 
 # ---- the explainer ---------------------------------------------------------------------------
-def _collect(data: object, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """All images and labels of ``data`` as two tensors (labels are required)."""
+def _collect(
+    data: object, batch_size: int, max_images: Optional[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (first ``max_images``) images and labels of ``data`` as two tensors (labels are
+    required)."""
     if isinstance(data, ConceptWorld):
-        return data.tensors()
+        pair = data.tensors()
+        return pair[0][:max_images], pair[1][:max_images]
     images, labels = [], []
-    for x, y in iter_batches(data, batch_size):
+    for x, y in iter_batches(data, batch_size, max_images=max_images):
         if y is None:
             raise ValueError("data: AfI needs labels: pass (images, labels) or a labelled dataset")
         images.append(x)
@@ -121,6 +125,7 @@ class AfI(ConceptExplainer):
         seed, batch_size: randomness and evaluation batch size.
         class_names: names of the model's classes (default: the data's, the model's, or
             ``class_i``).
+        max_images: use at most this many fit images (None: all of them).
 
     ``valid_range`` is the (low, high) pixel range the occluded images and impressions are
     clipped to; None (default) takes the fit images' own minimum and maximum, so normalised
@@ -166,6 +171,7 @@ class AfI(ConceptExplainer):
         seed: int = 0,
         batch_size: int = 64,
         class_names: Optional[Sequence[str]] = None,
+        max_images: Optional[int] = None,
     ) -> None:
         self.model = model
         self.layers = layers
@@ -188,6 +194,7 @@ class AfI(ConceptExplainer):
         self.seed = seed
         self.batch_size = batch_size
         self.class_names = class_names
+        self.max_images = max_images
 
     # ---- fit ------------------------------------------------------------------------------
     @property
@@ -234,7 +241,7 @@ class AfI(ConceptExplainer):
         """
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ValueError(f"holdout_fraction: expected in [0, 1), got {self.holdout_fraction}")
-        images, labels = _collect(data, self.batch_size)
+        images, labels = _collect(data, self.batch_size, self.max_images)
         device = self._model_device()
         images, labels = images.to(device), labels.to(device)
         images = self._check_images(images)
