@@ -72,6 +72,44 @@ def grad_cam(
     return GradCAM(cam, acts.detach(), weights, logits.detach(), targets)
 
 
+def mean_class_weights(
+    model: nn.Module,
+    layer: LayerRef,
+    images: torch.Tensor,
+    batch_size: int = 32,
+    budget_bytes: int = 64 * 2**20,
+) -> torch.Tensor:
+    """``[K, D]``: every class's Grad-CAM weight vector (the spatially pooled gradient of its
+    logit at ``layer``) averaged over ``images`` — one forward pass per batch of images and
+    batched backward passes over chunks of classes (``is_grads_batched``), each chunk's
+    gradients kept under ``budget_bytes``, instead of a forward and backward pass per class."""
+    fx = FeatureExtractor(model, [layer], detach=False)
+    total: Optional[torch.Tensor] = None
+    for chunk in images.split(batch_size):
+        with torch.enable_grad():
+            feats, logits = fx(chunk.detach().requires_grad_(True), return_output=True)
+            acts = feats[fx.names[0]]
+            if acts.dim() != 4:
+                raise ValueError(
+                    f"layer: Grad-CAM needs a conv layer [B,K,h,w], got {tuple(acts.shape)}"
+                )
+            k = logits.shape[1]
+            per_class = max(1, budget_bytes // max(1, acts.numel() * acts.element_size()))
+            eye = torch.eye(k, dtype=logits.dtype, device=logits.device)
+            sums = []
+            for start in range(0, k, per_class):
+                picks = eye[start : start + per_class][:, None, :].expand(-1, len(chunk), -1)
+                (grads,) = torch.autograd.grad(
+                    logits, acts, grad_outputs=picks, is_grads_batched=True, retain_graph=True
+                )
+                sums.append(grads.mean(dim=(3, 4)).sum(1))  # [classes, D]
+        part = torch.cat(sums).detach()
+        total = part if total is None else total + part
+    if total is None:
+        raise ValueError("images: expected at least one image, got none")
+    return total / images.shape[0]
+
+
 def _check_targets(targets: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     targets = torch.as_tensor(targets, device=logits.device).long().view(-1)
     if targets.shape[0] != logits.shape[0]:

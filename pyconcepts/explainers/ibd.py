@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pyconcepts.attribution.gradcam import grad_cam
+from pyconcepts.attribution.gradcam import grad_cam, mean_class_weights
 from pyconcepts.explainers.base import ConceptExplainer, class_names_of
 from pyconcepts.explainers.layout import resolve_targets, upsample
 from pyconcepts.explanation import Explanation
@@ -206,19 +206,10 @@ class IBD(ConceptExplainer):
                 else torch.zeros(class_w.shape[0])
             )
         else:  # mean Grad-CAM weight vector of each class over (at most 256) fit images
-            sub = images[train[:256]]
-            n_classes = int(torch.cat(logits).shape[1])
-            rows = []
-            for k in range(n_classes):
-                cam = grad_cam(
-                    self.model,
-                    self.layer_,
-                    sub.to(self._model_device()),
-                    torch.full((sub.shape[0],), k, dtype=torch.long),
-                    upsample=False,
-                )
-                rows.append(cam.weights.float().mean(0).cpu())
-            class_w, class_b = torch.stack(rows), torch.zeros(n_classes)
+            sub = images[train[:256]].to(self._model_device())
+            class_w = mean_class_weights(self.model, self.layer_, sub, self.batch_size).float()
+            n_classes = class_w.shape[0]
+            class_w, class_b = class_w.cpu(), torch.zeros(n_classes)
         self.class_weights_, self.class_bias_ = class_w, class_b
         self.class_names_ = class_names_of(self.model, class_w.shape[0], self.class_names)
         self._decompose_classes()

@@ -38,3 +38,21 @@ def test_upsamples_to_input_size_and_defaults_to_predictions():
         grad_cam(model, "features.relu4", torch.rand(3, 64, 64))
     with pytest.raises(ValueError, match="conv layer"):
         grad_cam(model, "fc1", x)
+
+
+def test_mean_class_weights_equal_one_grad_cam_per_class() -> None:
+    """The batched backward passes give each class's mean Grad-CAM weights, as a loop of one
+    Grad-CAM per class does, with any chunking of classes and images."""
+    from pyconcepts.attribution.gradcam import grad_cam, mean_class_weights
+    from pyconcepts.models import cw_vgg
+
+    torch.manual_seed(0)
+    model, images = cw_vgg().eval(), torch.rand(7, 3, 64, 64)
+    loop = torch.stack([
+        grad_cam(model, "features.relu4", images, torch.full((7,), k), upsample=False)
+        .weights.mean(0)
+        for k in range(10)
+    ])  # fmt: skip
+    for batch, budget in ((7, 64 * 2**20), (3, 1)):  # budget 1 byte: one class per pass
+        got = mean_class_weights(model, "features.relu4", images, batch, budget)
+        torch.testing.assert_close(got, loop, rtol=1e-4, atol=1e-6)
