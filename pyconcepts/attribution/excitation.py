@@ -186,12 +186,13 @@ class _Gate(torch.autograd.Function):
 
 
 def _resolve(model: nn.Module, ref: LayerRef, argument: str) -> LayerAddress:
-    """The layer ``ref`` (name, ``name@k`` or module); its output, not its input."""
+    """The layer ``ref`` (name, ``name@k`` or module); its output — or, for the target
+    (``output_layer``), also ``name:input``, what the module receives."""
     try:
         address = parse_layer(model, ref)
     except (ValueError, TypeError) as exc:
         raise type(exc)(f"{argument}: {str(exc).removeprefix('layer: ')}") from None
-    if address.port == "input":
+    if address.port == "input" and argument != "output_layer":
         raise ValueError(
             f"{argument}: {address.key!r} names a module's input; excitation backprop reads "
             "layer outputs: name the layer that produces it"
@@ -285,11 +286,13 @@ def _capture(
         def hook(
             module: nn.Module,
             args: tuple[Any, ...],
-            out: torch.Tensor,
+            out: Optional[torch.Tensor] = None,
             role: str = role,
             address: LayerAddress = address,
             calls: list[int] = calls,
         ) -> Optional[torch.Tensor]:
+            if out is None:  # a pre-hook: the target is the module's input
+                out = args[0]
             if switch.off:
                 return None
             k, calls[0] = calls[0], calls[0] + 1
@@ -308,7 +311,10 @@ def _capture(
             captured["n_nodes"] = count_nodes()
             return None
 
-        handles.append(address.module.register_forward_hook(hook))
+        if address.port == "input":  # only a target can be an input (see _resolve)
+            handles.append(address.module.register_forward_pre_hook(hook))
+        else:
+            handles.append(address.module.register_forward_hook(hook))
     return handles
 
 

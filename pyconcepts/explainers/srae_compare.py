@@ -105,7 +105,7 @@ def compare(
     cls_list: list[int] = list(ref.classes_)
     z_tr, logits_tr, _, _ = ref.features((images_tr, labels_tr))
     z_te, logits_te, _, _ = ref.features((images_te, labels_te))
-    lasso = _LassoExplainer(model, ref.layer, lasso_alpha, ref.n_features)
+    lasso = _LassoExplainer(model, ref.layer_, lasso_alpha, ref.n_features)
     explainers["Lasso"] = lasso.fit(z_tr, logits_tr, labels_tr, cls_list)
     defining = test.class_concept_matrix()
     gen = torch.Generator().manual_seed(0)
@@ -136,7 +136,7 @@ def compare(
             excitation_backprop(model, imgs, c, size=imgs.shape[-2:])
         )
         maps_by_method["Z"] = normalise_maps(
-            excitation_backprop(model, imgs, z_units, output_layer=ref.layer, size=imgs.shape[-2:])
+            excitation_backprop(model, imgs, z_units, output_layer=ref.layer_, size=imgs.shape[-2:])
         )
         for name, maps in maps_by_method.items():
             add(name, "Locality Positive", concept_world_locality(maps, masks))
