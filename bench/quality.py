@@ -22,7 +22,8 @@ probe images) and per concept (ranking, best IoU) as an upper reference.
 
 Writes ``bench/results/quality.json``, ``docs/quality.md`` and ``docs/img/quality.png``.
 ``--quick`` is a small setting for development and tests; ``--models``, ``--methods``,
-``--n-test`` and ``--seeds`` narrow a run; ``--out`` redirects the outputs.
+``--n-test`` and ``--seeds`` narrow a run; ``--out`` redirects the outputs; ``--render JSON``
+only rewrites the markdown and plot from a saved result.
 """
 
 from __future__ import annotations
@@ -539,6 +540,10 @@ def markdown(result: dict[str, Any]) -> str:
         f"{meta['settings']['n_probe']} probe images for matching units to concepts. Every "
         "explanation is asked for the true label (`explain(images, targets=labels)`).",
         "",
+        "Method settings: "
+        + "; ".join(f"{m}: {meta['settings'][m]}" for m in METHODS if m in meta["settings"])
+        + ".",
+        "",
         "Cells: mean over seeds ± their standard deviation (95 % bootstrap intervals over images "
         "are in bench/results/quality.json). *def*: the definition ground truth (masks / concepts "
         "that define the class); *int*: the intervention ground truth (concepts whose change flips "
@@ -621,6 +626,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--out", type=Path, default=ROOT, help="root of bench/results and docs")
+    parser.add_argument(
+        "--render", type=Path, help="only rewrite the markdown and plot from this JSON result"
+    )
     parser.add_argument("--n-test", type=int, help="test images (default: the setting's)")
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the setting's)")
     args = parser.parse_args(argv)
@@ -629,14 +637,18 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         settings = replace(settings, n_test=args.n_test)
     if args.seeds is not None:
         settings = replace(settings, seeds=tuple(args.seeds))
-    result = run(settings, args.models, args.methods)
     json_path = args.out / "bench" / "results" / "quality.json"
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(result, indent=2, default=str))
+    if args.render is not None:
+        result = json.loads(args.render.read_text())
+    else:
+        result = run(settings, args.models, args.methods)
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=2, default=str))
     (args.out / "docs").mkdir(parents=True, exist_ok=True)
     (args.out / "docs" / "quality.md").write_text(markdown(result))
     plot(result, args.out / "docs" / "img" / "quality.png")
-    print(f"wrote {json_path}, docs/quality.md and docs/img/quality.png under {args.out}")
+    written = "docs/quality.md and docs/img/quality.png" + ("" if args.render else f", {json_path}")
+    print(f"wrote {written} under {args.out}")
     return result
 
 
