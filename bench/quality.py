@@ -14,10 +14,11 @@ images with ``targets`` = their true labels. Scores (``pyconcepts.metrics.ground
   matched to world concepts by mask IoU on probe images of the fit world, as the channel
   baselines are.
 
-Baselines: uniform, centre and random maps; Grad-CAM and the channel-summed activation at each
-method's layer; random channels of that layer (maps: their contribution-weighted sum; ranking:
-matched like units, scored by their Grad-CAM contribution α_k·mean A_k); Grad-CAM's channels
-all matched that way (its ranking); the best single channel per class (maps, chosen on the
+Baselines: uniform, centre and random maps and a random concept ranking (chance level);
+Grad-CAM and the channel-summed activation at each method's layer; random channels of that
+layer (maps: their contribution-weighted sum; ranking: matched like units, scored by their
+Grad-CAM contribution α_k·mean A_k); Grad-CAM's channels all matched that way (its ranking);
+the best single channel per class (maps, chosen on the
 probe images) and per concept (ranking, best IoU) as an upper reference.
 
 Writes ``bench/results/quality.json``, ``docs/quality.md`` and ``docs/img/quality.png``.
@@ -355,7 +356,8 @@ def layer_baselines(
 
 
 def map_baselines(t: Truth, seed: int) -> dict[str, Candidate]:
-    """Maps that know nothing about the image: uniform, a centred Gaussian, random blobs."""
+    """Outputs that know nothing about the image: uniform, centred-Gaussian and random-blob
+    maps, and a random concept ranking (the chance level of the ranking scores)."""
     b, _, h, w = t.images.shape
     ys = torch.arange(h, dtype=torch.float32)[:, None] - (h - 1) / 2
     xs = torch.arange(w, dtype=torch.float32)[None] - (w - 1) / 2
@@ -367,6 +369,7 @@ def map_baselines(t: Truth, seed: int) -> dict[str, Candidate]:
         "uniform": Candidate("-", torch.ones(b, h, w), None),
         "centre": Candidate("-", centre.expand(b, h, w).clone(), None),
         "random_map": Candidate("-", blobs, None),
+        "random_ranking": Candidate("-", None, torch.rand(b, t.masks.shape[1], generator=gen)),
     }
 
 
@@ -433,8 +436,8 @@ def run(
                     log(traceback.format_exc(limit=3))
                     continue
                 entry["fit_seconds"].setdefault(method, []).append(round(fitted, 1))
-                layer = (
-                    cand.layer if _is_conv(model, cand.layer, truth.images[0]) else feature_layer
+                layer = _baseline_layer(
+                    model, cand.layer, sorted(layers), feature_layer, truth.images[:4]
                 )
                 entry["layers"][method] = {"explained": cand.layer, "baselines": layer}
                 if cand.matched_iou is not None:
@@ -470,16 +473,31 @@ def run(
     return result
 
 
-def _is_conv(model: nn.Module, layer: str, image: torch.Tensor) -> bool:
-    """Whether ``layer`` outputs spatial maps ``[B, D, h, w]`` (Grad-CAM can run there)."""
+def _baseline_layer(
+    model: nn.Module, layer: str, known: Sequence[str], fallback: str, images: torch.Tensor
+) -> str:
+    """The layer whose baselines a method explained at ``layer`` is compared with: ``layer``
+    itself when it outputs spatial maps ``[B, D, h, w]`` (else ``fallback``), named as a
+    ``known`` layer with the very same output (a block and its last ReLU) so that baselines are
+    not computed twice under two names."""
     from pyconcepts.models.features import FeatureExtractor
 
+    if layer in known:
+        return layer
+    names = [*known, layer]
     try:
-        fx = FeatureExtractor(model, [layer])
+        fx = FeatureExtractor(model, names)
         with torch.no_grad():
-            return bool(fx(image[None])[fx.names[0]].dim() == 4)
+            feats = fx(images)
     except (ValueError, KeyError, AttributeError):
-        return False
+        return fallback
+    out = feats[fx.names[-1]]
+    if out.dim() != 4:
+        return fallback
+    for name, resolved in zip(known, fx.names):
+        if feats[resolved].shape == out.shape and torch.equal(feats[resolved], out):
+            return name
+    return layer
 
 
 def _truth_summary(t: Truth) -> dict[str, float]:
@@ -521,7 +539,8 @@ def _cell(s: Optional[dict[str, float]]) -> str:
 def _order(names: Sequence[str]) -> list[str]:
     methods = [m for m in METHODS if m in names]
     layer_based = sorted(n for n in names if "@" in n)
-    return methods + layer_based + [n for n in ("uniform", "centre", "random_map") if n in names]
+    blind = ("uniform", "centre", "random_map", "random_ranking")
+    return methods + layer_based + [n for n in blind if n in names]
 
 
 def markdown(result: dict[str, Any]) -> str:
