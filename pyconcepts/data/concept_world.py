@@ -10,7 +10,9 @@ concept (the pixels of the parts carrying it) and the concept presence vector.
 
 Generation is vectorised in torch (≥2,000 images/s on 2 cores at 64×64) and deterministic given
 the seed. Images are stored as uint8 and part geometry is kept, so any image can be re-rendered
-with parts added or removed (``render_parts``), which concept-editing tests need.
+with parts added or removed (``render_parts``), which concept-editing tests need, and with one
+concept changed or removed (``intervene``): the model's reaction is the ground truth of which
+concepts it uses (``pyconcepts.metrics.ground_truth``).
 """
 
 from __future__ import annotations
@@ -241,6 +243,61 @@ class ConceptWorld(Dataset):
             parts = torch.cat([parts, _pack_parts([list(extra)])[0]], dim=0)
         img, _ = render(parts[None], self.backgrounds[index][None], self.shape)
         return img[0]
+
+    def intervene(
+        self, index: torch.Tensor | slice | int, concept: str | int, mode: str = "change"
+    ) -> torch.Tensor:
+        """Image(s) ``index`` re-rendered with ``concept`` taken out: float32 ``[..., 3, H, W]``
+        in [0, 1], quantised like the stored images; pixels the edit does not touch are those
+        of ``image(index)``, byte for byte.
+
+        ``mode="change"`` gives every part carrying the concept the next value of the same kind
+        instead (shapes, colours and textures in the order of ``SHAPES``, ``COLOURS``,
+        ``TEXTURES``, cyclically): the part stays, with its other two attributes, its place and
+        size, so only that concept changes (a colour or texture change repaints the part's own
+        pixels only; a shape change also repaints the pixels the old and new outlines do not
+        share). ``mode="remove"`` deletes those parts (and so their other concepts too).
+        Images without the concept are returned unchanged.
+
+        Why: the model's reaction to the edit (the drop of its class logit, a flipped
+        prediction) is the ground truth of how much it *uses* the concept in that image, which
+        explanations are scored against (``pyconcepts.metrics.ground_truth``).
+        """
+        cid = self.concepts.index(concept) if concept in self.concepts else concept
+        if isinstance(cid, bool) or not isinstance(cid, int) or not 0 <= cid < len(self.concepts):
+            raise ValueError(
+                f"concept: expected a name in world.concepts or an id in [0, "
+                f"{len(self.concepts)}), got {concept!r}"
+            )
+        if mode not in ("change", "remove"):
+            raise ValueError(f"mode: expected 'change' or 'remove', got {mode!r}")
+        parts = self.parts[index].clone()
+        backgrounds = self.backgrounds[index]
+        single = parts.dim() == 2
+        if single:
+            parts, backgrounds = parts[None], backgrounds[None]
+        kind = 0 if cid < _COLOUR_OFFSET else 1 if cid < _TEXTURE_OFFSET else 2
+        offset, n_values = ((0, len(SHAPES)), (_COLOUR_OFFSET, len(COLOURS)),
+                            (_TEXTURE_OFFSET, len(TEXTURES)))[kind]  # fmt: skip
+        carrying = (parts[..., 0] >= 0) & (parts[..., kind] == cid - offset)
+        if mode == "remove":
+            parts[carrying] = -1.0
+        else:
+            parts[..., kind] = torch.where(
+                carrying, (parts[..., kind] + 1).remainder(n_values), parts[..., kind]
+            )
+        img, owner = render(parts, backgrounds, self.shape)
+        stored, before = self.images[index], self.owner[index]
+        if single:
+            stored, before = stored[None], before[None]
+        # the pixels of edited parts, before or after the edit: the only ones that may change
+        slots = torch.arange(parts.shape[1])
+        touched = torch.zeros_like(owner, dtype=torch.bool)
+        for own in (before.long(), owner.long()):
+            hit = (own[..., None] == slots) & carrying[:, None, None, :]
+            touched |= hit.any(-1)
+        out = torch.where(touched[:, None], (img * 255).round(), stored.float()) / 255
+        return out[0] if single else out
 
     def blank(self, index: int = 0) -> torch.Tensor:
         """The background of image ``index`` with no parts."""

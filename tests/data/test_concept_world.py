@@ -127,3 +127,79 @@ def test_non_square_worlds_keep_parts_inside_and_masks_aligned():
     assert ConceptWorld(3, image_size=(64, 64), seed=1).images.equal(
         ConceptWorld(3, image_size=64, seed=1).images
     )
+
+
+def _carriers(world, i, cid):
+    """Slots of image i's parts that carry concept cid."""
+    ids = world.concept_ids_of_parts(i)
+    return (ids == cid).any(-1).nonzero().flatten().tolist()
+
+
+@pytest.mark.parametrize("concept", ["colour:red", "texture:stripes", "shape:circle"])
+def test_changing_a_concept_removes_it_and_leaves_the_rest_of_the_image(small_world, concept):
+    cid = small_world.concepts.index(concept)
+    present = small_world.concept_presence(slice(None))[:, cid].nonzero().flatten()[:8]
+    edited = small_world.intervene(present, concept)
+    assert edited.shape == (len(present), 3, 64, 64) and edited.dtype == torch.float32
+    for row, i in enumerate(present.tolist()):
+        before = small_world.image(i)
+        parts = small_world.parts[i]
+        slots = _carriers(small_world, i, cid)
+        changed = ~torch.isclose(edited[row], before).all(0)
+        touched = torch.isin(small_world.owner[i].long(), torch.tensor(slots))
+        if concept.startswith("shape:"):
+            # a new outline: only pixels within the carrying parts' discs may change
+            yy, xx = torch.meshgrid(torch.arange(64) + 0.5, torch.arange(64) + 0.5, indexing="ij")
+            near = torch.zeros(64, 64, dtype=torch.bool)
+            for s in slots:
+                cx, cy, r = (float(v) for v in parts[s, 3:6])
+                near |= (xx - cx) ** 2 + (yy - cy) ** 2 <= (r * 1.5) ** 2
+            assert not bool((changed & ~near).any())
+        else:
+            assert not bool((changed & ~touched).any())  # only the part's own pixels
+            assert bool(changed.any())
+        assert torch.equal(edited[row][:, ~changed], before[:, ~changed])
+    # edits are deterministic
+    rerendered = small_world.intervene(present[:1], cid)
+    assert torch.equal(rerendered[0], edited[0])
+
+
+def test_a_change_takes_the_next_value_of_the_same_kind_and_keeps_the_others(small_world):
+    red = small_world.concepts.index("colour:red")
+    i = int(small_world.concept_presence(slice(None))[:, red].nonzero()[0])
+    slot = _carriers(small_world, i, red)[0]
+    part = small_world.parts[i, slot]
+    pixels = small_world.owner[i] == slot
+    edited = small_world.intervene(i, "colour:red")
+    bright = edited[:, pixels].amax(1)  # the brightest pixel of the part = its colour
+    assert torch.allclose(bright, torch.tensor([0.15, 0.80, 0.20]), atol=1 / 255)  # green
+    assert int(part[1]) == 0  # stored parts are not modified
+    assert torch.equal(small_world.owner[i] == slot, pixels)
+
+
+def test_removing_a_concept_deletes_its_parts(small_world):
+    dots = small_world.concepts.index("texture:dots")
+    i = int(small_world.concept_presence(slice(None))[:, dots].nonzero()[0])
+    slots = _carriers(small_world, i, dots)
+    keep = torch.ones(small_world.parts.shape[1], dtype=torch.bool)
+    keep[slots] = False
+    removed = small_world.intervene(i, dots, mode="remove")
+    assert torch.allclose(removed, small_world.render_parts(i, keep=keep), atol=1 / 255)
+
+
+def test_images_without_the_concept_are_unchanged_and_existing_calls_too(small_world):
+    magenta = small_world.concepts.index("colour:magenta")
+    absent = (small_world.concept_presence(slice(None))[:, magenta] == 0).nonzero().flatten()[:5]
+    assert torch.equal(small_world.intervene(absent, magenta), small_world.image(absent))
+    again = ConceptWorld(300, seed=7)  # intervening leaves the world as generated
+    assert torch.equal(again.images, small_world.images)
+    assert torch.equal(again.parts, small_world.parts)
+
+
+def test_intervene_refuses_unknown_concepts_and_modes(small_world):
+    with pytest.raises(ValueError, match="concept"):
+        small_world.intervene(0, "colour:purple")
+    with pytest.raises(ValueError, match="concept"):
+        small_world.intervene(0, 16)
+    with pytest.raises(ValueError, match="mode"):
+        small_world.intervene(0, 0, mode="blur")
