@@ -153,37 +153,38 @@ class ConceptExplainer(abc.ABC):
 
     # ---- naming ----------------------------------------------------------------------------
     def name_concepts(
-        self, data: ConceptData, quantile: float = 0.99, batch_size: int = 32
+        self, data: ConceptData, threshold: float = 0.5, batch_size: int = 32
     ) -> dict[str, tuple[str, float]]:
-        """Label each of the explainer's concepts with the user concept it fires on
-        (network dissection): its heatmaps over ``data``'s images (explained as every class
-        the explainer knows, so each class's concepts are drawn) against ``data``'s masks.
-        Returns concept name → (best user concept, IoU); concepts without maps are left out.
-        See :mod:`pyconcepts.data.concept_folder` for the folder format."""
-        from pyconcepts.metrics.dissection import name_units
+        """Label each of the explainer's concepts with the user concept it fires on (network
+        dissection, :func:`~pyconcepts.metrics.ground_truth.dissect`: each map binarised at
+        ``threshold`` × its maximum, IoU with ``data``'s masks summed over the images). The
+        maps are the heatmaps of ``data``'s images explained as every class the explainer
+        knows, so each class's concepts are drawn. Returns concept name → (best user concept,
+        IoU); concepts that never have a map are left out. The folder format:
+        :mod:`pyconcepts.data.concept_folder`."""
+        from pyconcepts.metrics.ground_truth import dissect
 
         self._check_fitted()
         state = vars(self)
+        names: list[str] = state["concept_names_"]
         classes = state.get("classes_") or range(len(state["class_names_"]))
-        maps: dict[int, torch.Tensor] = {}  # concept index → its maps [N, H, W]
+        iou = torch.zeros(len(names), len(data.names))
+        drawn = torch.zeros(len(names), dtype=torch.bool)
         for k in classes:
             parts = [self.explain(x, targets=[int(k)] * len(x))  # type: ignore[call-arg]
                      for x in data.images.split(batch_size)]  # fmt: skip
-            ids = parts[0].heatmap_concepts
-            if parts[0].heatmaps is None or ids is None:
+            maps = [p.heatmaps for p in parts if p.heatmaps is not None]
+            cols = [p.heatmap_concepts for p in parts if p.heatmap_concepts is not None]
+            if len(maps) != len(parts) or len(cols) != len(parts):
                 raise ValueError(
                     f"{type(self).__name__} has no per-concept heatmaps to name concepts by"
                 )
-            heat = torch.cat([p.heatmaps for p in parts if p.heatmaps is not None])
-            for col, cid in enumerate(ids[0].tolist()):
-                if cid >= 0:
-                    maps.setdefault(cid, heat[:, col])
-        order = sorted(maps)
-        if not order:
-            return {}
-        units = torch.stack([maps[i] for i in order], 1).float()
-        labels = name_units(units, data.masks, data.names, quantile)
-        return {state["concept_names_"][i]: label for i, label in zip(order, labels)}
+            units = torch.cat(cols)
+            ids = units[units >= 0].unique()  # class k's concepts: only its maps draw them
+            iou[ids] = dissect(torch.cat(maps), units, data.masks, len(names), threshold)[ids]
+            drawn[ids] = True
+        return {names[int(i)]: (data.names[int(iou[i].argmax())], float(iou[i].max()))
+                for i in drawn.nonzero().flatten()}  # fmt: skip
 
     # ---- persistence ---------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
