@@ -152,10 +152,8 @@ def fit_method(
         kw = _with_seed(FilterPatterns, {**cfg, **names}, seed)
         return FilterPatterns(model, feature_layer, **kw).fit((x[:n], y[:n]))
     if name == "ibd":
-        cfg = dict(s.ibd)
-        n = cfg.pop("max_images")
-        kw = _with_seed(IBD, {**cfg, **names}, seed)
-        return IBD(model, layer=feature_layer, **kw).fit(world, max_images=n)
+        kw = _with_seed(IBD, {**s.ibd, **names}, seed)
+        return IBD(model, layer=feature_layer, **kw).fit(world)
     raise ValueError(f"name: expected one of {list(METHODS)}, got {name!r}")
 
 

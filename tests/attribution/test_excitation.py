@@ -391,8 +391,11 @@ def test_layers_of_a_module_that_runs_twice_are_named_by_call() -> None:
     assert first.shape == second.shape == (2, 2, 6, 6) and not torch.equal(first, second)
     with pytest.raises(ValueError, match=r"layer: 'act' runs more than once .* 'act@0'"):
         excitation_backprop(net, x, 0, layer="act")
-    with pytest.raises(ValueError, match="output_layer: 'fc:input' names a module's input"):
-        excitation_backprop(net, x, 0, output_layer="fc:input")
+    # a target may be what a module receives (fc's input is the pooled, flattened vector)
+    into_fc = excitation_backprop(net, x, [0, 1], output_layer="fc:input")
+    torch.testing.assert_close(into_fc, excitation_backprop(net, x, [0, 1], output_layer="pool"))
+    with pytest.raises(ValueError, match="layer: 'fc:input' names a module's input"):
+        excitation_backprop(net, x, 0, layer="fc:input")
 
 
 def test_forward_only_twin_covers_relu6_and_zero_padding() -> None:

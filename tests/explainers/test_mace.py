@@ -46,9 +46,10 @@ def test_tail_maps_the_dense_output_to_the_logits():
 
 
 def test_explain_shapes_and_relevance(tiny):
-    model, images, _, e = tiny
-    out = e.explain(images[:5])
-    k, c = 10, 3
+    model, images, labels, e = tiny
+    out = e.explain(images[:5], targets=labels[:5])  # rows of classes 0-3 are rows 0-3
+    k, c = 4, 3  # the classes of the fit data (labels 0-3) are the ones explained
+    assert e.classes_ == [0, 1, 2, 3]
     assert out.concept_scores.shape == (5, k * c) and out.heatmaps.shape == (5, c, 64, 64)
     assert out.class_maps.shape == (5, 64, 64) and bool((out.heatmaps >= 0).all())
     rel = out.extras["relevance"]
