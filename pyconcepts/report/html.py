@@ -157,7 +157,7 @@ def _explanation(saved: SavedExplanation) -> str:
         parts.append(_example(saved, i))
     config = saved.settings.get("config")
     if isinstance(config, dict) and config:
-        rows = [[k, _e(str(v))] for k, v in config.items()]
+        rows = [[k, str(v)] for k, v in config.items()]  # _table escapes every cell
         parts.append("<h3>Settings</h3>" + _table(Table("", ["option", "value"], rows)))
     return "\n".join(parts)
 
