@@ -132,14 +132,3 @@ def test_a_real_browser_renders_every_section(results, tmp_path):
     for anchor in re.findall(r'<h2 id="([^"]+)"', page):
         assert f'id="{anchor}"' in dom, anchor
     assert len(_images(dom)) == len(_images(page))
-
-
-def test_settings_are_escaped_once() -> None:
-    import html
-
-    from pyconcepts.report.collect import Table
-    from pyconcepts.report.html import _table
-
-    value = str(["a'b", "<c>"])
-    cell = _table(Table("", ["option", "value"], [["class_names", value]]))
-    assert html.escape(value, quote=True) in cell and "&amp;" not in cell
