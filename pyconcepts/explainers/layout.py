@@ -66,6 +66,22 @@ def warn_unexplained(targets: torch.Tensor, classes: Sequence[int]) -> None:
         )
 
 
+def target_rows(targets: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``hit [B, K]`` (target == explained class k) and each image's row among the K explained
+    ``classes`` ``[B]`` (0 where its target is not explained: ``hit.any(1)`` tells)."""
+    hit = targets[:, None] == classes[None, :]
+    rows = (hit.long() * torch.arange(classes.shape[0], device=hit.device)[None]).sum(1)
+    return hit, rows
+
+
+def concept_columns(rows: torch.Tensor, width: int, keep: torch.Tensor) -> torch.Tensor:
+    """``[B, width]`` concept indices of each image's row when the concepts of class row r are
+    ``r·width … r·width + width − 1``; −1 where ``keep`` (broadcast to ``[B, width]``) is
+    False."""
+    columns = rows[:, None] * width + torch.arange(width, device=rows.device)[None]
+    return torch.where(keep, columns, torch.full_like(columns, -1))
+
+
 def class_table(groups: Sequence[Sequence[int]], width: Optional[int] = None) -> torch.Tensor:
     """``[K, C]`` int64: row k lists class k's concept indices, padded with −1 to ``width``
     (default: the longest group; at least 1 column)."""

@@ -27,9 +27,11 @@ from tqdm.auto import tqdm
 from pyconcepts.data.batches import iter_batches
 from pyconcepts.explainers.base import ConceptExplainer, class_names_of
 from pyconcepts.explainers.layout import (
+    concept_columns,
     explained_classes,
     resolve_targets,
     select_columns,
+    target_rows,
     upsample,
     warn_unexplained,
 )
@@ -174,12 +176,9 @@ class _ExplainModule(nn.Module):
         rel = head.relevance(emb)
         if targets is None:
             targets = logits.argmax(1)
-        hit = targets[:, None] == self.classes[None, :]  # [B, K]
-        row = (hit.long() * torch.arange(head.k, device=hit.device)[None]).sum(1)
+        hit, row = target_rows(targets, self.classes)
         scores = (rel * hit[..., None].to(rel.dtype)).flatten(1)
-        kept = (head.active[row] > 0) & hit.any(1)[:, None]  # [B, C]
-        columns = row[:, None] * head.c + torch.arange(head.c, device=row.device)[None]
-        columns = torch.where(kept, columns, torch.full_like(columns, -1))
+        columns = concept_columns(row, head.c, (head.active[row] > 0) & hit.any(1)[:, None])
         heatmaps = upsample(select_columns(maps, columns), images.shape[-2:])
         class_maps = combine_maps(heatmaps, scores_of_columns(scores, columns))
         return logits, scores, heatmaps, columns, class_maps, rel, emb

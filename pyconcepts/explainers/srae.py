@@ -41,7 +41,13 @@ from tqdm.auto import tqdm
 from pyconcepts.attribution.excitation import excitation_backprop
 from pyconcepts.data.batches import iter_batches
 from pyconcepts.explainers.base import ConceptExplainer, class_names_of
-from pyconcepts.explainers.layout import explained_classes, resolve_targets, warn_unexplained
+from pyconcepts.explainers.layout import (
+    concept_columns,
+    explained_classes,
+    resolve_targets,
+    target_rows,
+    warn_unexplained,
+)
 from pyconcepts.explanation import Explanation, combine_maps, scores_of_columns
 from pyconcepts.models.features import FeatureExtractor, resolve_layer
 from pyconcepts.models.layers import ModelLayers, discover_layers
@@ -425,8 +431,7 @@ class _OnnxHead(nn.Module):
             e_all.append(h)
         e = torch.stack(e_all, 1)  # [B, K, n]
         approx = (e * self.readout_weight[None]).sum(-1) + self.readout_bias[None]
-        hit = logits.argmax(1)[:, None] == self.classes[None, :]  # [B, K]
-        row = (hit.long() * torch.arange(k, device=hit.device)[None]).sum(1)
+        hit, row = target_rows(logits.argmax(1), self.classes)
         scores = (e * self.readout_weight[None] * hit[..., None].to(e.dtype)).flatten(1)
         for link in self.head:
             if isinstance(link, GatheredLinear):
@@ -665,9 +670,8 @@ class SRAE(ConceptExplainer):
         t = logits.argmax(1).cpu() if given is None else given
         warn_unexplained(t, self.classes_)
         known = torch.tensor(self.classes_)
-        hit = t[:, None] == known[None]
+        hit, rows = target_rows(t, known)
         explained = hit.any(1)
-        rows = (hit.long() * torch.arange(len(known))[None]).sum(1)
         e, approx = self.transform(z)
         e, approx = e.cpu(), approx.cpu()
         keep = explained.to(e.dtype)
@@ -759,9 +763,7 @@ def layout_outputs(
 ) -> tuple[torch.Tensor, ...]:
     """SRAE's outputs in ``SRAE.onnx_outputs`` order from the explained class's x-feature
     ``maps [B, n, H, W]``, its row among the explained classes and whether it is one."""
-    n = maps.shape[1]
-    columns = rows[:, None] * n + torch.arange(n, device=rows.device)[None]
-    columns = torch.where(explained[:, None], columns, torch.full_like(columns, -1))
+    columns = concept_columns(rows, maps.shape[1], explained[:, None])
     class_maps = combine_maps(maps, scores_of_columns(scores, columns))
     return (
         logits, scores, maps, columns, class_maps, x_features, approximation, logit_heatmap,
