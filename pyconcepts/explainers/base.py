@@ -147,6 +147,18 @@ class ConceptExplainer(abc.ABC):
             )
         return images
 
+    def _explain_outputs(
+        self, images: torch.Tensor, targets: Optional[torch.Tensor]
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Named outputs of the explain module — the one the ONNX export traces — for checked
+        ``images`` and validated ``targets`` (None: the predictions), with the targets they
+        explain."""
+        with torch.no_grad():
+            given = None if targets is None else targets.to(images.device)
+            out = dict(zip(self.onnx_outputs, self._onnx_module()(images, given)))
+        logits = out["logits"]
+        return out, logits.argmax(1) if targets is None else targets.to(logits.device)
+
     def _model_device(self) -> torch.device:
         p = next(self.model.parameters(), None)
         return p.device if p is not None else torch.device("cpu")

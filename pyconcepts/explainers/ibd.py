@@ -315,8 +315,7 @@ class IBD(ConceptExplainer):
         images = self._check_images(images).to(self._model_device())
         t = resolve_targets(targets, images.shape[0], len(self.class_names_))
         if self.mode_ == "cam" and not per_image:
-            with torch.no_grad():
-                outputs = self._onnx_module()(images, t)
+            out, t = self._explain_outputs(images, t)
         else:
             cam = grad_cam(self.model, self.layer_, images, t, upsample=False)
             acts, t = cam.activations.float().detach(), cam.targets
@@ -324,15 +323,14 @@ class IBD(ConceptExplainer):
             Q = self.concept_vectors_.to(wk.device)
             fit = greedy_nnls_basis(wk, Q, min(self.n_terms, Q.shape[0]))
             resid = wk - (fit.coefs[:, :, None] * Q[fit.indices]).sum(1)
-            outputs = decompose(
+            out = dict(zip(self.onnx_outputs, decompose(
                 acts, cam.logits.float().detach(), Q, fit.indices, fit.coefs, resid,
                 torch.zeros(images.shape[0], device=wk.device), images.shape[-2:],
-            )  # fmt: skip
-        out = {k: v.cpu() for k, v in zip(self.onnx_outputs, outputs)}
-        t = out["logits"].argmax(1) if t is None else t.cpu()
+            )))  # fmt: skip
         return Explanation.from_outputs(
-            self.method, self.layer_, self.concept_names_, self.class_names_, out, t
-        )
+            self.method, self.layer_, self.concept_names_, self.class_names_,
+            {k: v.cpu() for k, v in out.items()}, t.cpu(),
+        )  # fmt: skip
 
     # ---- reports -----------------------------------------------------------------------------
     def class_concept_graph(self, min_coef: float = 0.0) -> list[tuple[str, str, float]]:

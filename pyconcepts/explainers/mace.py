@@ -525,12 +525,8 @@ class MACE(ConceptExplainer):
         self._check_fitted()
         images = self._check_images(images).to(self._model_device())
         t = resolve_targets(targets, images.shape[0], len(self.class_names_))
-        module = self._onnx_module()
-        with torch.no_grad(), frozen(self.model):
-            out = dict(
-                zip(self.onnx_outputs, module(images, None if t is None else t.to(images.device)))
-            )
-        t = out["logits"].argmax(1) if t is None else t.to(out["logits"].device)
+        with frozen(self.model):
+            out, t = self._explain_outputs(images, t)
         warn_unexplained(t, self.classes_)
         return Explanation.from_outputs(
             self.method, self.layer_, self.concept_names_, self.class_names_, out, t

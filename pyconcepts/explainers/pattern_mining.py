@@ -478,13 +478,11 @@ class FilterPatterns(ConceptExplainer):
         self._check_fitted()
         images = self._check_images(images).to(self._model_device())
         t = resolve_targets(targets, images.shape[0], len(self.class_names_))
-        with torch.no_grad():
-            outputs = self._onnx_module()(images, None if t is None else t.to(images.device))
-        out = {k: v.cpu() for k, v in zip(self.onnx_outputs, outputs)}
-        t = out["logits"].argmax(1) if t is None else t
+        out, t = self._explain_outputs(images, t)
         return Explanation.from_outputs(
-            self.method, self.layer_, self.concept_names_, self.class_names_, out, t
-        )
+            self.method, self.layer_, self.concept_names_, self.class_names_,
+            {k: v.cpu() for k, v in out.items()}, t.cpu(),
+        )  # fmt: skip
 
     def class_filters(self, class_id: int) -> list[int]:
         """The filters of all rules of ``class_id`` (what the ablation zeroes)."""

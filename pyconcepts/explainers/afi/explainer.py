@@ -405,10 +405,7 @@ class AfI(ConceptExplainer):
         self._check_fitted()
         images = self._check_images(images).to(self._model_device())
         t = resolve_targets(targets, images.shape[0], self.n_classes_)
-        with torch.no_grad():
-            outputs = self._onnx_module()(images, None if t is None else t.to(images.device))
-        out = dict(zip(self.onnx_outputs, outputs))
-        t = out["logits"].argmax(1) if t is None else t.to(out["logits"].device)
+        out, t = self._explain_outputs(images, t)
         warn_unexplained(t, self.classes_)
         return Explanation.from_outputs(
             self.method, self.heatmap_layer_, self.concept_names_, self.class_names_, out, t
