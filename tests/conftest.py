@@ -88,7 +88,9 @@ def effnet() -> torch.nn.Module:
 @pytest.fixture(scope="session")
 def photos() -> dict:
     """scikit-image's chelsea (a tabby cat) and coffee (an espresso cup) as HxWx3 uint8."""
-    skimage_data = pytest.importorskip(
+    pytest.importorskip(
         "skimage.data", reason="the photos need scikit-image (the [imagenet] extra)"
     )
-    return {"chelsea": skimage_data.chelsea(), "coffee": skimage_data.coffee()}
+    from pyconcepts.data.photos import photo
+
+    return {name: photo(name) for name in ("chelsea", "coffee")}
