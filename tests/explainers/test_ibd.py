@@ -41,7 +41,8 @@ def test_concept_vectors_and_class_decomposition(fitted: IBD, world: ConceptWorl
     assert torch.allclose(Q.mean(1), torch.zeros(16), atol=1e-6)
     assert fitted.mode_ == "cam" and fitted.concept_ap_.shape == (16,)
     W = fitted.model.fc.weight.detach()
-    fit = greedy_nnls_basis(W, Q, 7)
+    L = fitted.metric_
+    fit = greedy_nnls_basis(W @ L, Q @ L, 7)
     assert torch.equal(fitted.basis_indices_, fit.indices)
     assert (fitted.basis_coefs_ >= 0).all()
     recon = (fitted.basis_coefs_[:, :, None] * Q[fitted.basis_indices_]).sum(1)
@@ -49,6 +50,50 @@ def test_concept_vectors_and_class_decomposition(fitted: IBD, world: ConceptWorl
     assert ((fitted.residual_ratio_ >= 0) & (fitted.residual_ratio_ <= 1 + 1e-6)).all()
     edges = fitted.class_concept_graph()
     assert all(s > 0 for _, _, s in edges) and {c for c, _, _ in edges} <= set(fitted.class_names_)
+
+
+def test_the_logit_metric_is_the_residuals_share_of_the_logits_spread(
+    fitted: IBD, world: ConceptWorld
+) -> None:
+    # oracle: the pooled features of the fit images, their mean and covariance by torch.cov
+    with torch.no_grad():
+        pooled = fitted.model[:-3](world.image(slice(None))).mean((2, 3)).double()
+    assert torch.allclose(fitted.feature_mean_.double(), pooled.mean(0), atol=1e-5)
+    cov = torch.cov(pooled.T)
+    L = fitted.metric_.double()
+    ridge = (L @ L.T - cov).diagonal()
+    assert torch.allclose(L @ L.T - torch.diag(ridge), cov, atol=1e-5)
+    assert float(ridge.max()) <= 1e-3 * float(cov.diagonal().mean())
+    # ratio = rms of the residual's logit contribution over the images / the logit's
+    centred = pooled - pooled.mean(0)
+    W = fitted.model.fc.weight.detach().double()
+    spread = (centred @ fitted.residuals_.double().T).std(0) / (centred @ W.T).std(0)
+    assert torch.allclose(fitted.residual_ratio_.double(), spread, rtol=2e-2, atol=1e-3)
+    assert float(fitted.residual_ratio_.mean()) < 0.97
+
+
+def test_the_papers_weight_metric(fitted: IBD, world: ConceptWorld, tmp_path) -> None:
+    paper = IBD(fitted.model, basis_metric="weights", **FAST).fit(world)
+    assert torch.equal(paper.metric_, torch.eye(128)) and not paper.feature_mean_.any()
+    W = fitted.model.fc.weight.detach()
+    fit = greedy_nnls_basis(W, paper.concept_vectors_, 7)
+    assert torch.equal(paper.basis_indices_, fit.indices)
+    assert torch.allclose(paper.residual_ratio_, (paper.residuals_.norm(dim=1) / W.norm(dim=1)))
+    result = paper.explain(world.image(slice(0, 4)))
+    assert torch.equal(result.extras["bias"], fitted.model.fc.bias.detach()[result.targets])
+    with pytest.raises(ValueError, match="basis_metric"):
+        IBD(fitted.model, basis_metric="l2").fit(world)
+    # a file saved before the basis metric existed loads as the paper's fit it was
+    from pyconcepts import persistence
+
+    path = paper.save(tmp_path / "paper.pcx")
+    tensors, docs = persistence.load_file(path, kind="explainer")
+    del tensors["feature_mean"], tensors["metric"], docs["config"]["basis_metric"]
+    del docs["state"]["basis_metric"]
+    persistence.save_file(tmp_path / "old.pcx", tensors, kind="explainer", documents=docs)
+    old = IBD.load(tmp_path / "old.pcx", model=fitted.model)
+    assert old.basis_metric_ == "weights" and fitted.basis_metric_ == "logit"
+    assert torch.equal(old.explain(world.image(slice(0, 4))).concept_scores, result.concept_scores)
 
 
 def test_contributions_sum_to_the_logit_and_heatmaps_to_the_cam(
@@ -61,8 +106,8 @@ def test_contributions_sum_to_the_logit_and_heatmaps_to_the_cam(
     total = result.concept_scores.sum(1) + ex["residual_contribution"] + ex["bias"]
     assert torch.allclose(total, logit, atol=1e-4)
     assert torch.allclose(ex["score"], logit, atol=1e-4)
-    # concept heatmaps + residual heatmap = CAM w_k^T A (upsampled)
-    acts = fitted.model[:-3](images)  # stem .. layer3
+    # concept heatmaps + residual heatmap = CAM w_k^T (A - ā) (upsampled)
+    acts = fitted.model[:-3](images) - fitted.feature_mean_[:, None, None]  # stem .. layer3
     W = fitted.model.fc.weight.detach()[result.targets]
     cam = torch.einsum("bd,bdhw->bhw", W, acts)[:, None]
     cam = F.interpolate(cam, size=(64, 64), mode="bilinear", align_corners=False)[:, 0]
@@ -104,12 +149,13 @@ def test_gradcam_mode_decomposes_per_image(world: ConceptWorld) -> None:
     torch.manual_seed(0)
     e = IBD(cw_vgg().eval(), layer="features.relu4", max_images=60, **FAST).fit(world)
     assert e.mode_ == "gradcam"  # the VGG head is not linear in pooled features
+    assert e.basis_metric_ == "weights"  # "auto": the paper's metric in Grad-CAM mode
     from pyconcepts.attribution.gradcam import grad_cam
 
     images = world.image(slice(0, 4))
     result = e.explain(images)
     cam = grad_cam(e.model, "features.relu4", images, upsample=False)
-    fit = greedy_nnls_basis(cam.weights, e.concept_vectors_, 7)
+    fit = greedy_nnls_basis(cam.weights @ e.metric_, e.concept_vectors_ @ e.metric_, 7)
     assert torch.equal(result.extras["basis_indices"], fit.indices)
     score = (cam.weights * cam.activations.mean((2, 3))).sum(1)  # w_k(a)^T a
     assert torch.allclose(result.extras["score"], score, atol=1e-5)
@@ -179,13 +225,14 @@ def test_ground_truth_on_the_trained_resnet(resnet: torch.nn.Module) -> None:
 
 
 def test_an_empty_class_basis_is_reported(fitted: IBD) -> None:
-    """A class weight vector opposite to every concept vector has an all-zero NNLS basis: fit
-    says so instead of leaving all-zero concept maps unexplained."""
+    """A class weight vector opposite to every concept vector (in the basis metric L Lᵀ) has an
+    all-zero NNLS basis: fit says so instead of leaving all-zero concept maps unexplained."""
     import copy
 
     e = copy.deepcopy(fitted)
     e.class_weights_ = e.class_weights_.clone()
-    e.class_weights_[0] = -e.concept_vectors_.sum(0)
+    away = torch.cholesky_solve(e.concept_vectors_.sum(0)[:, None].double(), e.metric_.double())
+    e.class_weights_[0] = -away[:, 0].float()
     with pytest.warns(UserWarning, match=r"1 of \d+ classes .* empty concept basis"):
         e._decompose_classes()
     assert float(e.basis_coefs_[0].abs().sum()) == 0.0
