@@ -29,8 +29,14 @@
    and ``rᵀ(a−ā) + b_k + w_kᵀā`` sum exactly to the logit (eq. 9); heatmaps ``s_i q_ciᵀ(A−ā)``
    (upsampled) sum with the residual heatmap to the CAM less ``w_kᵀā`` (eq. 11).
 4. **Grad-CAM decomposition** (``mode="gradcam"``, or ``"auto"`` when the classifier is not
-   linear in the pooled layer): ``w_k(a)`` = spatially pooled gradient, decomposed per image
-   in one batched kernel call.
+   linear in the pooled layer): ``w_k(a)`` = spatially pooled gradient. The paper decomposes
+   it per image (eq. 12: ``explain(..., per_image=True)``, the whole batch in one kernel call).
+   By default each class is decomposed once instead, from its mean pooled gradient ``w̄_k``
+   over (at most 256) fit images, and explained like CAM mode with ``score = w̄_kᵀa``: fixed
+   bases that also export to ONNX. Why: measured on the concept world's cw-vgg
+   (features.relu4, docs/methods.md), the per-image bases point at the defining concepts on
+   62 % of images (energy 0.35) and rank the used ones at precision@k 0.48; the class bases
+   reach 0.80 (energy 0.43) and 0.66, above Grad-CAM's 0.78 and 0.28.
 """
 
 from __future__ import annotations
@@ -70,8 +76,8 @@ class IBD(ConceptExplainer):
             feature map (``discover_layers``: ``"layer3"`` for ``cw-resnet``).
         classifier: the linear layer applied to the globally pooled ``layer`` (None: the last
             ``nn.Linear`` of the model). Needed for CAM mode.
-        mode: ``"cam"`` (class weights of the linear head), ``"gradcam"`` (per-image pooled
-            gradients, eq. 12) or ``"auto"`` (CAM when ``logits == classifier(mean A)``).
+        mode: ``"cam"`` (class weights of the linear head), ``"gradcam"`` (pooled gradients,
+            eq. 12) or ``"auto"`` (CAM when ``logits == classifier(mean A)``).
         n_terms: terms of each basis (7, the IBD code's value).
         basis_metric: ``"auto"`` (default), ``"logit"`` or ``"weights"`` (the paper's): the error
             the basis minimises and the reference the contributions are measured from (module
@@ -345,16 +351,17 @@ class IBD(ConceptExplainer):
         CAM, without the residual). Extras ``[B, T]``: ``basis_indices``, ``basis_coefs``,
         ``contributions``;
         ``[B]``: ``residual_contribution`` (``rᵀa``), ``bias``, ``score`` (the logit in CAM
-        mode, ``w_k(a)ᵀa`` in Grad-CAM mode); ``[B, H, W]``: ``residual_heatmap``, ``cam``.
+        mode, ``w̄_kᵀa`` in Grad-CAM mode, ``w_k(a)ᵀa`` per image); ``[B, H, W]``:
+        ``residual_heatmap``, ``cam``.
 
-        In CAM mode the class bases are fixed; ``per_image=True`` (always so in Grad-CAM mode)
-        decomposes each image's pooled gradient ``w_k(a)`` instead (eq. 12), the whole batch in
-        one :func:`~pyconcepts.ops.greedy_nnls_basis` call.
+        The class bases are fixed (module docstring); ``per_image=True`` decomposes each image's
+        pooled gradient ``w_k(a)`` instead (eq. 12), the whole batch in one
+        :func:`~pyconcepts.ops.greedy_nnls_basis` call.
         """
         self._check_fitted()
         images = self._check_images(images).to(self._model_device())
         t = resolve_targets(targets, images.shape[0], len(self.class_names_))
-        if self.mode_ == "cam" and not per_image:
+        if not per_image:
             out, t = self._explain_outputs(images, t)
         else:
             cam = grad_cam(self.model, self.layer_, images, t, upsample=False)
@@ -453,11 +460,6 @@ class IBD(ConceptExplainer):
         self.basis_metric_ = str(state["basis_metric"])
 
     def _onnx_module(self) -> nn.Module:
-        if self.mode_ != "cam":
-            raise NotImplementedError(
-                "export_onnx: only the CAM mode (fixed class bases) exports; the Grad-CAM mode "
-                "solves a per-image NNLS that has no ONNX equivalent"
-            )
         device = self._model_device()
         return _IBDHead(
             self.model, self.layer_, *(t.to(device) for t in (
@@ -527,8 +529,7 @@ def decompose(
 
 class _IBDHead(nn.Module):
     """images (, targets) → IBD's outputs for the explained class of each image (default: the
-    prediction) from the fixed class bases of CAM mode; ``explain`` and the ONNX export both
-    run it."""
+    prediction) from the fixed class bases; ``explain`` and the ONNX export both run it."""
 
     Q: torch.Tensor
     mean: torch.Tensor

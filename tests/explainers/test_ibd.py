@@ -145,7 +145,7 @@ def test_explain_given_targets(fitted: IBD, world: ConceptWorld) -> None:
     assert torch.allclose(per_image.extras["basis_coefs"] * hw, fitted.basis_coefs_[:3], atol=1e-5)
 
 
-def test_gradcam_mode_decomposes_per_image(world: ConceptWorld) -> None:
+def test_gradcam_mode_decomposes_per_image(world: ConceptWorld, tmp_path) -> None:
     torch.manual_seed(0)
     e = IBD(cw_vgg().eval(), layer="features.relu4", max_images=60, **FAST).fit(world)
     assert e.mode_ == "gradcam"  # the VGG head is not linear in pooled features
@@ -153,14 +153,23 @@ def test_gradcam_mode_decomposes_per_image(world: ConceptWorld) -> None:
     from pyconcepts.attribution.gradcam import grad_cam
 
     images = world.image(slice(0, 4))
-    result = e.explain(images)
+    result = e.explain(images, per_image=True)
     cam = grad_cam(e.model, "features.relu4", images, upsample=False)
     fit = greedy_nnls_basis(cam.weights @ e.metric_, e.concept_vectors_ @ e.metric_, 7)
     assert torch.equal(result.extras["basis_indices"], fit.indices)
     score = (cam.weights * cam.activations.mean((2, 3))).sum(1)  # w_k(a)^T a
     assert torch.allclose(result.extras["score"], score, atol=1e-5)
-    with pytest.raises(NotImplementedError, match="CAM mode"):
-        e.export_onnx("never.onnx")
+    # by default the class bases of the mean pooled gradients, explained like CAM mode
+    fixed = e.explain(images)
+    k = fixed.targets
+    assert torch.equal(fixed.extras["basis_indices"], e.basis_indices_[k])
+    pooled = cam.activations.mean((2, 3))
+    assert torch.allclose(fixed.extras["score"], (e.class_weights_[k] * pooled).sum(1), atol=1e-5)
+    pytest.importorskip("onnxruntime")
+    from pyconcepts.export import OnnxExplainer
+
+    out = OnnxExplainer(e.export_onnx(tmp_path / "gradcam.onnx")).run(images)
+    assert torch.allclose(torch.from_numpy(out["heatmaps"]), fixed.heatmaps, atol=1e-4)
     with pytest.raises(ValueError, match="mode='gradcam'"):
         IBD(cw_vgg().eval(), layer="features.relu4", mode="cam", max_images=20, **FAST).fit(world)
 
