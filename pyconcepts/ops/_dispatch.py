@@ -49,3 +49,30 @@ def resolve_backend(tensor: torch.Tensor, backend: Optional[str] = None) -> Back
     if tensor.device.type == "cpu" and _backends.core() is not None:
         return "cpu"
     return "reference"
+
+
+# ---- the automatic choice on CUDA tensors ------------------------------------------------------
+# Measured on an H200 (docs/benchmarks.md, "CUDA kernels"): our CUDA concept-map GEMM runs at
+# 0.30-0.80x cuDNN's conv+relu and our CUDA triplet miner at 1/20 of the torch twin (N = 4096) and
+# below our own CPU kernel (N = 16384). Until a kernel beats the twin at a size, a call with
+# ``backend=None`` on CUDA tensors takes the twin while its temporaries fit in this share of the
+# free device memory, and the op's own fallback beyond (``backend="cuda"`` still forces ours).
+TWIN_MEMORY_SHARE = 0.25
+
+AutoCuda = Literal["cuda", "reference", "host"]
+
+
+def cuda_default(twin_bytes: int, free_bytes: int, fallback: AutoCuda) -> AutoCuda:
+    """``"reference"`` when the torch twin's ``twin_bytes`` of temporaries fit in
+    :data:`TWIN_MEMORY_SHARE` of ``free_bytes``, else ``fallback`` (``"cuda"``: our kernel;
+    ``"host"``: our CPU kernel on a host copy)."""
+    return "reference" if twin_bytes <= TWIN_MEMORY_SHARE * free_bytes else fallback
+
+
+def automatic_cuda(tensor: torch.Tensor, twin_bytes: int, fallback: AutoCuda) -> AutoCuda:
+    """:func:`cuda_default` with the free memory of ``tensor``'s device; a ``"host"`` fallback
+    needs the CPU module (else our CUDA kernel)."""
+    free, _ = torch.cuda.mem_get_info(tensor.device)
+    if fallback == "host" and _backends.core() is None:
+        fallback = "cuda"
+    return cuda_default(twin_bytes, int(free), fallback)

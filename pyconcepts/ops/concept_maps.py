@@ -9,6 +9,11 @@ NaN: no finiteness check is made (it would cost a pass over ``x``). A NaN in ``x
 ``bias`` makes the affected pre-activations NaN, which stay NaN after the ReLU (as
 ``torch.relu``); their gradient passes through as in torch. In :func:`concept_map_stats` a map
 holding a NaN gets NaN max and mean, and a NaN never counts as above the threshold.
+
+On CUDA tensors the automatic backend is the torch twin (cuDNN's conv + relu), measured faster
+than our CUDA GEMM on an H200; for :func:`concept_map_stats` only while the ``[B, M, H, W]`` maps
+it materialises fit in a quarter of the free device memory, beyond which our kernel's O(B·M)
+memory wins (``pyconcepts.ops._dispatch``). ``backend="cuda"`` forces our kernel.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any, Optional
 import torch
 
 from pyconcepts.ops import _bridge, _checks
-from pyconcepts.ops._dispatch import resolve_backend
+from pyconcepts.ops._dispatch import automatic_cuda, resolve_backend
 from pyconcepts.reference import concept_maps as _reference
 from pyconcepts.reference.concept_maps import ConceptMapStats
 
@@ -158,7 +163,8 @@ def concept_maps(
             error (the maps are exact); its gradient, as for ``conv2d``, is not finite.
     """
     x, weight, bias = _validate(x, weight, bias)
-    if resolve_backend(x, backend) == "reference":
+    which = resolve_backend(x, backend)
+    if which == "reference" or (backend is None and which == "cuda"):  # module docstring
         return _finite(_reference.concept_maps(x, weight, bias))
     out: torch.Tensor = _ConceptMaps.apply(x, weight, bias)
     return _finite(out)
@@ -195,7 +201,10 @@ def concept_map_stats(
     batch, channels, height, width = x.shape
     if height * width == 0:
         raise ValueError(f"x: expected H*W >= 1 for statistics, got shape {tuple(x.shape)}")
-    chosen = resolve_backend(x, backend)
+    chosen: str = resolve_backend(x, backend)
+    if backend is None and chosen == "cuda":  # the twin holds the maps and one temporary
+        maps = batch * weight.shape[0] * height * width * x.element_size()
+        chosen = automatic_cuda(x, 2 * maps, "cuda")
     wants_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, weight, bias)
     )

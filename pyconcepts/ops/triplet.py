@@ -10,16 +10,20 @@ Embeddings are used as given: normalise them first if you want normalised ones.
 
 The compiled kernels never build the N×N×N tensor of TF-Addons or pytorch-metric-learning:
 per anchor O(N·Q) work and O(N) memory (see ``csrc/cpu/triplet.cpp``).
+
+On CUDA tensors the automatic backend is the torch twin while its N×N temporaries fit in a
+quarter of the free device memory, else our CPU kernel on a host copy: both measured faster
+than our CUDA kernel on an H200 (``pyconcepts.ops._dispatch``); ``backend="cuda"`` forces it.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 
 from pyconcepts.ops import _bridge
-from pyconcepts.ops._dispatch import resolve_backend
+from pyconcepts.ops._dispatch import AutoCuda, Backend, automatic_cuda, resolve_backend
 from pyconcepts.ops._triplet_checks import anchor_offsets, num_positive_pairs, validate
 from pyconcepts.reference import triplet as _reference
 
@@ -33,12 +37,39 @@ def _cuda_workspace(emb: torch.Tensor) -> list[Any]:
     return [torch.empty(rows, emb.shape[0], dtype=emb.dtype, device=emb.device), rows]
 
 
+def _twin_bytes(emb: torch.Tensor) -> int:
+    """Peak temporaries of the torch twin: about six N×N matrices of distances and indices."""
+    return emb.shape[0] ** 2 * (4 * emb.element_size() + 4 * 8 + 2)
+
+
+def _choose(emb: torch.Tensor, backend: Optional[str]) -> Union[Backend, AutoCuda]:
+    which = resolve_backend(emb, backend)
+    if backend is None and which == "cuda":
+        return automatic_cuda(emb, _twin_bytes(emb), "host")
+    return which
+
+
+def _on_kernel_device(
+    emb: torch.Tensor, labels: torch.Tensor, host: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense copies of the inputs where the kernel runs (the host for ``host``)."""
+    if host:
+        emb, labels = emb.cpu(), labels.cpu()
+    return _bridge.dense(emb.detach()), _bridge.dense(labels)
+
+
 def _loss_and_grad(
-    emb: torch.Tensor, labels: torch.Tensor, margin: float, squared: bool, with_grad: bool
+    emb: torch.Tensor,
+    labels: torch.Tensor,
+    margin: float,
+    squared: bool,
+    with_grad: bool,
+    host: bool,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Per-anchor loss sums (float64) and, when asked, the gradient of their total."""
-    emb = _bridge.dense(emb.detach())
-    labels = _bridge.dense(labels)
+    """Per-anchor loss sums (float64) and, when asked, the gradient of their total, on
+    ``emb``'s device (computed by the CPU kernel on a host copy when ``host``)."""
+    device = emb.device
+    emb, labels = _on_kernel_device(emb, labels, host)
     n, q = emb.shape
     anchor_loss = torch.zeros(n, dtype=torch.float64, device=emb.device)
     grad = torch.zeros_like(emb) if with_grad else None
@@ -47,15 +78,18 @@ def _loss_and_grad(
         emb, labels, n, q, float(margin), bool(squared), *_cuda_workspace(emb), anchor_loss, grad,
         dtype=emb.dtype, device=emb.device,
     )  # fmt: skip
-    return anchor_loss, grad
+    return anchor_loss.to(device), None if grad is None else grad.to(device)
 
 
 class _SemihardTripletLoss(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx: Any, emb: torch.Tensor, labels: torch.Tensor, margin: float, squared: bool
-    ) -> torch.Tensor:
-        anchor_loss, grad = _loss_and_grad(emb, labels, margin, squared, ctx.needs_input_grad[0])
+        ctx: Any, emb: torch.Tensor, labels: torch.Tensor, margin: float, squared: bool,
+        host: bool,
+    ) -> torch.Tensor:  # fmt: skip
+        anchor_loss, grad = _loss_and_grad(
+            emb, labels, margin, squared, ctx.needs_input_grad[0], host
+        )
         pairs = num_positive_pairs(labels).clamp_min(1).to(emb.dtype)
         ctx.save_for_backward(grad, pairs)
         return (anchor_loss.sum().to(emb.dtype) / pairs).reshape(())
@@ -64,9 +98,9 @@ class _SemihardTripletLoss(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(
         ctx: Any, grad_out: torch.Tensor
-    ) -> tuple[Optional[torch.Tensor], None, None, None]:
+    ) -> tuple[Optional[torch.Tensor], None, None, None, None]:
         grad, pairs = ctx.saved_tensors
-        return grad * (grad_out / pairs), None, None, None
+        return grad * (grad_out / pairs), None, None, None, None
 
 
 def semihard_triplet_loss(
@@ -83,9 +117,12 @@ def semihard_triplet_loss(
     "reference".
     """
     emb, labels = validate(emb, labels, margin)
-    if resolve_backend(emb, backend) == "reference":
+    which = _choose(emb, backend)
+    if which == "reference":
         return _reference.semihard_triplet_loss(emb, labels, margin, squared)
-    out: torch.Tensor = _SemihardTripletLoss.apply(emb, labels, float(margin), bool(squared))
+    out: torch.Tensor = _SemihardTripletLoss.apply(
+        emb, labels, float(margin), bool(squared), which == "host"
+    )
     return out
 
 
@@ -100,10 +137,11 @@ def semihard_triplets(
     positive pair, ordered by anchor then positive index. ``margin`` and ``squared`` do not
     change the choice (kept for the same signature as the loss)."""
     emb, labels = validate(emb, labels, margin)
-    if resolve_backend(emb, backend) == "reference":
+    which = _choose(emb, backend)
+    if which == "reference":
         return _reference.semihard_triplets(emb, labels, margin, squared)
-    emb = _bridge.dense(emb.detach())
-    labels = _bridge.dense(labels)
+    device = emb.device
+    emb, labels = _on_kernel_device(emb, labels, which == "host")
     offsets, total = anchor_offsets(labels)
     a, p, n = (torch.empty(total, dtype=torch.int64, device=emb.device) for _ in range(3))
     if total:
@@ -113,4 +151,4 @@ def semihard_triplets(
             a, p, n,
             dtype=emb.dtype, device=emb.device,
         )  # fmt: skip
-    return a, p, n
+    return a.to(device), p.to(device), n.to(device)
