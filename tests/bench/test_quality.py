@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -33,28 +35,57 @@ def test_quick_scoreboard_has_every_method_and_baseline_with_finite_values(tmp_p
     assert (tmp_path / "docs" / "img" / "quality.png").stat().st_size > 0
 
 
-def test_ibd_beats_its_baselines_on_the_concept_world():
-    """IBD against the same layer's baselines on a fixed seed (100 test images, 1,000 fit
-    images; ~15 s). Margins from the 3-seed scoreboard (docs/quality.md): IBD's spread is
-    ≤ 0.02, random channels' 0.01–0.07. Measured here: cw-resnet p@k 0.73 vs 0.59 for random
-    channels, Spearman 0.70 vs 0.24; cw-vgg energy 0.40 vs Grad-CAM's 0.29."""
+@pytest.fixture(scope="module")
+def scoreboard() -> dict:
+    """Every method and baseline on both zoo models, one fixed seed, 100 test images, 1,000
+    fit images (~40 s)."""
     from bench import quality
 
     settings = quality.replace(
         quality.SETTINGS["full"], seeds=(0,), n_test=100, n_fit=1000, n_probe=100
     )
-    result = quality.run(settings, methods=["ibd"], log=lambda _: None)
+    return quality.run(settings, log=lambda _: None)
 
-    def margin(model: str, metric: str, baseline: str) -> float:
-        """IBD's score minus the baseline's at the model's feature layer."""
-        entry = result["models"][model]
-        name = baseline.format(layer=entry["feature_layer"])
-        return entry["scores"]["ibd"][metric]["mean"] - entry["scores"][name][metric]["mean"]
 
-    for model in ("cw-resnet", "cw-vgg"):
-        assert result["models"][model]["skipped"] == {}
-        assert margin(model, "energy_def", "gradcam@{layer}") >= 0
-        assert margin(model, "pointing_def", "random_channels@{layer}") > 0.05
-    assert margin("cw-resnet", "precision_int", "random_channels@{layer}") > 0.08
-    assert margin("cw-resnet", "spearman_int", "random_channels@{layer}") > 0.2
-    assert margin("cw-vgg", "energy_def", "gradcam@{layer}") > 0.05
+def margin(result: dict, model: str, method: str, metric: str, baseline: str) -> float:
+    """The method's score minus the baseline's (``{layer}``: the model's feature layer)."""
+    entry = result["models"][model]
+    assert entry["skipped"] == {}
+    name = baseline.format(layer=entry["feature_layer"])
+    return entry["scores"][method][metric]["mean"] - entry["scores"][name][metric]["mean"]
+
+
+GRADCAM = "gradcam@{layer}"
+RANDOM_CHANNELS = "random_channels@{layer}"
+RANDOM_RANKING = "random_ranking"
+
+# What each method beats on a fixed seed, with a margin above the 3-seed spreads of the method
+# and the baseline in docs/quality.md (≤ 0.05 for every row used here); the value measured at
+# this setting is in the comment. What no method beats (Grad-CAM's concept ranking) is not
+# asserted; docs/methods.md gives the numbers.
+CLAIMS = [
+    ("mace", "cw-vgg", "energy_def", GRADCAM, 0.02),  # +0.04
+    ("mace", "cw-vgg", "precision_int", RANDOM_RANKING, 0.04),  # +0.10
+    ("mace", "cw-resnet", "precision_int", RANDOM_RANKING, 0.04),  # +0.09
+    ("srae", "cw-vgg", "energy_def", GRADCAM, 0.08),  # +0.13
+    ("srae", "cw-resnet", "pointing_def", GRADCAM, 0.05),  # +0.14
+    ("afi", "cw-vgg", "precision_int", RANDOM_RANKING, 0.1),  # +0.21
+    ("afi", "cw-resnet", "precision_int", RANDOM_RANKING, 0.1),  # +0.21
+    ("pattern_mining", "cw-vgg", "energy_def", GRADCAM, 0.04),  # +0.07
+    ("pattern_mining", "cw-resnet", "pointing_def", GRADCAM, 0.02),  # +0.05
+    ("pattern_mining", "cw-vgg", "precision_int", RANDOM_RANKING, 0.1),  # +0.23
+    ("pattern_mining", "cw-resnet", "precision_int", RANDOM_RANKING, 0.1),  # +0.21
+    ("ibd", "cw-resnet", "energy_def", GRADCAM, 0.0),  # +0.01
+    ("ibd", "cw-vgg", "energy_def", GRADCAM, 0.05),  # +0.11
+    ("ibd", "cw-resnet", "precision_int", RANDOM_CHANNELS, 0.08),  # +0.14
+    ("ibd", "cw-resnet", "spearman_int", RANDOM_CHANNELS, 0.2),  # +0.46
+    ("ibd", "cw-vgg", "pointing_def", RANDOM_CHANNELS, 0.05),  # +0.10
+    ("ibd", "cw-resnet", "pointing_def", RANDOM_CHANNELS, 0.05),  # +0.13
+]
+
+
+@pytest.mark.parametrize(("method", "model", "metric", "baseline", "by"), CLAIMS)
+def test_methods_beat_their_baselines_on_the_concept_world(
+    scoreboard: dict, method: str, model: str, metric: str, baseline: str, by: float
+) -> None:
+    assert margin(scoreboard, model, method, metric, baseline) > by
