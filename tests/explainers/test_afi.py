@@ -217,6 +217,8 @@ def test_errors(vgg, small_world):
         AfI(vgg, classes=[42]).fit(small_world.tensors())
     with pytest.raises(ValueError, match="layer"):
         AfI(vgg, layers=["nope"]).fit(small_world.tensors())
+    with pytest.raises(ValueError, match="class_names: expected 10 names, got 2"):
+        AfI(vgg, class_names=["a", "b"]).fit(small_world.tensors())
 
 
 def test_editing_and_distillation(fitted, world):

@@ -252,6 +252,10 @@ class AfI(ConceptExplainer):
         classes = explained_classes(
             self.classes if self.classes is not None else torch.unique(labels).tolist(), n_classes
         )
+        given = self.class_names
+        if given is None:
+            given = getattr(data, "class_names", None)
+        class_names = class_names_of(self.model, n_classes, None if given is None else list(given))
         chosen = self.layers or middle_layers(self.model, images[:1])
         layers = FeatureExtractor(self.model, list(chosen)).names
         train, held = self._split(labels, classes)
@@ -280,11 +284,7 @@ class AfI(ConceptExplainer):
         )  # fmt: skip
         self.cis_ = {name: channel_importance(s) for name, s in self.fis_.items()}
         self._fit_impressions(images[:1])
-        self.class_names_ = list(
-            self.class_names
-            or getattr(data, "class_names", None)
-            or class_names_of(self.model, n_classes, None)
-        )
+        self.class_names_ = class_names
         if probes is None and isinstance(data, ConceptWorld):
             probes, benchmarks = probe_sets(data, self.n_probe, self.seed)
             concept_names = concept_names or list(data.concepts)
