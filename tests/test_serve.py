@@ -372,6 +372,34 @@ def test_a_body_that_does_not_arrive_in_time_gets_408(fitted):
         srv.server_close()
 
 
+def test_connections_beyond_the_cap_get_503_without_a_thread(fitted):
+    srv = build_server(fitted[1], "127.0.0.1", 0, Limits(max_connections=2, timeout=60), quiet=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    address = ("127.0.0.1", srv.server_address[1])
+    idle = [socket.create_connection(address, timeout=10) for _ in range(2)]
+    try:
+        threads = None
+        for _ in range(3):  # accepted in order after the two idle ones: refused at once
+            status, answer = raw_request(srv, b"GET /health HTTP/1.1\r\n\r\n")
+            assert status == 503 and "max_connections=2" in answer["error"]
+            threads = threads or threading.active_count()  # the idle ones' threads now run
+            assert threading.active_count() == threads  # no thread for a refused connection
+        idle.pop().close()  # its thread sees the end of the stream and gives its place back
+        deadline, health = (
+            time.monotonic() + 10,
+            b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n",
+        )
+        while (status := raw_request(srv, health)[0]) == 503:
+            assert time.monotonic() < deadline, "the closed connection's place never came back"
+            time.sleep(0.05)
+        assert status == 200
+    finally:
+        for sock in idle:
+            sock.close()
+        srv.shutdown()
+        srv.server_close()
+
+
 def test_keep_alive_serves_several_requests_on_one_connection(server, image):
     conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
     try:
@@ -389,6 +417,7 @@ def test_keep_alive_serves_several_requests_on_one_connection(server, image):
     [
         ("max_concurrency", 0),
         ("max_concurrency", True),
+        ("max_connections", 0),
         ("max_body_bytes", 2.5),
         ("max_pixels", -1),
         ("max_json_depth", None),
@@ -414,6 +443,7 @@ def test_limits_are_validated(field, value):
         ["--max-body-mib", "inf"],
         ["--max-body-mib", "0"],
         ["--max-concurrency", "0"],
+        ["--max-connections", "0"],
     ],
 )
 def test_serve_refuses_bad_numeric_options_in_one_line(option, tmp_path, capsys):

@@ -124,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="requests explained at once, more get 503 (default: %(default)s)",
     )
     srv.add_argument(
+        "--max-connections",
+        type=int,
+        default=256,
+        help="connections open at once, more get 503 (default: %(default)s)",
+    )
+    srv.add_argument(
         "--timeout", type=float, default=30, help="seconds per request read (default: %(default)s)"
     )
     srv.add_argument("--quiet", action="store_true", help="no per-request log lines")

@@ -213,7 +213,9 @@ def serve(args: argparse.Namespace) -> int:
     from pyconcepts.serve import cli_limits, serve
 
     try:
-        limits = cli_limits(args.port, args.max_body_mib, args.max_concurrency, args.timeout)
+        limits = cli_limits(
+            args.port, args.max_body_mib, args.max_concurrency, args.timeout, args.max_connections
+        )
     except ValueError as exc:  # a usage error, like argparse's own: one line, exit status 2
         raise UsageError(str(exc)) from None
     try:

@@ -27,6 +27,8 @@ class Limits:
         max_body_bytes: largest request body accepted (checked against Content-Length before
             reading); the bodies being read at once hold at most ``max_concurrency`` × this.
         max_concurrency: images decoded and explained at once; more are answered 503.
+        max_connections: connections open at once (each holds a thread, idle ones for at
+            most ``timeout``); one more is answered 503 and closed without a thread.
         timeout: seconds for one whole request to arrive (the wait for it on a kept-alive
             connection, its request line, headers and body), and per socket write.
         max_pixels: largest image (width × height, from the image's header) decoded; ``None``
@@ -36,6 +38,7 @@ class Limits:
 
     max_body_bytes: int = 16 * 2**20
     max_concurrency: int = 32
+    max_connections: int = 256
     timeout: float = 30.0
     max_pixels: Optional[int] = None
     max_json_depth: int = 64
@@ -62,7 +65,9 @@ class Limits:
         return PIXELS_PER_INPUT * input_hw[0] * input_hw[1]
 
 
-def cli_limits(port: int, max_body_mib: float, max_concurrency: int, timeout: float) -> Limits:
+def cli_limits(
+    port: int, max_body_mib: float, max_concurrency: int, timeout: float, max_connections: int
+) -> Limits:
     """The ``serve`` command's numeric options, validated, as :class:`Limits`. Raises
     ``ValueError`` naming the option (the command prints it on one line and exits 2)."""
     if not (_is_int(port) and 0 <= port <= MAX_PORT):
@@ -73,7 +78,10 @@ def cli_limits(port: int, max_body_mib: float, max_concurrency: int, timeout: fl
             f"got {max_body_mib!r}"
         )
     return Limits(
-        max_body_bytes=int(max_body_mib * 2**20), max_concurrency=max_concurrency, timeout=timeout
+        max_body_bytes=int(max_body_mib * 2**20),
+        max_concurrency=max_concurrency,
+        max_connections=max_connections,
+        timeout=timeout,
     )
 
 

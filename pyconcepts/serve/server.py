@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import sys
 import threading
 from http.server import ThreadingHTTPServer
@@ -20,7 +22,10 @@ class InferenceServer(ThreadingHTTPServer):
 
     Build it with :func:`build_server`; ``serve_forever()`` runs it, ``shutdown()`` stops it.
     Shared by the connections: ``slots`` (``max_concurrency`` images decoded and explained at
-    once) and ``body_budget`` (``max_concurrency × max_body_bytes`` body bytes held at once).
+    once), ``body_budget`` (``max_concurrency × max_body_bytes`` body bytes held at once) and
+    ``connections`` (``max_connections`` open at once, each with its thread: one more is
+    answered 503 by the accepting thread and closed, so idle connections cannot pile up
+    threads).
     """
 
     daemon_threads = True
@@ -46,7 +51,42 @@ class InferenceServer(ThreadingHTTPServer):
         self.max_pixels = limits.pixels_for(self.input_chw[1:])
         self.slots = threading.BoundedSemaphore(limits.max_concurrency)
         self.body_budget = ByteBudget(limits.max_concurrency * limits.max_body_bytes)
+        self.connections = threading.BoundedSemaphore(limits.max_connections)
         super().__init__(address, Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """A thread for the connection while fewer than ``max_connections`` are open."""
+        if not self.connections.acquire(blocking=False):
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: nothing else will give the place back
+            self.connections.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.connections.release()
+
+    def _refuse(self, request: socket.socket) -> None:
+        """503 and close, written by the accepting thread with a short send timeout (the
+        answer fits any socket buffer, so a client that does not read cannot stall it)."""
+        n = self.limits.max_connections
+        body = json.dumps({"error": f"too many open connections (max_connections={n})"})
+        head = (
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+        )
+        try:
+            request.settimeout(1.0)
+            request.sendall((head + body).encode())
+        except OSError:
+            pass  # the client is gone
+        finally:
+            self.shutdown_request(request)
 
     def health(self) -> dict[str, Any]:
         """The answer of ``GET /health``."""
