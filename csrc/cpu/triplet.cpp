@@ -299,7 +299,8 @@ void check_args(const std::int64_t* labels, std::int64_t n, std::int64_t q) {
 }
 
 // Runs per_anchor(miner, thread, a, number of positives, distances of a) for every anchor, in
-// parallel over blocks of anchors.
+// parallel over blocks of anchors. Blocks go to threads by a fixed rule, so the per-thread
+// gradient accumulators of the loss sum the same terms in the same order on every run.
 template <typename T, typename PerAnchor>
 void for_each_anchor(const T* emb, const std::int64_t* labels, const Classes& classes,
                      std::int64_t n, std::int64_t q, const PerAnchor& per_anchor) {
@@ -307,7 +308,7 @@ void for_each_anchor(const T* emb, const std::int64_t* labels, const Classes& cl
   const int n_threads = max_threads();
   std::vector<Miner<T>> miners(n_threads);
   const std::int64_t n_blocks = (n + kAnchorBlock - 1) / kAnchorBlock;
-  parallel_for(n_blocks, block_grain(n, q), [&](std::int64_t begin, std::int64_t end) {
+  parallel_for_static(n_blocks, block_grain(n, q), [&](std::int64_t begin, std::int64_t end) {
     const int tid = std::min(omp_get_thread_num(), n_threads - 1);
     Miner<T>& miner = miners[tid];
     for (std::int64_t blk = begin; blk < end; ++blk) {
