@@ -41,6 +41,7 @@ def clean(ray_cluster: Any, quick_fitted: dict, folder: Path, tmp_path_factory: 
     out = tmp_path_factory.mktemp("clean")
     run = explain_dataset(quick_fitted["mace"], folder, out, shard_size=SHARD, batch_size=BATCH)
     assert (run.n_images, run.n_shards, run.written, run.skipped) == (26, 4, [0, 1, 2, 3], [])
+    assert run.images_per_worker_second > 0 and run.busy_seconds <= 2 * run.seconds
     return out
 
 
