@@ -4,8 +4,8 @@
 the rows of parquet files) cut into shards of ``shard_size`` images, shard ``i`` always holding
 the same images — and runs the shards not yet written as a Ray Data ``map_batches`` over an
 actor pool: each actor holds one explainer (a torch explainer loaded from ``out/explainer.pcx``
-onto its device, or one onnxruntime session of an ONNX export), decodes its shard's images,
-explains them in batches and writes the shard.
+onto its device, or one onnxruntime session of an ONNX export), decodes its shard's images
+(``cpus_per_worker`` threads), explains them in batches and writes the shard.
 
 The folder ``out`` (shared storage when the cluster has several machines) holds:
 
@@ -36,6 +36,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -248,6 +249,7 @@ class _ShardWriter:
     def __init__(self, job: _Job, model: Optional[torch.nn.Module]) -> None:
         torch.set_num_threads(job.threads)
         self.job = job
+        self.decoders = ThreadPoolExecutor(job.threads)  # PIL decodes without the GIL
         self.device = torch.device("cuda" if job.gpu and job.onnx is None else "cpu")
         self.explainer: Any
         if job.onnx is not None:
@@ -278,12 +280,13 @@ class _ShardWriter:
         job = self.job
         keys, sources = _shard_inputs(job, shard)
         final = Path(job.out) / _PART.format(int(shard["shard"]))
+        decode = functools.partial(decode_image, size=job.size)
         tmp = temp_file(final, ".tmp")
         try:
             writer = None
             for lo in range(0, len(sources), job.batch_size):
                 hi = min(lo + job.batch_size, len(sources))
-                arrays = [decode_image(s, job.size) for s in sources[lo:hi]]
+                arrays = list(self.decoders.map(decode, sources[lo:hi]))
                 images = normalise(to_batch(arrays), job.mean, job.std).to(self.device)
                 first = int(shard["start"]) + lo
                 table = _table(self.explainer.explain(images), keys[lo:hi], first, job)
