@@ -136,7 +136,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"ray {ray.__version__}",
-        "load_average_before": os.getloadavg(),
+        "load_average_at_end": os.getloadavg(),
         "images": args.images,
         "shard_size": args.shard_size,
         "batch_size": args.batch_size,
