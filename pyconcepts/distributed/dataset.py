@@ -25,7 +25,7 @@ Nothing is written twice or half-written: a shard goes to a temporary file in ``
 renamed to its final name only once complete. A run skips the shards whose file exists (after
 checking its row count), so an interrupted run resumes where it stopped, and a worker that dies
 has its shard retried by Ray on a restarted actor (``max_retries``); a retried shard rewrites
-the same file with the same rows.
+the same file with the same rows. One run at a time writes to a folder.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 import numpy as np
 import torch
@@ -163,11 +163,58 @@ def explain_dataset(
     kind, root, shards = _plan(Path(source), shard_size, image_column, key_column)
     target = Path(out)
     target.mkdir(parents=True, exist_ok=True)
-    onnx, cls, model, names, size, digest = _prepare(explainer, target, image_size)
+    prepared = _prepare(explainer, target, image_size)
+    try:
+        _claim(target, _manifest(prepared, kind, root, shards, shard_size, image_column,
+                                 key_column, mean, std, heatmap_size, heatmap_dtype))  # fmt: skip
+        if prepared.saved is not None:  # the same content as any explainer.pcx already there
+            os.replace(prepared.saved, target / EXPLAINER_FILE)
+    finally:
+        if prepared.saved is not None:
+            prepared.saved.unlink(missing_ok=True)
     if not ray.is_initialized():
         ray.init()
     gpu = bool(ray.cluster_resources().get("GPU", 0) >= 1) if use_gpu is None else bool(use_gpu)
-    manifest = {
+    _remove_temporaries(target)
+    pending = [s for s in shards if not _complete(target, s)]
+    skipped = sorted(set(range(len(shards))) - {s["shard"] for s in pending})
+    job = _Job(
+        out=str(target.resolve()), kind=kind, root=root, onnx=prepared.onnx,
+        explainer_class=prepared.cls, size=prepared.size, mean=_floats(mean), std=_floats(std),
+        batch_size=batch_size, heatmap_size=heatmap_size, heatmap_dtype=heatmap_dtype,
+        image_column=image_column, key_column=key_column, threads=cpus_per_worker, gpu=gpu,
+        names=prepared.names,
+    )  # fmt: skip
+    start = time.perf_counter()
+    done = _run(ray, job, prepared.model, pending, num_workers, cpus_per_worker, max_retries,
+                progress)  # fmt: skip
+    seconds = time.perf_counter() - start
+    _remove_temporaries(target)
+    missing = [s["shard"] for s in shards if not _complete(target, s)]
+    if missing:
+        raise RuntimeError(f"out: shards {missing[:8]} were not written; run again to resume")
+    return DatasetRun(
+        out=target, n_images=sum(_rows(s) for s in shards), n_shards=len(shards),
+        written=sorted(done), skipped=skipped, images_written=sum(_rows(s) for s in pending),
+        seconds=seconds, busy_seconds=sum(done.values()),
+    )  # fmt: skip
+
+
+def _manifest(
+    prepared: _Prepared,
+    kind: str,
+    root: str,
+    shards: list[dict[str, Any]],
+    shard_size: int,
+    image_column: str,
+    key_column: Optional[str],
+    mean: Optional[Sequence[float]],
+    std: Optional[Sequence[float]],
+    heatmap_size: Optional[tuple[int, int]],
+    heatmap_dtype: str,
+) -> dict[str, Any]:
+    """The run's identity: what a later run on the same folder must match to resume it."""
+    return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "source": {"kind": kind, "root": root, "columns": [image_column, key_column]},
@@ -175,33 +222,11 @@ def explain_dataset(
         "n_shards": len(shards),
         "shard_size": shard_size,
         "plan_sha256": _digest(json.dumps(shards, sort_keys=True).encode()),
-        "explainer_sha256": digest,
-        "preprocessing": {"size": list(size), "mean": _floats(mean), "std": _floats(std)},
+        "explainer_sha256": prepared.digest,
+        "preprocessing": {"size": list(prepared.size), "mean": _floats(mean), "std": _floats(std)},
         "heatmaps": [None if heatmap_size is None else list(heatmap_size), heatmap_dtype],
-        **names,
+        **prepared.names,
     }
-    _claim(target, manifest)
-    _remove_temporaries(target)
-    pending = [s for s in shards if not _complete(target, s)]
-    skipped = sorted(set(range(len(shards))) - {s["shard"] for s in pending})
-    job = _Job(
-        out=str(target.resolve()), kind=kind, root=root, onnx=onnx, explainer_class=cls,
-        size=size, mean=_floats(mean), std=_floats(std), batch_size=batch_size,
-        heatmap_size=heatmap_size, heatmap_dtype=heatmap_dtype, image_column=image_column,
-        key_column=key_column, threads=cpus_per_worker, gpu=gpu, names=names,
-    )  # fmt: skip
-    start = time.perf_counter()
-    done = _run(ray, job, model, pending, num_workers, cpus_per_worker, max_retries, progress)
-    seconds = time.perf_counter() - start
-    _remove_temporaries(target)
-    missing = [s["shard"] for s in shards if not _complete(target, s)]
-    if missing:
-        raise RuntimeError(f"out: shards {missing[:8]} were not written; run again to resume")
-    return DatasetRun(
-        out=target, n_images=manifest["n_images"], n_shards=len(shards), written=sorted(done),
-        skipped=skipped, images_written=sum(_rows(s) for s in pending), seconds=seconds,
-        busy_seconds=sum(done.values()),
-    )  # fmt: skip
 
 
 def _run(
@@ -472,31 +497,33 @@ def _complete(out: Path, shard: dict[str, Any]) -> bool:
     return True
 
 
+class _Prepared(NamedTuple):
+    onnx: Optional[str]  # the export's path, or None for a torch explainer
+    cls: Optional[type[ConceptExplainer]]
+    model: Any
+    names: dict[str, Any]  # method, layer, concept_names, class_names
+    size: tuple[int, int]
+    digest: str  # of the explainer's content
+    saved: Optional[Path]  # a torch explainer saved to a temporary file in ``out``
+
+
 def _prepare(
     explainer: Union[ConceptExplainer, str, Path],
     out: Path,
     image_size: Optional[tuple[int, int]],
-) -> tuple[
-    Optional[str], Optional[type[ConceptExplainer]], Any, dict[str, Any], tuple[int, int], str
-]:
-    """(onnx path, explainer class, model, names, input size, explainer digest); a torch
-    explainer is saved to ``out/explainer.pcx`` for the actors to load."""
+) -> _Prepared:
+    """What the run needs of the explainer; a torch explainer is saved next to
+    ``out/explainer.pcx`` (renamed onto it once the manifest accepts the run)."""
     given = _size_or_none(image_size, "image_size")
     if isinstance(explainer, ConceptExplainer):
         explainer._check_fitted()
-        tmp = temp_file(out / EXPLAINER_FILE, ".pcx")
+        tmp = temp_file(out / EXPLAINER_FILE, ".tmp")
         try:
             explainer.save(tmp)
             digest = _explainer_digest(tmp)
-            saved = out / EXPLAINER_FILE
-            if saved.exists() and _explainer_digest(saved) != digest:
-                raise ValueError(
-                    f"out: {saved} holds another explainer than the one given; use another "
-                    "out folder (or remove the folder to start again)"
-                )
-            os.replace(tmp, saved)
-        finally:
+        except BaseException:
             tmp.unlink(missing_ok=True)
+            raise
         state = vars(explainer)
         names = {
             "method": explainer.method,
@@ -505,7 +532,7 @@ def _prepare(
             "class_names": list(state.get("class_names_", [])),
         }
         size = given or (int(explainer.input_size_[0]), int(explainer.input_size_[1]))
-        return None, type(explainer), explainer.model, names, size, digest
+        return _Prepared(None, type(explainer), explainer.model, names, size, digest, tmp)
     if isinstance(explainer, (str, Path)):
         from pyconcepts.export import OnnxExplainer
 
@@ -522,7 +549,8 @@ def _prepare(
             "concept_names": served.concept_names,
             "class_names": served.class_names,
         }
-        return str(path.resolve()), None, None, names, size, _digest(path.read_bytes())
+        return _Prepared(str(path.resolve()), None, None, names, size,
+                         _digest(path.read_bytes()), None)  # fmt: skip
     raise TypeError(
         f"explainer: expected a fitted ConceptExplainer or the path of an ONNX export, got "
         f"{type(explainer).__name__}"

@@ -7,12 +7,11 @@ from typing import Any
 
 import pytest
 
-ray = pytest.importorskip("ray", reason="Ray is not installed (the [distributed] extra)")
-
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[Any]:
     """Two CPUs, a 256 MiB object store, no dashboard; shut down after the session."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (the [distributed] extra)")
     ray.init(
         num_cpus=2,
         object_store_memory=256 * 2**20,

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from pyconcepts.distributed import son_frequent_itemsets
 from pyconcepts.ops import frequent_itemsets
 
+pytest.importorskip("ray", reason="Ray is not installed (the [distributed] extra)")
+
 transactions = st.lists(st.lists(st.integers(-3, 9), max_size=6), max_size=40)
 
 

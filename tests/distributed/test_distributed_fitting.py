@@ -14,6 +14,8 @@ from pyconcepts.explainers import IBD
 from pyconcepts.explainers.ibd import ConceptTraining, train_concept_classifiers
 from pyconcepts.ops import greedy_nnls_basis
 
+pytest.importorskip("ray", reason="Ray is not installed (the [distributed] extra)")
+
 # DDP sums the two ranks' gradients in another order than one process does: the weights agree
 # to this tolerance (measured: about 1e-6 after 2 rounds x 20 Adam steps; see docs/scaling.md).
 DDP_ATOL = 1e-4
