@@ -5,8 +5,9 @@ Ray Data, SON frequent-itemset mining over shards, and distributed fitting of IB
   any size into resumable parquet shards (:mod:`pyconcepts.distributed.dataset`);
 - :func:`son_frequent_itemsets` — frequent itemsets of sharded transactions, exactly equal to
   single-machine mining (:mod:`pyconcepts.distributed.itemsets`);
-- :func:`sharded_basis`, :func:`ddp_concept_trainer` — IBD's class bases sharded over targets
-  and its concept classifiers under torch DDP (:mod:`pyconcepts.distributed.fitting`).
+- :func:`sharded_basis`, :func:`ddp_concept_trainer`, :func:`ray_map` — IBD's class bases
+  sharded over targets, its concept classifiers under torch DDP, AfI's occluders one class per
+  Ray task (:mod:`pyconcepts.distributed.fitting`).
 
 Importing this package does not import Ray; each function imports it when called and says how
 to install it when it is missing. Each uses the Ray cluster ``ray.init`` connected to, starting
@@ -25,6 +26,7 @@ _EXPORTS = {
     "son_frequent_itemsets": "itemsets",
     "ddp_concept_trainer": "fitting",
     "sharded_basis": "fitting",
+    "ray_map": "fitting",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -1,5 +1,6 @@
-"""Distributed fitting on Ray: IBD's class bases sharded over targets, and IBD's concept
-classifiers trained with torch DDP (gloo) across Ray workers.
+"""Distributed fitting on Ray: IBD's class bases sharded over targets, IBD's concept
+classifiers trained with torch DDP (gloo) across Ray workers, AfI's occluders one class per Ray
+task.
 
 - :func:`sharded_basis` — :func:`pyconcepts.ops.greedy_nnls_basis` with the target rows split
   over Ray tasks. Each row's basis depends on that row's part of the Gram form alone, so the
@@ -9,17 +10,22 @@ classifiers trained with torch DDP (gloo) across Ray workers.
   runs on CUDA tensors), one Ray actor per rank, the training positions split in row blocks.
   The result equals single-process fitting up to floating-point summation order (the
   tolerance the tests state). Pass it as ``IBD.fit(..., trainer=ddp_concept_trainer(n))``.
+- :func:`ray_map` — runs independent calls as Ray tasks: AfI's occluders are optimised per
+  class with per-class random streams, so ``AfI.fit(..., map_classes=ray_map())`` gives the
+  per-class (``batched=False``) occluders bit for bit, spread over the cluster.
 """
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, Optional
 
 import torch
 
 from pyconcepts.distributed._ray import require
+from pyconcepts.explainers.afi.occluders import ClassMap
 from pyconcepts.explainers.ibd import (
     BasisFunction,
     ConceptTrainer,
@@ -136,9 +142,29 @@ class _Rank:
             dist.destroy_process_group()
 
 
+def ray_map(cpus_per_task: int = 1) -> ClassMap:
+    """A map ``(fn, argument tuples) -> results in order`` that runs each call as a Ray task
+    with ``cpus_per_task`` CPUs and torch threads; ``fn`` (and what it binds, such as a model)
+    goes to the object store once."""
+    _positive(cpus_per_task, "cpus_per_task")
+
+    def run(fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> list[Any]:
+        ray = require()
+        task = ray.remote(num_cpus=cpus_per_task)(_call)
+        shared = ray.put(fn)
+        return list(ray.get([task.remote(shared, cpus_per_task, *args) for args in calls]))
+
+    return run
+
+
+def _call(fn: Callable[..., Any], threads: int, *args: Any) -> Any:
+    torch.set_num_threads(threads)
+    return fn(*args)
+
+
 def _positive(value: Any, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
 
 
-__all__ = ["ddp_concept_trainer", "sharded_basis"]
+__all__ = ["ddp_concept_trainer", "ray_map", "sharded_basis"]

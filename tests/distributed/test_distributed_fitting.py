@@ -69,3 +69,37 @@ def test_argument_errors() -> None:
         sharded_basis(0)
     with pytest.raises(ValueError, match="num_workers"):
         ddp_concept_trainer(0)
+
+
+def test_afi_occluders_one_class_per_ray_task(
+    ray_cluster: Any, vgg: torch.nn.Module, small_world: Any
+) -> None:
+    from pyconcepts.distributed import ray_map
+    from pyconcepts.explainers.afi import fit_occluders
+
+    x, y = small_world.tensors()
+    classes = [0, 3, 7]
+    keep = torch.cat([(y == c).nonzero().flatten()[:3] for c in classes])
+    kw = {"max_iter": 3, "lr": 0.02, "seed": 5}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in each task
+    try:
+        here = fit_occluders(vgg, x[keep], y[keep], classes, batched=False, **kw)
+    finally:
+        torch.set_num_threads(threads)
+    spread = fit_occluders(vgg, x[keep], y[keep], classes, map_classes=ray_map(), **kw)
+    for name in ("delta", "iterations", "converged", "used"):
+        assert torch.equal(getattr(here, name), getattr(spread, name)), name
+    assert float(spread.delta.abs().sum()) > 0
+
+
+def test_afi_fit_with_ray_map(ray_cluster: Any, quick_fitted: dict) -> None:
+    from pyconcepts.data import ConceptWorld
+    from pyconcepts.distributed import ray_map
+
+    fitted = quick_fitted["afi"]
+    again = type(fitted)(fitted.model, **fitted.get_config())
+    again.fit(ConceptWorld(64, seed=5), map_classes=ray_map())
+    # per-class against batched optimisation: the tolerance of tests/explainers/test_afi.py
+    assert torch.allclose(again.delta_, fitted.delta_, atol=1e-5, rtol=0)
+    assert torch.equal(again.occluder_iterations_, fitted.occluder_iterations_)
