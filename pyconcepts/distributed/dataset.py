@@ -307,8 +307,8 @@ class _ShardWriter:
         final = Path(job.out) / _PART.format(int(shard["shard"]))
         decode = functools.partial(decode_image, size=job.size)
         tmp = temp_file(final, ".tmp")
+        writer = None
         try:
-            writer = None
             for lo in range(0, len(sources), job.batch_size):
                 hi = min(lo + job.batch_size, len(sources))
                 arrays = list(self.decoders.map(decode, sources[lo:hi]))
@@ -327,6 +327,8 @@ class _ShardWriter:
                 os.fsync(f.fileno())
             os.replace(tmp, final)
         except BaseException:
+            if writer is not None:
+                writer.close()
             tmp.unlink(missing_ok=True)
             raise
 
