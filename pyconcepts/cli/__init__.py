@@ -1,4 +1,5 @@
-"""Command line: ``pyconcepts demo | explain | export | report | serve | info | backends | zoo``.
+"""Command line: ``pyconcepts demo | explain | export | explain-dataset | report | serve | info |
+backends | zoo``.
 
 Every command has ``--help``. Exit status: 0 ok, 1 failure, 2 usage error; errors are one line
 (``--debug`` shows the traceback); progress bars go to stderr when it is a terminal (never with
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from typing import Optional
 
 from pyconcepts.cli import commands
+from pyconcepts.cli import dataset as dataset_command
 from pyconcepts.cli._common import (
     FAILURE,
     USAGE,
@@ -89,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_options(exp, batch_size=False)
     add_json(exp)
     exp.set_defaults(func=commands.export)
+
+    dataset_command.add_parser(sub, common)
 
     rep = sub.add_parser(
         "report",

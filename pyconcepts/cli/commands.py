@@ -258,6 +258,7 @@ def info(args: argparse.Namespace) -> int:
         "gpu": ["onnxruntime-gpu"],
         "test": ["pytest", "hypothesis", "scipy"],
         "bench": ["scipy", "pyfim", "mlxtend", "pytorch-metric-learning"],
+        "distributed": ["ray", "pyarrow"],
     }
     devices = ["cpu"] + [f"cuda:{i} ({torch.cuda.get_device_name(i)})"
                          for i in range(torch.cuda.device_count())]  # fmt: skip

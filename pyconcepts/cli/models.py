@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from pyconcepts.cli._common import UsageError
+from pyconcepts.data.images import normalise
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+__all__ = ["add_model_options", "load_model", "normalise", "preprocessing", "read_images"]
 
 
 def add_model_options(parser: argparse.ArgumentParser, default_help: str) -> None:
@@ -98,33 +99,17 @@ def preprocessing(
     return (None if mean is None else list(mean)), (None if std is None else list(std))
 
 
-def normalise(images: Any, mean: Optional[list[float]], std: Optional[list[float]]) -> Any:
-    """``(images − mean) / std`` per channel (either may be None)."""
-    if mean is not None:
-        images = images - images.new_tensor(mean)[:, None, None]
-    if std is not None:
-        images = images / images.new_tensor(std)[:, None, None]
-    return images
-
-
 def read_images(folder: str, size: tuple[int, int]) -> Any:
     """The .png/.jpg files of ``folder``, sorted by name, as RGB ``[N, 3, H, W]`` in [0, 1]
     resized to ``size``."""
-    import numpy as np
-    import torch
-    from PIL import Image, UnidentifiedImageError
+    from pyconcepts.data.images import decode_image, image_files, to_batch
 
-    base = Path(folder)
-    if not base.is_dir():
+    if not Path(folder).is_dir():
         raise UsageError(f"--images {folder}: no such folder")
-    files = sorted(p for p in base.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(folder)
     if not files:
         raise UsageError(f"--images {folder}: no .png/.jpg files")
-    arrays = []
-    for f in files:
-        try:
-            with Image.open(f) as picture:
-                arrays.append(np.asarray(picture.convert("RGB").resize((size[1], size[0]))))
-        except (OSError, UnidentifiedImageError) as exc:
-            raise UsageError(f"--images: cannot read {f}: {exc}") from None
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+    try:
+        return to_batch([decode_image(f, size) for f in files])
+    except ValueError as exc:
+        raise UsageError(f"--images: {exc}") from None

@@ -30,10 +30,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pyconcepts.data.images import IMAGE_SUFFIXES
 from pyconcepts.errors import LoadError
 
 MASK_SUFFIX = ".mask.png"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,8 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional, cast
 
 import torch
@@ -57,11 +58,12 @@ from pyconcepts.metrics.ibd import average_precision, basis_ground_truth, residu
 from pyconcepts.models.features import FeatureExtractor, resolve_layer
 from pyconcepts.models.layers import discover_layers
 from pyconcepts.ops import greedy_nnls_basis
+from pyconcepts.ops.nnls import BasisFit
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["IBD"]
+__all__ = ["IBD", "ConceptTraining", "train_concept_classifiers"]
 
 _MODES = ("auto", "cam", "gradcam")
 _METRICS = ("auto", "logit", "weights")
@@ -187,6 +189,9 @@ class IBD(ConceptExplainer):
         self,
         data: Any,
         concept_names: Optional[list[str]] = None,
+        *,
+        trainer: Optional[ConceptTrainer] = None,
+        basis: Optional[BasisFunction] = None,
     ) -> IBD:
         """Learn the concept vectors from segmentation data and decompose every class.
 
@@ -196,6 +201,12 @@ class IBD(ConceptExplainer):
         also be ``(images, labels, masks, ...)``: the masks are the first 4-D tensor after the
         images). ``concept_names`` default to the world's concepts, else ``concept_i``;
         the constructor's ``max_images`` caps the images used.
+
+        ``trainer`` trains the concept classifiers from the training positions (default:
+        :func:`train_concept_classifiers` in this process; :func:`pyconcepts.distributed.\
+ddp_concept_trainer` runs it under torch DDP on Ray workers); ``basis`` decomposes the classes
+        (default: :func:`pyconcepts.ops.greedy_nnls_basis`; :func:`pyconcepts.distributed.\
+sharded_basis` splits the classes over Ray tasks).
         """
         self._check_config()
         images, masks, names = _segmentation_data(data, concept_names, self.max_images)
@@ -222,7 +233,8 @@ class IBD(ConceptExplainer):
         A = torch.cat(feats)  # [N, h, w, D]
         Y = torch.cat(labels)  # [N, h, w, C]
         D, C = A.shape[-1], Y.shape[-1]
-        W, b = self._train_concepts(A[train].reshape(-1, D), Y[train].reshape(-1, C), gen)
+        train_fn = trainer or train_concept_classifiers
+        W, b = train_fn(A[train].reshape(-1, D), Y[train].reshape(-1, C), gen, self._training())
         held_scores = A[held].reshape(-1, D) @ W.T + b
         self.concept_ap_ = average_precision(held_scores, Y[held].reshape(-1, C)).float()
         centred = W - W.mean(1, keepdim=True)
@@ -252,7 +264,7 @@ class IBD(ConceptExplainer):
             class_w, class_b = class_w.cpu(), torch.zeros(n_classes)
         self.class_weights_, self.class_bias_ = class_w, class_b
         self.class_names_ = class_names_of(self.model, class_w.shape[0], self.class_names)
-        self._decompose_classes()
+        self._decompose_classes(basis)
         return self
 
     def _resolve_mode(self, pooled: torch.Tensor, logits: torch.Tensor) -> str:
@@ -276,43 +288,14 @@ class IBD(ConceptExplainer):
             )
         return "cam" if linear else "gradcam"
 
-    def _train_concepts(
-        self, X: torch.Tensor, Y: torch.Tensor, gen: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """All concept classifiers at once: weighted BCE over each concept's selected positions
-        (all positives + neg_ratio× negatives, re-mined every round). Features are divided by
-        one global scale during training (the direction of w_c is unchanged)."""
-        P, D = X.shape
-        C = Y.shape[1]
-        scale = X.std().clamp_min(1e-12)
-        Xs = X / scale
-        Yf = Y.float()
-        n_pos = Y.sum(0)
-        n_neg = torch.minimum(n_pos * self.neg_ratio, P - n_pos)
-        W = torch.zeros(C, D, requires_grad=True)
-        b = torch.zeros(C, requires_grad=True)
-        opt = torch.optim.Adam([W, b], lr=self.lr)
-        scores = torch.rand(P, C, generator=gen)  # round 0: random negatives
-        for rnd in range(self.mining_rounds + 1):
-            n_hard = (n_neg.double() * (self.hard_fraction if rnd else 0.0)).long()
-            hard = _top_per_column(torch.where(Y, -torch.inf, scores), n_hard)
-            rest = torch.rand(P, C, generator=gen).masked_fill(Y | hard, -torch.inf)
-            chosen = hard | _top_per_column(rest, n_neg - n_hard)
-            weight = (Y | chosen).float()
-            weight = weight / weight.sum(0).clamp_min(1)
-            for _ in range(self.steps):
-                opt.zero_grad()
-                z = Xs @ W.T + b
-                loss = (F.binary_cross_entropy_with_logits(z, Yf, reduction="none") * weight).sum()
-                loss = loss + self.weight_decay * (W * W).sum()
-                loss.backward()
-                opt.step()
-            with torch.no_grad():
-                scores = Xs @ W.T + b
-        return (W.detach() / scale), b.detach()
+    def _training(self) -> ConceptTraining:
+        return ConceptTraining(self.neg_ratio, self.mining_rounds, self.hard_fraction,
+                               self.steps, self.lr, self.weight_decay)  # fmt: skip
 
-    def _decompose_classes(self) -> None:
-        self.basis_indices_, self.basis_coefs_, self.residuals_ = self._bases(self.class_weights_)
+    def _decompose_classes(self, basis: Optional[BasisFunction] = None) -> None:
+        self.basis_indices_, self.basis_coefs_, self.residuals_ = self._bases(
+            self.class_weights_, basis
+        )
         L = self.metric_
         self.residual_ratio_ = residual_ratio(self.class_weights_ @ L, self.residuals_ @ L).float()
         empty = (self.basis_coefs_ > 0).sum(1) == 0
@@ -326,12 +309,15 @@ class IBD(ConceptExplainer):
                 stacklevel=3,
             )
 
-    def _bases(self, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _bases(
+        self, weights: torch.Tensor, basis: Optional[BasisFunction] = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Greedy non-negative bases (indices, coefficients, residual vectors) of the rows of
         ``weights`` in the fitted metric: both sides are mapped by ``L`` so that the kernel's
-        Euclidean fit minimises ``‖Lᵀ(w − Σ s_i q_i)‖``."""
+        Euclidean fit minimises ``‖Lᵀ(w − Σ s_i q_i)‖``. ``basis``: the fitting function
+        (default :func:`~pyconcepts.ops.greedy_nnls_basis`; e.g. a sharded one)."""
         Q, L = self.concept_vectors_.to(weights.device), self.metric_.to(weights.device)
-        fit = greedy_nnls_basis(weights @ L, Q @ L, min(self.n_terms, Q.shape[0]))
+        fit = (basis or greedy_nnls_basis)(weights @ L, Q @ L, min(self.n_terms, Q.shape[0]))
         residuals = weights - (fit.coefs[:, :, None] * Q[fit.indices]).sum(1)
         return fit.indices, fit.coefs, residuals
 
@@ -567,6 +553,126 @@ class _IBDHead(nn.Module):
             acts, logits.float(), self.Q, self.mean, self.indices[k], self.coefs[k],
             self.residuals[k], self.bias[k], x.shape[-2:],
         )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ConceptTraining:
+    """IBD's concept-classifier settings (the explainer's constructor values of the same names)."""
+
+    neg_ratio: int
+    mining_rounds: int
+    hard_fraction: float
+    steps: int
+    lr: float
+    weight_decay: float
+
+
+ConceptTrainer = Callable[
+    [torch.Tensor, torch.Tensor, torch.Generator, ConceptTraining],
+    tuple[torch.Tensor, torch.Tensor],
+]
+BasisFunction = Callable[[torch.Tensor, torch.Tensor, int], BasisFit]
+
+
+class _ConceptClassifiers(nn.Module):
+    """All concept classifiers as one linear map (what DDP wraps)."""
+
+    def __init__(self, n_features: int, n_concepts: int) -> None:
+        super().__init__()
+        self.W = nn.Parameter(torch.zeros(n_concepts, n_features))
+        self.b = nn.Parameter(torch.zeros(n_concepts))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.W.T + self.b
+
+
+def train_concept_classifiers(
+    X: torch.Tensor,
+    Y: torch.Tensor,
+    gen: torch.Generator,
+    settings: ConceptTraining,
+    group: Optional[Any] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """IBD's concept classifiers ``(W [C, D], b [C])`` from positions' features ``X [P, D]``
+    and concept labels ``Y [P, C]`` (bool): weighted BCE over each concept's selected positions
+    (all positives + neg_ratio× negatives, re-mined every round), full-batch Adam. Features are
+    divided by one global scale during training (the direction of w_c is unchanged).
+
+    ``group``: a ``torch.distributed`` process group whose ranks each hold one row block of
+    the positions (rank order = row order) and the same ``gen`` state; the gradients are
+    all-reduced by DDP, and the mining (per-column top-k over all positions) sees every rank's
+    scores and labels (``[P, C]``, gathered; the features ``[P, D]`` stay split). Every rank
+    returns the same result, equal to the single-process one up to floating-point summation
+    order. None: ``X`` and ``Y`` are all the positions.
+    """
+    dist = torch.distributed
+    world = 1 if group is None else dist.get_world_size(group)
+    local = X.shape[0]
+    sizes = [local] if group is None else _all_sizes(local, group)
+    first = sum(sizes[: 0 if group is None else dist.get_rank(group)])
+    P, D, C = sum(sizes), X.shape[1], Y.shape[1]
+    if group is None:
+        scale = X.std().clamp_min(1e-12)
+    else:  # the same unbiased std over all ranks' features
+        count = P * D
+        mean = _summed(X.double().sum(), group) / count
+        var = _summed(((X.double() - mean) ** 2).sum(), group) / max(count - 1, 1)
+        scale = var.sqrt().float().clamp_min(1e-12)
+    Xs = X / scale
+    labels = _gathered(Y, sizes, group)  # [P, C]
+    n_pos = labels.sum(0)
+    n_neg = torch.minimum(n_pos * settings.neg_ratio, P - n_pos)
+    model = _ConceptClassifiers(D, C)
+    step_model: nn.Module = model
+    if group is not None:
+        step_model = nn.parallel.DistributedDataParallel(model, process_group=group)
+    W, b = model.W, model.b
+    opt = torch.optim.Adam([W, b], lr=settings.lr)
+    Yf = Y.float()
+    scores = torch.rand(P, C, generator=gen)  # round 0: random negatives
+    for rnd in range(settings.mining_rounds + 1):
+        n_hard = (n_neg.double() * (settings.hard_fraction if rnd else 0.0)).long()
+        hard = _top_per_column(torch.where(labels, -torch.inf, scores), n_hard)
+        rest = torch.rand(P, C, generator=gen).masked_fill(labels | hard, -torch.inf)
+        chosen = hard | _top_per_column(rest, n_neg - n_hard)
+        weight = (labels | chosen).float()
+        weight = (weight / weight.sum(0).clamp_min(1))[first : first + local]
+        for _ in range(settings.steps):
+            opt.zero_grad()
+            z = step_model(Xs)
+            loss = (F.binary_cross_entropy_with_logits(z, Yf, reduction="none") * weight).sum()
+            # DDP averages the ranks' gradients: scaled by the world size they sum
+            loss = world * loss + settings.weight_decay * (W * W).sum()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            scores = _gathered(model(Xs), sizes, group)
+    return (W.detach() / scale), b.detach()
+
+
+def _all_sizes(local: int, group: Any) -> list[int]:
+    world = torch.distributed.get_world_size(group)
+    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
+    torch.distributed.all_gather(sizes, torch.tensor([local]), group=group)
+    return [int(s) for s in sizes]
+
+
+def _summed(value: torch.Tensor, group: Any) -> torch.Tensor:
+    value = value.clone()
+    torch.distributed.all_reduce(value, group=group)
+    return value
+
+
+def _gathered(rows: torch.Tensor, sizes: list[int], group: Optional[Any]) -> torch.Tensor:
+    """Every rank's row block concatenated in rank order (``rows`` itself without a group)."""
+    if group is None:
+        return rows
+    wide = max(sizes)
+    padded = torch.zeros(wide, *rows.shape[1:], dtype=rows.dtype)
+    padded[: rows.shape[0]] = rows
+    parts = [torch.empty_like(padded) for _ in sizes]
+    torch.distributed.all_gather(parts, padded, group=group)
+    return torch.cat([p[:n] for p, n in zip(parts, sizes)])
 
 
 def _top_per_column(values: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:

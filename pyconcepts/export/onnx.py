@@ -172,19 +172,27 @@ class OnnxExplainer:
         providers: Optional[Sequence[str]] = None,
         max_bytes: int = MAX_ONNX_BYTES,
         extra_ops: Sequence[str] = (),
+        threads: Optional[int] = None,
     ) -> None:
         """``extra_ops``: standard ONNX operators to allow beyond :data:`ALLOWED_OPS`, for an
         export of a backbone that uses others (e.g. ``["Erf", "Sqrt", "Pow"]`` for GELU and
-        LayerNorm); the caller vouches for the file's origin when widening the set."""
+        LayerNorm); the caller vouches for the file's origin when widening the set.
+        ``threads``: onnxruntime's intra-op threads (None: its default, one per core) — set it
+        when several sessions share a machine."""
         ort = _require("onnxruntime")
         p = Path(path)
         if not p.is_file():
             raise LoadError(f"{p}: no such file")
         data = _read_limited(p, max_bytes)
         meta = _check_model(p, data, ALLOWED_OPS | frozenset(extra_ops))
+        options = ort.SessionOptions()
+        if threads is not None:
+            if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+                raise ValueError(f"threads: expected None or an int >= 1, got {threads!r}")
+            options.intra_op_num_threads = threads
         try:
             self.session = ort.InferenceSession(
-                data, providers=list(providers or default_providers())
+                data, options, providers=list(providers or default_providers())
             )
         except Exception as exc:  # onnxruntime raises its own exception types
             raise LoadError(f"{p}: not a loadable ONNX model: {exc}") from exc

@@ -193,7 +193,22 @@ def greedy_nnls_basis(
         fit = greedy_reference(targets, candidates, max_terms)
         _representable(torch.cat([fit.coefs, fit.residual_norms], 1), "targets, candidates")
         return fit
-    K, N, T = targets.shape[0], candidates.shape[0], max_terms
+    G, H, tt = gram_form(targets, candidates)
+    return greedy_basis_of_gram(G, H, tt, max_terms, targets.dtype, which)
+
+
+def greedy_basis_of_gram(
+    G: torch.Tensor,
+    H: torch.Tensor,
+    tt: torch.Tensor,
+    max_terms: int,
+    dtype: torch.dtype,
+    which: str,
+) -> BasisFit:
+    """The compiled kernels' part of :func:`greedy_nnls_basis` (``which``: ``"cpu"`` or
+    ``"cuda"``) on its :func:`gram_form`, results cast to ``dtype``. Each row of ``H``/``tt`` is
+    solved on its own, so a block of rows gets exactly those rows' bases of the whole."""
+    K, N, T = H.shape[0], G.shape[0], max_terms
     if which == "cuda":
         core_cuda = _backends.core_cuda()
         assert core_cuda is not None
@@ -202,15 +217,14 @@ def greedy_nnls_basis(
                 f"max_terms: the CUDA kernel builds at most {core_cuda.greedy_max_terms} terms, "
                 f"got {T}; use backend='cpu'"
             )
-    G, H, tt = gram_form(targets, candidates)
-    device = targets.device
+    device = H.device
     indices = torch.zeros(K, T, dtype=torch.int64, device=device)
     coefs = torch.zeros(K, T, dtype=torch.float64, device=device)
     res = torch.zeros(K, T, dtype=torch.float64, device=device)
     _bridge.call(
-        "greedy_nnls_basis", G, H, tt, indices, coefs, res, K, N, T,
+        "greedy_nnls_basis", G, H.contiguous(), tt.contiguous(), indices, coefs, res, K, N, T,
         dtype=torch.float64, device=device,
     )  # fmt: skip
-    fit = BasisFit(indices, coefs.to(targets.dtype), res.to(targets.dtype))
+    fit = BasisFit(indices, coefs.to(dtype), res.to(dtype))
     _representable(torch.cat([fit.coefs, fit.residual_norms], 1), "targets, candidates")
     return fit

@@ -21,6 +21,7 @@ from pyconcepts.explainers.afi.concepts import (
     probe_sets,
 )
 from pyconcepts.explainers.afi.occluders import (
+    ClassMap,
     ValidRange,
     channel_importance,
     feature_importance,
@@ -232,12 +233,17 @@ class AfI(ConceptExplainer):
         probes: Optional[Sequence[torch.Tensor]] = None,
         benchmarks: Optional[Sequence[torch.Tensor]] = None,
         concept_names: Optional[Sequence[str]] = None,
+        *,
+        map_classes: Optional[ClassMap] = None,
     ) -> AfI:
         """Learn occluders, importance scores, impressions and (given probes) concept importance.
 
         ``data``: a :class:`ConceptWorld` (probe sets then come from its ground truth), an
         ``(images, labels)`` pair, or anything :func:`pyconcepts.data.iter_batches` accepts with
         labels. ``probes[m]``/``benchmarks[m]``: images with / without concept m.
+        ``map_classes``: optimise each class's occluder on its own through this map (e.g.
+        :func:`pyconcepts.distributed.ray_map` over Ray tasks) instead of all classes batched
+        here; see :func:`fit_occluders`.
         """
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ValueError(f"holdout_fraction: expected in [0, 1), got {self.holdout_fraction}")
@@ -264,7 +270,7 @@ class AfI(ConceptExplainer):
             self.model, images[train], labels[train], classes,
             l1_weight=self.l1_weight, lr=self.lr, max_iter=self.max_iter, noise=self.noise,
             max_degrees=self.max_degrees, use_transform=self.use_transform, valid_range=vr,
-            seed=self.seed,
+            seed=self.seed, map_classes=map_classes,
         )  # fmt: skip
         self.classes_, self.layers_, self.n_classes_ = classes, layers, n_classes
         self.delta_ = fit.delta

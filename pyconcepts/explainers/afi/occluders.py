@@ -3,10 +3,11 @@ and meta-detectors (seed eqs. 4–9), on any torch classifier."""
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional, cast
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 import torch
 import torch.nn.functional as F
@@ -215,6 +216,13 @@ def _optimise(
     return delta, steps, converged
 
 
+ClassMap = Callable[[Callable[..., Any], Sequence[tuple[Any, ...]]], list[Any]]
+
+
+def _in_order(fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> list[Any]:
+    return [fn(*args) for args in calls]
+
+
 def fit_occluders(
     model: nn.Module,
     images: torch.Tensor,
@@ -230,6 +238,7 @@ def fit_occluders(
     valid_range: ValidRange = (0.0, 1.0),
     seed: int = 0,
     batched: bool = True,
+    map_classes: Optional[ClassMap] = None,
 ) -> OccluderFit:
     """Learn one global feature occluder per class in ``classes`` (seed eqs. 4–5).
 
@@ -238,6 +247,9 @@ def fit_occluders(
     seed's units, inputs scaled to [−1, 1]; it is rescaled to ``valid_range`` (½·0.04 for [0, 1]).
     A class stops when eq. 4 holds on all its used images, else after ``max_iter`` steps.
     ``batched=False`` optimises the classes one after another (same result, for the benchmark).
+    ``map_classes`` runs those per-class optimisations: a function ``(fn, argument tuples) ->
+    results in order`` (default: one after another here;
+    :func:`pyconcepts.distributed.ray_map` spreads them over Ray tasks, bit for bit the same).
     """
     if max_iter < 0:
         raise ValueError(f"max_iter: expected >= 0, got {max_iter}")
@@ -250,7 +262,7 @@ def fit_occluders(
         model, images, labels, classes, gens, scaled_noise, max_degrees, use_transform
     )
     groups = [images[(labels == c) & used] for c in classes]
-    opts = dict(
+    opts: dict[str, Any] = dict(
         l1_weight=l1_weight,
         lr=lr,
         max_iter=max_iter,
@@ -259,13 +271,13 @@ def fit_occluders(
         use_transform=use_transform,
         valid_range=valid_range,
     )
-    if batched:
-        delta, steps, conv = _optimise(model, groups, classes, gens, **opts)  # type: ignore[arg-type]
+    if batched and map_classes is None:
+        delta, steps, conv = _optimise(model, groups, classes, gens, **opts)
     else:
-        fits = [
-            _optimise(model, [g], [c], [gen], **opts)  # type: ignore[arg-type]
-            for g, c, gen in zip(groups, classes, gens)
-        ]
+        one_class = functools.partial(_optimise, model, **opts)
+        fits = (map_classes or _in_order)(
+            one_class, [([g], [c], [gen]) for g, c, gen in zip(groups, classes, gens)]
+        )
         delta = torch.cat([f[0] for f in fits])
         steps = torch.cat([f[1] for f in fits])
         conv = torch.cat([f[2] for f in fits])
