@@ -33,7 +33,8 @@ from pyconcepts.explainers.ibd import (
     train_concept_classifiers,
 )
 from pyconcepts.ops._dispatch import resolve_backend
-from pyconcepts.ops.nnls import BasisFit, check_basis_args, gram_form, greedy_basis_of_gram
+from pyconcepts.ops.nnls import greedy_basis_of_gram
+from pyconcepts.opspec.nnls import BasisFit, check_basis_args, gram_form
 
 
 def sharded_basis(n_shards: int = 2, backend: Optional[str] = None) -> BasisFunction:

@@ -58,7 +58,7 @@ from pyconcepts.metrics.ibd import average_precision, basis_ground_truth, residu
 from pyconcepts.models.features import FeatureExtractor, resolve_layer
 from pyconcepts.models.layers import discover_layers
 from pyconcepts.ops import greedy_nnls_basis
-from pyconcepts.ops.nnls import BasisFit
+from pyconcepts.opspec.nnls import BasisFit
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -23,10 +23,11 @@ from typing import Any, Optional
 
 import torch
 
-from pyconcepts.ops import _bridge, _checks
+from pyconcepts.ops import _bridge
 from pyconcepts.ops._dispatch import automatic_cuda, resolve_backend
+from pyconcepts.opspec import checks as _checks
+from pyconcepts.opspec.concept_maps import ConceptMapStats
 from pyconcepts.reference import concept_maps as _reference
-from pyconcepts.reference.concept_maps import ConceptMapStats
 
 __all__ = ["ConceptMapStats", "concept_map_stats", "concept_maps"]
 

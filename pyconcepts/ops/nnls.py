@@ -8,28 +8,17 @@ dependent columns) are described in ``csrc/common/nnls_gram.h`` and docs/methods
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import torch
 
 from pyconcepts import _backends
-from pyconcepts.ops import _bridge, _checks
+from pyconcepts.ops import _bridge
 from pyconcepts.ops._dispatch import resolve_backend
+from pyconcepts.opspec import checks as _checks
+from pyconcepts.opspec.nnls import BasisFit, check_basis_args, gram_form
 
 __all__ = ["BasisFit", "greedy_nnls_basis", "nnls"]
-
-
-class BasisFit(NamedTuple):
-    """Result of :func:`greedy_nnls_basis` for K targets and T terms.
-
-    ``indices[k, t]`` is the candidate chosen at step t for target k; ``coefs[k]`` are the
-    non-negative coefficients of the final T-term fit (in selection order; a chosen candidate
-    may end with coefficient 0); ``residual_norms[k, t]`` is ‖target − fit‖ after t+1 terms.
-    """
-
-    indices: torch.Tensor
-    coefs: torch.Tensor
-    residual_norms: torch.Tensor
 
 
 def _max_iter(max_iter: Optional[int], n: int) -> int:
@@ -130,43 +119,6 @@ def _representable(result: torch.Tensor, names: str) -> torch.Tensor:
             "small for the right-hand side); rescale them or pass float64"
         )
     return result
-
-
-def check_basis_args(
-    targets: torch.Tensor, candidates: torch.Tensor, max_terms: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validates :func:`greedy_nnls_basis`'s arguments (shared with the reference twin)."""
-    targets = _checks.tensor("targets", targets)
-    candidates = _checks.tensor("candidates", candidates)
-    _checks.ndim("targets", targets, 2, "[K, D]")
-    _checks.ndim("candidates", candidates, 2, "[N, D]")
-    _checks.floating("targets", targets)
-    _checks.same_device_dtype([("targets", targets), ("candidates", candidates)])
-    if targets.shape[1] != candidates.shape[1]:
-        raise ValueError(
-            f"candidates: expected {targets.shape[1]} columns (as targets [K, D]), "
-            f"got shape {tuple(candidates.shape)}"
-        )
-    if isinstance(max_terms, bool) or not isinstance(max_terms, int):
-        raise TypeError(f"max_terms: expected an int, got {type(max_terms).__name__}")
-    if not 0 <= max_terms <= candidates.shape[0]:
-        raise ValueError(
-            f"max_terms: expected 0 <= max_terms <= {candidates.shape[0]} (the number of "
-            f"candidates), got {max_terms}"
-        )
-    _checks.finite("targets", targets)
-    _checks.finite("candidates", candidates)
-    return targets, candidates
-
-
-def gram_form(
-    targets: torch.Tensor, candidates: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(C Cᵀ, targets Cᵀ, ‖targets‖²)`` in float64: computed once, so the greedy search never
-    touches D again."""
-    c = candidates.detach().to(torch.float64)
-    t = targets.detach().to(torch.float64)
-    return (c @ c.T).contiguous(), (t @ c.T).contiguous(), (t * t).sum(1).contiguous()
 
 
 def greedy_nnls_basis(

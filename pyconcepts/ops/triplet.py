@@ -24,7 +24,7 @@ import torch
 
 from pyconcepts.ops import _bridge
 from pyconcepts.ops._dispatch import AutoCuda, Backend, automatic_cuda, resolve_backend
-from pyconcepts.ops._triplet_checks import anchor_offsets, num_positive_pairs, validate
+from pyconcepts.opspec.triplet import anchor_offsets, num_positive_pairs, validate
 from pyconcepts.reference import triplet as _reference
 
 

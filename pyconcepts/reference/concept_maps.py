@@ -6,17 +6,11 @@ explainer head built on them exports with ``torch.onnx.export``.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import torch
 
-
-class ConceptMapStats(NamedTuple):
-    """Per image and concept map, each ``[B, M]`` in the input dtype."""
-
-    max: torch.Tensor
-    mean: torch.Tensor
-    frac_above: torch.Tensor
+from pyconcepts.opspec.concept_maps import ConceptMapStats
 
 
 def concept_maps(

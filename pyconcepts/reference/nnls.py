@@ -8,7 +8,7 @@ from typing import Callable, Optional
 
 import torch
 
-from pyconcepts.ops.nnls import BasisFit, check_basis_args, gram_form
+from pyconcepts.opspec.nnls import BasisFit, check_basis_args, gram_form
 
 __all__ = ["greedy_nnls_basis", "nnls"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from pyconcepts.ops._triplet_checks import num_positive_pairs, validate
+from pyconcepts.opspec.triplet import num_positive_pairs, validate
 
 
 def _squared_distances(emb: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from pyconcepts.ops import _checks
+from pyconcepts.opspec import checks as _checks
 
 
 def validate(emb: object, labels: object, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
