@@ -1,5 +1,7 @@
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pyconcepts.attribution import grad_cam
 from pyconcepts.models import cw_vgg
@@ -38,6 +40,32 @@ def test_upsamples_to_input_size_and_defaults_to_predictions():
         grad_cam(model, "features.relu4", torch.rand(3, 64, 64))
     with pytest.raises(ValueError, match="conv layer"):
         grad_cam(model, "fc1", x)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 6), d=st.integers(1, 5), k=st.integers(1, 6), hw=st.integers(1, 5),
+    batch=st.integers(1, 7), budget=st.sampled_from([1, 200, 2**20]), seed=st.integers(0, 999),
+)  # fmt: skip
+def test_mean_class_weights_equal_a_per_class_gradient_loop(n, d, k, hw, batch, budget, seed):
+    """Oracle: one ``torch.autograd.grad`` per class and image of a small random conv net."""
+    from pyconcepts.attribution.gradcam import mean_class_weights
+
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(2, d, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+        torch.nn.Linear(d * hw * hw, 8), torch.nn.Tanh(), torch.nn.Linear(8, k),
+    ).double()  # fmt: skip
+    images = torch.randn(n, 2, hw, hw, dtype=torch.float64)
+    want = torch.zeros(k, d, dtype=torch.float64)
+    for x in images:
+        acts = net[:2](x[None]).detach().requires_grad_(True)
+        logits = net[2:](acts)[0]
+        for c in range(k):
+            (g,) = torch.autograd.grad(logits[c], acts, retain_graph=True)
+            want[c] += g[0].mean((1, 2)) / n
+    got = mean_class_weights(net, "1", images, batch, budget)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
 
 
 def test_mean_class_weights_equal_one_grad_cam_per_class() -> None:

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from pyconcepts.errors import NotFittedError
@@ -169,15 +171,30 @@ def test_ground_truth_on_the_trained_vgg(vgg, small_world):
     assert list(itertools.islice(explainer.shared_, 1))  # some filter groups are class-shared
 
 
-def test_window_responses_equal_sums_over_the_upsampled_maps() -> None:
-    from pyconcepts.explainers.pattern_mining import _integral, _window_sums, window_responses
+@settings(max_examples=40, deadline=None)
+@given(
+    b=st.integers(1, 2), c=st.integers(1, 4), h=st.integers(1, 8), w=st.integers(1, 8),
+    size=st.integers(1, 12), extra=st.tuples(st.integers(0, 30), st.integers(0, 30)),
+    m=st.integers(1, 5), dtype=st.sampled_from([torch.float32, torch.float64]),
+    seed=st.integers(0, 2**16),
+)  # fmt: skip
+def test_window_responses_equal_sums_over_the_upsampled_maps(
+    b, c, h, w, size, extra, m, dtype, seed
+):
+    """Oracle: F.interpolate to the image size, then each window summed by slicing."""
+    from pyconcepts.explainers.pattern_mining import window_responses
 
-    gen = torch.Generator().manual_seed(3)
-    maps = torch.rand(2, 5, 6, 7, generator=gen, dtype=torch.float64)
-    corners = torch.stack(
-        [torch.randint(0, 48 - 9 + 1, (2, 4), generator=gen),
-         torch.randint(0, 64 - 9 + 1, (2, 4), generator=gen)], -1,
-    )  # fmt: skip
-    up = F.interpolate(maps, size=(48, 64), mode="bilinear", align_corners=False)
-    want = _window_sums(_integral(up), corners, 9)
-    torch.testing.assert_close(window_responses(maps, corners, 9, (48, 64)), want)
+    gen = torch.Generator().manual_seed(seed)
+    height, width = size + extra[0], size + extra[1]
+    maps = torch.rand(b, c, h, w, generator=gen, dtype=dtype) - 0.3
+    ys = torch.randint(0, height - size + 1, (b, m), generator=gen)
+    xs = torch.randint(0, width - size + 1, (b, m), generator=gen)
+    up = F.interpolate(maps.double(), size=(height, width), mode="bilinear", align_corners=False)
+    want = torch.stack([
+        torch.stack([up[i, :, y : y + size, x : x + size].sum((1, 2))
+                     for y, x in zip(ys[i].tolist(), xs[i].tolist())])
+        for i in range(b)
+    ])  # fmt: skip
+    got = window_responses(maps, torch.stack([ys, xs], -1), size, (height, width))
+    tol = 1e-9 if dtype == torch.float64 else 1e-4
+    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol * size * size)
