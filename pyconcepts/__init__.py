@@ -8,8 +8,7 @@ The public surface is imported lazily so ``import pyconcepts`` stays cheap.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pyconcepts._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -31,15 +30,4 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'pyconcepts' has no attribute {name!r}")
-    module_name, attr = _LAZY[name]
-    module = importlib.import_module(module_name)
-    value = module if attr is None else getattr(module, attr)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

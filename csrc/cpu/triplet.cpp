@@ -308,7 +308,8 @@ void for_each_anchor(const T* emb, const std::int64_t* labels, const Classes& cl
   const int n_threads = max_threads();
   std::vector<Miner<T>> miners(n_threads);
   const std::int64_t n_blocks = (n + kAnchorBlock - 1) / kAnchorBlock;
-  parallel_for_static(n_blocks, block_grain(n, q), [&](std::int64_t begin, std::int64_t end) {
+  const std::int64_t grain = block_grain(n, q);
+  parallel_for<Schedule::kFixed>(n_blocks, grain, [&](std::int64_t begin, std::int64_t end) {
     const int tid = std::min(omp_get_thread_num(), n_threads - 1);
     Miner<T>& miner = miners[tid];
     for (std::int64_t blk = begin; blk < end; ++blk) {

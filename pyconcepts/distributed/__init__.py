@@ -16,8 +16,7 @@ a local one when none is.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pyconcepts._lazy import lazy_exports
 
 _EXPORTS = {
     "DatasetRun": "dataset",
@@ -31,11 +30,6 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'pyconcepts.distributed' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"pyconcepts.distributed.{_EXPORTS[name]}"), name)
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(
+    __name__, {n: f"{__name__}.{m}" for n, m in _EXPORTS.items()}, globals()
+)

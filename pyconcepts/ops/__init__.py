@@ -8,10 +8,11 @@ that name even after the submodule is imported (see ``_OpsModule``).
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 from typing import TYPE_CHECKING, Any
+
+from pyconcepts._lazy import lazy_exports
 
 if TYPE_CHECKING:  # type checkers see the functions, not the same-named submodules
     from pyconcepts.ops.concept_maps import ConceptMapStats as ConceptMapStats
@@ -39,16 +40,7 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'pyconcepts.ops' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 
 class _OpsModule(types.ModuleType):
