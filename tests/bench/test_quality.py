@@ -69,8 +69,9 @@ CLAIMS = [
     ("mace", "cw-resnet", "precision_int", RANDOM_RANKING, 0.05),  # +0.12
     ("srae", "cw-vgg", "energy_def", GRADCAM, 0.08),  # +0.13
     ("srae", "cw-resnet", "pointing_def", GRADCAM, 0.05),  # +0.14
-    ("afi", "cw-vgg", "precision_int", RANDOM_RANKING, 0.1),  # +0.21
-    ("afi", "cw-resnet", "precision_int", RANDOM_RANKING, 0.1),  # +0.21
+    ("afi", "cw-vgg", "precision_int", RANDOM_RANKING, 0.1),  # +0.23
+    ("afi", "cw-resnet", "precision_int", RANDOM_RANKING, 0.1),  # +0.37
+    ("afi", "cw-resnet", "precision_int", RANDOM_CHANNELS, 0.1),  # +0.23
     ("pattern_mining", "cw-vgg", "energy_def", GRADCAM, 0.04),  # +0.07
     ("pattern_mining", "cw-resnet", "pointing_def", GRADCAM, 0.02),  # +0.05
     ("pattern_mining", "cw-vgg", "precision_int", RANDOM_RANKING, 0.1),  # +0.23
