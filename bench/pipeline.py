@@ -9,7 +9,8 @@ images, interleaved round by round (:func:`bench._suite.run_kernel`):
   explains, so ``pyconcepts / model forward − 1`` is the explain step's overhead;
 - ``onnxruntime``: the ``export_onnx`` graph in :class:`~pyconcepts.export.OnnxExplainer`;
 - ``HTTP``: the service (:func:`pyconcepts.serve.build_server`, in this process on a free port)
-  answering the batch as one PNG per request from as many keep-alive client threads as images;
+  answering the batch as one PNG per request from keep-alive client threads, one per image up
+  to the service's ``max_concurrency`` (32; it answers 503 beyond);
 - peers: Captum's ``LayerGradCam`` at the explained layer (bilinear to input size), Captum's
   ``TCAV`` (two concepts at the explained layer, CAVs trained before timing), pytorch-grad-cam's
   ``GradCAM``, and a plain-torch reimplementation of the method's explain step (every map of
@@ -275,7 +276,7 @@ class Service:
         self.thread.start()
         self.port = self.server.server_address[1]
         self.local = threading.local()
-        self.pool = ThreadPoolExecutor(64)
+        self.pool = ThreadPoolExecutor(self.server.limits.max_concurrency)  # more get 503
 
     def _post(self, body: bytes) -> dict[str, Any]:
         if not hasattr(self.local, "conn"):
