@@ -102,8 +102,9 @@ class _Node:
         self.output: Optional[torch.Tensor] = output
         self.scale: Optional[torch.Tensor] = None
         self.contrastive = False
-        # sign -> (input leaf, W±·x with its graph): the same for every target's signal
-        self.excited: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
+        # sign -> (input leaf, W±·x with its graph, where it passes probability, its clamped
+        # value): the same for every target's signal
+        self.excited: dict[float, tuple[torch.Tensor, ...]] = {}
 
     def positive_op(self, x: torch.Tensor, sign: float) -> torch.Tensor:
         """The layer with only its excitatory (sign=+1) or inhibitory (sign=-1) weights, no bias."""
@@ -136,10 +137,11 @@ def _winning(
     if sign not in node.excited:
         with torch.enable_grad():
             leaf = x.detach().requires_grad_(True)
-            node.excited[sign] = (leaf, node.positive_op(leaf, sign))
-    leaf, y = node.excited[sign]
-    out = y.detach()
-    share = torch.where(out > eps, p / out.clamp_min(eps), torch.zeros_like(out))
+            y = node.positive_op(leaf, sign)
+        out = y.detach()
+        node.excited[sign] = (leaf, y, out > eps, out.clamp_min(eps))
+    leaf, y, passes, denominator = node.excited[sign]
+    share = torch.where(passes, p / denominator, 0.0)
     (back,) = torch.autograd.grad(y, leaf, share, retain_graph=True)
     return x.detach() * back
 
