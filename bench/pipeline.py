@@ -21,9 +21,10 @@ the torch explanation; the plain-torch twin's scores and heatmaps; IBD's CAM aga
 which are equal for its global-average-pooled linear head); other peers compute another quantity
 and are only timed. Per method at the largest batch it also reports the share of explain's time
 spent inside the model's forward (hooks on the model, same calls) and the peak resident memory
-one explain call adds (torch and onnxruntime). Tools that cannot be imported are skipped with the
-import error. Run: ``python -m bench.pipeline [--quick] [--methods ibd mace] [--batches 1 16
-64]``; results in ``bench/results/pipeline.json`` and ``.md``.
+one explain call adds in a fresh process (torch: model + saved explainer; onnxruntime: the
+export). Tools that cannot be imported are skipped with the import error.
+Run: ``python -m bench.pipeline [--quick] [--methods ibd mace] [--batches 1 16 64]``; results in
+``bench/results/pipeline.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ import http.client
 import io
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -51,7 +54,6 @@ from torch import nn
 
 from bench import _page
 from bench._suite import OURS, Calls, Kernel, run_kernel
-from bench.real_model import peak_extra_mib
 from pyconcepts.data import ConceptWorld
 from pyconcepts.explainers.base import ConceptExplainer
 from pyconcepts.explanation import Explanation
@@ -422,15 +424,45 @@ def method_kernel(
     )
 
 
-def peak_memory(explainer: ConceptExplainer, served: Any, images: torch.Tensor) -> dict[str, float]:
-    """Peak resident memory (MiB) one explain call adds, after a warm-up call: torch and, when
-    exported, onnxruntime."""
-    paths = {"torch": explainer.explain, "onnx": served.explain if served is not None else None}
+_FRESH = """
+import sys, torch
+from pathlib import Path
+from pyconcepts import explainers
+from pyconcepts.export import OnnxExplainer
+from pyconcepts.models import load
+
+kind, saved, images = sys.argv[1], sys.argv[2], torch.load(sys.argv[3], weights_only=True)
+if kind == "torch":
+    explainer = getattr(explainers, sys.argv[4]).load(saved, model=load(sys.argv[5]))
+else:
+    explainer = OnnxExplainer(saved)
+status = lambda f: next(int(l.split()[1]) for l in Path("/proc/self/status").read_text()
+                        .splitlines() if l.startswith(f + ":"))
+Path("/proc/self/clear_refs").write_text("5")
+before = status("VmRSS")
+explainer.explain(images)
+print((status("VmHWM") - before) / 1024)
+"""
+
+
+def peak_memory(
+    explainer: ConceptExplainer, onnx_path: Optional[Path], images: torch.Tensor, folder: Path
+) -> dict[str, float]:
+    """Peak resident memory (MiB) that one explain call of ``images`` adds to a fresh process
+    holding only the model and the saved explainer (torch) or the export (onnxruntime)."""
+    saved = explainer.save(folder / f"{explainer.method}.pcx")
+    torch.save(images, folder / "images.pt")
+    name = str(explainer.model.zoo_info["name"])  # type: ignore[index]
+    runs = {"torch": [saved, type(explainer).__name__, name]}
+    if onnx_path is not None:
+        runs["onnx"] = [onnx_path]
     memory = {}
-    for name, explain in paths.items():
-        if explain is not None:
-            explain(images)
-            memory[name] = peak_extra_mib(lambda explain=explain: explain(images))[1]
+    for kind, extra in runs.items():
+        argv = [kind, str(extra[0]), str(folder / "images.pt"), *map(str, extra[1:])]
+        run = subprocess.run(
+            [sys.executable, "-c", _FRESH, *argv], capture_output=True, text=True, check=True
+        )
+        memory[kind] = float(run.stdout.strip().splitlines()[-1])
     return memory
 
 
@@ -496,7 +528,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
             result["skipped"].update(skipped)
             images = world.image(slice(0, largest))
             result["forward_share"] = forward_share(explainer, images, args.repeats)
-            result["peak_mib"] = peak_memory(explainer, served, images)
+            onnx_path = None if served is None else Path(tmp) / f"{method}.onnx"
+            result["peak_mib"] = peak_memory(explainer, onnx_path, images, Path(tmp))
             results[method] = result
             parts.append(f"### {method}\n\n{_page.table(kernel, result)}\n")
     load = (load_start[0], os.getloadavg()[0])
