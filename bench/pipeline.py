@@ -20,9 +20,10 @@ Outputs are checked to agree before timing wherever they are comparable (ONNX an
 the torch explanation; the plain-torch twin's scores and heatmaps; IBD's CAM against Grad-CAM,
 which are equal for its global-average-pooled linear head); other peers compute another quantity
 and are only timed. Per method at the largest batch it also reports the share of explain's time
-spent inside the model's forward (hooks on the model, same calls) and the peak resident memory
-one explain call adds in a fresh process (torch: model + saved explainer; onnxruntime: the
-export). Tools that cannot be imported are skipped with the import error.
+spent inside the model's forward (hooks on the model, same calls; ``--profile`` adds the operator
+table of torch.profiler) and the peak resident memory one explain call adds in a fresh process
+(torch: model + saved explainer; onnxruntime: the export). Tools that cannot be imported are
+skipped with the import error.
 Run: ``python -m bench.pipeline [--quick] [--methods ibd mace] [--batches 1 16 64]``; results in
 ``bench/results/pipeline.json`` and ``.md``.
 """
@@ -341,6 +342,18 @@ def forward_share(explainer: ConceptExplainer, images: torch.Tensor, repeats: in
     return spent[0] / total
 
 
+def op_profile(explainer: ConceptExplainer, images: torch.Tensor, repeats: int) -> str:
+    """torch.profiler's table of the operators of ``repeats`` explain calls, by self CPU time
+    (the model's convolutions, pooling and norms next to the explain step's own)."""
+    from torch.profiler import profile
+
+    explainer.explain(images)
+    with profile() as prof:
+        for _ in range(repeats):
+            explainer.explain(images)
+    return str(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
 def method_kernel(
     method: str,
     explainer: ConceptExplainer,
@@ -502,6 +515,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per batch")
     parser.add_argument("--quick", action="store_true", help="small configurations (a smoke run)")
     parser.add_argument("--no-http", action="store_true", help="leave the HTTP service out")
+    parser.add_argument(
+        "--profile", action="store_true", help="also print torch.profiler's operator table"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the JSON and .md")
     args = parser.parse_args(argv)
 
@@ -528,6 +544,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
             result["skipped"].update(skipped)
             images = world.image(slice(0, largest))
             result["forward_share"] = forward_share(explainer, images, args.repeats)
+            if args.profile:
+                result["profile"] = op_profile(explainer, images, args.repeats)
+                print(result["profile"])
             onnx_path = None if served is None else Path(tmp) / f"{method}.onnx"
             result["peak_mib"] = peak_memory(explainer, onnx_path, images, Path(tmp))
             results[method] = result
