@@ -512,6 +512,18 @@ def summary(results: dict[str, Any], batch: int) -> str:
     return "\n".join(lines)
 
 
+def throughput(results: dict[str, Any]) -> str:
+    """Images per second of every path and tool, one row per method and batch size."""
+    impls = list(dict.fromkeys(r["impl"] for res in results.values() for r in res["rows"]))
+    lines = ["| method | batch | " + " | ".join(impls) + " |", "|---|---:|" + "---:|" * len(impls)]
+    for method, res in results.items():
+        for batch in dict.fromkeys(r["size"] for r in res["rows"]):
+            s = {r["impl"]: r["seconds"] for r in res["rows"] if r["size"] == batch}
+            cells = [f"{batch / s[i]:,.0f}" if i in s else "–" for i in impls]
+            lines.append(f"| {method} | {batch} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=None)
@@ -563,7 +575,10 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         f"{'quick' if args.quick else 'default head sizes'}; batches {args.batches}, best of "
         f"{args.repeats} interleaved rounds."
     )
-    per_method = "Per method (time per batch; `X / ours`: X's time over ours):"
+    per_method = (
+        f"Images per second:\n\n{throughput(results)}\n\n"
+        "Per method (time per batch; `X / ours`: X's time over ours):"
+    )
     text = "\n\n".join(
         [header, f"At batch {largest}:", summary(results, largest), per_method, *parts]
     )
