@@ -5,8 +5,10 @@ of 512 filters of a patch (drawn from class-specific Zipf preferences, i.e. Gumb
 one class item of 10. For each size and min support the script mines with every tool, checks that
 all return the same itemsets with the same counts, then times each (median of repeats) in this one
 process. pyfim and mlxtend take Python lists / a one-hot DataFrame; pyconcepts is timed both from
-Python lists (conversion included) and from CSR arrays. ``--memory`` mines 10M transactions (the
-1M database tiled 10 times) in a subprocess and reports its peak resident memory.
+Python lists (conversion included) and from CSR arrays, and the conversion of the lists alone
+(``pyconcepts: list parsing only``: lists = parsing + the CSR path's mining). ``--memory`` mines
+10M transactions (the 1M database tiled 10 times) in a subprocess and reports its peak resident
+memory.
 
     python -m bench.itemsets [--sizes 10000,100000,1000000] [--supports 0.01,0.001]
 """
@@ -21,16 +23,22 @@ import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
-from pyconcepts.ops import frequent_itemsets
+from bench._timing import median_seconds
+from pyconcepts.ops import _bridge, frequent_itemsets
+from pyconcepts.ops import _transactions as _tx
 
 RESULTS = Path(__file__).resolve().parent / "results"
 N_FILTERS, TOP, N_CLASSES = 512, 10, 10
 SLOW = 5.0  # seconds: a tool this slow is not repeated
+PARSE = "pyconcepts: list parsing only"
+_CPU = torch.device("cpu")
 
 
 def make_database(n: int, seed: int = 0, chunk: int = 50_000) -> tuple[np.ndarray, np.ndarray]:
@@ -148,7 +156,20 @@ def run(
                     f"{statistics.median(times):8.3f} s  agrees={agree}",
                     file=sys.stderr,
                 )
+            rows.append(
+                {
+                    "transactions": n, "min_support": support, "min_count": min_count,
+                    "tool": PARSE, "itemsets": 0, "agrees": None,
+                    "seconds": median_seconds(partial(parse_lists, lists), repeats),
+                }
+            )  # fmt: skip
     return rows
+
+
+def parse_lists(lists: list[list[int]]) -> Any:
+    """The list path's first step alone: Python lists → validated CSR arrays (compiled parser);
+    the rest of ``pyconcepts (lists)`` is the CSR path's mining."""
+    return _tx.as_csr(lists, _bridge.kernel("transactions_to_csr", torch.int64, _CPU))
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -165,9 +186,13 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         ratio = r["seconds"] / base[(r["transactions"], r["min_support"])]
         lines.append(
             f"| {r['transactions']:,} | {r['min_support']:.1%} | {r['tool']} | {r['itemsets']:,} | "
-            f"{'yes' if r['agrees'] else 'NO'} | {r['seconds']:.3f} | {ratio:.1f}x |"
+            f"{_agrees(r['agrees'])} | {r['seconds']:.3f} | {ratio:.1f}x |"
         )
     return "\n".join(lines)
+
+
+def _agrees(value: Any) -> str:
+    return "–" if value is None else "yes" if value else "NO"
 
 
 def _memory_child(n_copies: int, support: float) -> None:

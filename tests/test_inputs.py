@@ -82,3 +82,15 @@ def test_numpy_arrays_follow_the_same_rule_on_the_onnx_path(paths, images):
     flipped = images.numpy()[:, :, ::-1]  # negative strides, read-only: copied, not refused
     flipped.setflags(write=False)
     assert len(onnx.explain(flipped)) == 2
+
+
+def test_finite_values_whose_sum_overflows_are_accepted_and_one_nan_among_them_is_not():
+    from pyconcepts.inputs import check_image_batch
+
+    huge = torch.full((2, 3, 4, 4), 3e38)  # finite in float32, their sum is inf
+    assert torch.equal(check_image_batch(huge, torch.float32), huge)
+    huge[1, 2, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match="finite"):
+        check_image_batch(huge, torch.float32)
+    with pytest.raises(ValueError, match="finite"):
+        check_image_batch(torch.tensor([[[[float("inf"), -float("inf")]]]]), torch.float32)

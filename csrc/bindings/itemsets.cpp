@@ -97,8 +97,13 @@ py::tuple transactions_to_csr(py::handle transactions, const std::string& name) 
   const py::object seq_owner = py::reinterpret_steal<py::object>(seq);
   const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
   PyObject** rows = PySequence_Fast_ITEMS(seq);
+  // Lists and tuples tell their length: size the output once (no regrowth copies).
+  std::size_t known = 0;
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    if (PyList_Check(rows[i]) || PyTuple_Check(rows[i])) known += Py_SIZE(rows[i]);
+  }
   std::vector<std::int64_t> indptr(n + 1, 0), indices;
-  indices.reserve(static_cast<std::size_t>(n) * 8);
+  indices.reserve(known);
   for (Py_ssize_t i = 0; i < n; ++i) {
     PyObject* row = PySequence_Fast(rows[i], "");
     if (row == nullptr) {

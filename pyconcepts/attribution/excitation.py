@@ -95,13 +95,16 @@ _SHIFT_NODES = ("AddBackward", "SubBackward")  # fine when only one side depends
 class _Node:
     """One excited layer: its module, a folded BatchNorm scale and whether it is the top layer."""
 
-    __slots__ = ("contrastive", "module", "output", "scale")
+    __slots__ = ("contrastive", "excited", "module", "output", "scale")
 
     def __init__(self, module: nn.Module, output: torch.Tensor) -> None:
         self.module = module
         self.output: Optional[torch.Tensor] = output
         self.scale: Optional[torch.Tensor] = None
         self.contrastive = False
+        # sign -> (input leaf, W±·x with its graph, where it passes probability, its clamped
+        # value): the same for every target's signal
+        self.excited: dict[float, tuple[torch.Tensor, ...]] = {}
 
     def positive_op(self, x: torch.Tensor, sign: float) -> torch.Tensor:
         """The layer with only its excitatory (sign=+1) or inhibitory (sign=-1) weights, no bias."""
@@ -126,14 +129,20 @@ class _Node:
 
 
 def _winning(
-    op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, p: torch.Tensor, eps: float
+    node: _Node, sign: float, x: torch.Tensor, p: torch.Tensor, eps: float
 ) -> torch.Tensor:
-    """``x * op^T(p / op(x))`` for a linear op with non-negative weights (zero where op(x)<=eps)."""
-    with torch.enable_grad():
-        leaf = x.detach().requires_grad_(True)
-        y = op(leaf)
-        share = torch.where(y > eps, p / y.clamp_min(eps), torch.zeros_like(y))
-        (back,) = torch.autograd.grad(y, leaf, share)
+    """``x * op^T(p / op(x))`` for the layer ``op`` with only its excitatory (sign=+1) or
+    inhibitory (sign=-1) weights (zero where op(x) <= eps). ``op(x)`` and its graph are kept on
+    the node, so the signals of several targets reuse one forward of the layer."""
+    if sign not in node.excited:
+        with torch.enable_grad():
+            leaf = x.detach().requires_grad_(True)
+            y = node.positive_op(leaf, sign)
+        out = y.detach()
+        node.excited[sign] = (leaf, y, out > eps, out.clamp_min(eps))
+    leaf, y, passes, denominator = node.excited[sign]
+    share = torch.where(passes, p / denominator, 0.0)
+    (back,) = torch.autograd.grad(y, leaf, share, retain_graph=True)
     return x.detach() * back
 
 
@@ -151,9 +160,9 @@ class _Excite(torch.autograd.Function):
     def backward(ctx: Any, p: torch.Tensor) -> Any:
         (x,) = ctx.saved_tensors
         node: _Node = ctx.node
-        down = _winning(lambda t: node.positive_op(t, 1.0), x, p, ctx.eps)
+        down = _winning(node, 1.0, x, p, ctx.eps)
         if node.contrastive:
-            down = down - _winning(lambda t: node.positive_op(t, -1.0), x, p, ctx.eps)
+            down = down - _winning(node, -1.0, x, p, ctx.eps)
         return down, None, None, None
 
 

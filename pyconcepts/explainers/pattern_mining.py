@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from pyconcepts.attribution import grad_cam
 from pyconcepts.data.batches import iter_batches
 from pyconcepts.explainers.base import ConceptExplainer, class_names_of
-from pyconcepts.explainers.layout import class_table, resolve_targets, select_columns, upsample
+from pyconcepts.explainers.layout import class_table, resolve_targets, upsample
 from pyconcepts.explanation import Explanation, combine_maps, scores_of_columns
 from pyconcepts.models.features import FeatureExtractor, resolve_layer
 from pyconcepts.models.layers import discover_layers
@@ -177,8 +177,10 @@ class _PatternScorer(nn.Module):
         n_rules = self.rules.shape[0]
         own = (columns[:, :, None] == torch.arange(n_rules, device=columns.device)).any(1)
         scores = (acts.amax(dim=(2, 3)) @ self.rules.t()) * own.to(acts.dtype)
-        maps = torch.einsum("rk,bkhw->brhw", self.rules, acts)
-        heatmaps = upsample(select_columns(maps, columns), images.shape[-2:]).clamp_min(0)
+        # the target's rules only (a −1 column: a zero rule, so a zero map)
+        rules = self.rules[columns.clamp_min(0)] * (columns >= 0).to(acts.dtype)[..., None]
+        maps = torch.einsum("bqk,bkhw->bqhw", rules, acts)
+        heatmaps = upsample(maps, images.shape[-2:]).clamp_min(0)
         class_maps = combine_maps(heatmaps, scores_of_columns(scores, columns))
         return logits, scores, heatmaps, columns, class_maps
 

@@ -349,7 +349,7 @@ class _Standardised(nn.Module):
             if i == 0:
                 b = b - w @ (mean / std)
                 w = w / std[None, :]
-            lin = nn.Linear(w.shape[1], w.shape[0]).to(w.dtype)
+            lin = torch.nn.utils.skip_init(nn.Linear, w.shape[1], w.shape[0], dtype=w.dtype)
             with torch.no_grad():
                 lin.weight.copy_(w)
                 lin.bias.copy_(b)

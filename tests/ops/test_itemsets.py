@@ -80,6 +80,18 @@ def test_fraction_threshold_and_csr_input(transactions, fraction):
 
 
 @needs_core
+@settings(max_examples=40, deadline=None)
+@given(small_id_databases, st.integers(1, 3))
+def test_rows_of_any_iterable_type_parse_alike(transactions, min_count):
+    """Lists and tuples (sized up front by the parser) mixed with sets, numpy rows and
+    generators (read as they come) give the result of the same database as lists."""
+    kinds = [list, tuple, set, np.array, lambda r: (int(i) for i in r)]
+    mixed = [kinds[i % len(kinds)](row) for i, row in enumerate(transactions)]
+    want = as_dict(frequent_itemsets([list(t) for t in transactions], min_count))
+    assert as_dict(frequent_itemsets(mixed, min_count)) == want
+
+
+@needs_core
 def test_result_order_items_sorted_then_by_length_and_lexicographic():
     result = frequent_itemsets(correlated_database(300), 20)
     assert all(list(items) == sorted(items) for items, _ in result)
