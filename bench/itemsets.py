@@ -32,7 +32,7 @@ import torch
 
 from bench._timing import median_seconds
 from pyconcepts.ops import _bridge, frequent_itemsets
-from pyconcepts.ops import _transactions as _tx
+from pyconcepts.opspec import transactions as _tx
 
 RESULTS = Path(__file__).resolve().parent / "results"
 N_FILTERS, TOP, N_CLASSES = 512, 10, 10

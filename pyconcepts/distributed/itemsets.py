@@ -23,7 +23,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from pyconcepts.distributed._ray import require
-from pyconcepts.ops import _transactions as _tx
+from pyconcepts.opspec import transactions as _tx
 
 Itemset = tuple[int, ...]
 

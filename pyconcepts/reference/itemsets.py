@@ -2,7 +2,7 @@
 
 Tidsets are Python sets and mining is textbook depth-first eclat; slow, but obviously correct,
 so the tests compare the compiled core with it. ``association_rules`` has no kernel: the one
-implementation in ``pyconcepts.ops.itemsets`` serves both.
+implementation in ``pyconcepts.opspec.itemsets`` serves both.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Optional, Union
 
 import numpy as np
 
-from pyconcepts.ops import _transactions as _tx
-from pyconcepts.ops.itemsets import Itemset, Rule, association_rules
+from pyconcepts.opspec import transactions as _tx
+from pyconcepts.opspec.itemsets import Itemset, Rule, association_rules
 
 __all__ = ["Rule", "association_rules", "frequent_itemsets", "itemset_support"]
 
