@@ -9,11 +9,10 @@ process; the occluders must agree before anything is timed. Run: ``python -m ben
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import torch
 
+from bench import _results
 from bench._timing import median_seconds
 from pyconcepts.data.concept_world import ConceptWorld
 from pyconcepts.explainers.afi import fit_occluders
@@ -66,9 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"| {name} | {args.classes} | {args.per_class} | {args.iters} | "
             f"{result['adam_steps_total']} | {t:.2f} | {t_loop / t:.2f}× |"
         )
-    out = Path(__file__).parent / "results" / "afi.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    _results.save("afi", result)
     return result
 
 

@@ -10,13 +10,12 @@ Run: ``python -m bench.cuda_kernels``. (``concept_maps`` has its own: ``bench.co
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
+from bench import _results
 from bench._timing import median_seconds
 from bench.nnls import random_problems
 from pyconcepts import ops
@@ -137,9 +136,7 @@ def main() -> list[dict[str, object]]:
             f"| {r['op']} | {r['size']} | {r['ours_cuda_s']:.5f} | "
             f"{'' if torch_s is None else f'{torch_s:.5f}'} | {r['ours_cpu_s']:.4f} |"
         )
-    out = Path(__file__).parent / "results" / "cuda_kernels.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"device": device, "rows": rows}, indent=2))
+    _results.save("cuda_kernels", {"device": device, "rows": rows})
     return rows
 
 

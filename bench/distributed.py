@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bench import _results
 from pyconcepts.data import ConceptWorld
 from pyconcepts.data.images import decode_image, image_files, to_batch
 from pyconcepts.models import cw_resnet, cw_vgg
@@ -154,9 +155,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         speed = f"{r['images_per_s']:.1f}"
         print(f"| {r['method']} | {r['path']} | {r['workers']} | {speed} | {extra} |")
     print(json.dumps(ddp, indent=1))
-    out = Path(__file__).parent / "results" / "distributed.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2))
+    _results.save("distributed", doc)
     return doc
 
 

@@ -11,7 +11,6 @@ Run: ``python -m bench.serving [--batches 1 32 256] [--methods mace ibd] [--thre
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from functools import partial
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Optional
 
 import torch
 
+from bench import _results
 from bench._timing import median_seconds
 from pyconcepts.data import ConceptWorld
 from pyconcepts.export import OnnxExplainer
@@ -101,9 +101,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, object]]:
             f"| {r['method']} | {r['batch']} | {r['torch_images_per_s']:.1f} | "
             f"{r['onnx_images_per_s']:.1f} | {r['onnx_over_torch']:.2f}× |"
         )
-    out = Path(__file__).parent / "results" / "serving.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(rows, indent=2))
+    _results.save("serving", rows)
     return rows
 
 

@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import threading
 import time
-from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
+from bench import _results
 from bench._timing import median_seconds
 from pyconcepts.ops import semihard_triplet_loss, semihard_triplets
 from pyconcepts.reference import triplet as reference
@@ -154,11 +153,8 @@ def main() -> None:
     torch.manual_seed(0)
     rows = run(args.sizes)
     print(table(rows))
-    out = Path(__file__).parent / "results" / "triplet.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     info = {"threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "rows": rows}
-    out.write_text(json.dumps(info, indent=2))
-    print(f"wrote {out}")
+    print(f"wrote {_results.save('triplet', info)}")
 
 
 if __name__ == "__main__":

@@ -330,13 +330,15 @@ sharded_basis` splits the classes over Ray tasks).
     ) -> Explanation:
         """Decompose the score of ``targets`` (default: the predicted classes) of each image.
 
-        ``concept_scores [B, N]``: each concept's contribution ``s_i q_ciᵀa`` to the score (0
-        outside the basis); ``heatmaps [B, T, H, W]``: the basis terms' maps ``s_i q_ciᵀA``,
-        negative parts cut to 0 (``heatmap_concepts``: the term's concept, −1 for a zero
-        coefficient); ``class_maps``: the positive part of their sum (the concept part of the
-        CAM, without the residual). Extras ``[B, T]``: ``basis_indices``, ``basis_coefs``,
-        ``contributions``;
-        ``[B]``: ``residual_contribution`` (``rᵀa``), ``bias``, ``score`` (the logit in CAM
+        With ā the reference feature (``feature_mean_``: the fit images' mean pooled feature in
+        the logit metric, 0 in the paper's): ``concept_scores [B, N]``: each concept's
+        contribution ``s_i q_ciᵀ(a − ā)`` to the score (0 outside the basis);
+        ``heatmaps [B, T, H, W]``: the basis terms' maps ``s_i q_ciᵀ(A − ā)``, negative parts
+        cut to 0 (``heatmap_concepts``: the term's concept, −1 for a zero coefficient);
+        ``class_maps``: the positive part of their sum (the concept part of the CAM, without the
+        residual). Extras ``[B, T]``: ``basis_indices``, ``basis_coefs``, ``contributions``;
+        ``[B]``: ``residual_contribution`` (``rᵀ(a − ā)``), ``bias`` (``b_k + w_kᵀā``),
+        ``score`` (the logit in CAM
         mode, ``w̄_kᵀa`` in Grad-CAM mode, ``w_k(a)ᵀa`` per image); ``[B, H, W]``:
         ``residual_heatmap``, ``cam``.
 
