@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from pyconcepts.attribution import grad_cam
 from pyconcepts.data.batches import iter_batches
 from pyconcepts.explainers.base import ConceptExplainer, class_names_of
-from pyconcepts.explainers.layout import class_table, resolve_targets, upsample
+from pyconcepts.explainers.layout import class_table, resize_matrix, resolve_targets, upsample
 from pyconcepts.explanation import Explanation, combine_maps, scores_of_columns
 from pyconcepts.models.features import FeatureExtractor, resolve_layer
 from pyconcepts.models.layers import discover_layers
@@ -99,9 +99,7 @@ def _integral(maps: torch.Tensor) -> torch.Tensor:
 def _bilinear_prefix(n_out: int, n_in: int, like: torch.Tensor) -> torch.Tensor:
     """``[n_out + 1, n_in]``: row r sums the first r rows of the 1-D bilinear resize matrix
     ``n_in → n_out`` (``align_corners=False``, as ``F.interpolate``)."""
-    eye = torch.eye(n_in, dtype=like.dtype, device=like.device)[None, None]
-    resize = F.interpolate(eye, size=(n_out, n_in), mode="bilinear", align_corners=False)[0, 0]
-    return F.pad(resize.cumsum(0), (0, 0, 1, 0))
+    return F.pad(resize_matrix(n_in, n_out, like).cumsum(0), (0, 0, 1, 0))
 
 
 def window_responses(
