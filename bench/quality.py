@@ -19,7 +19,11 @@ Grad-CAM and the channel-summed activation at each method's layer; random channe
 layer (maps: their contribution-weighted sum; ranking: matched like units, scored by their
 Grad-CAM contribution α_k·mean A_k); Grad-CAM's channels all matched that way (its ranking);
 the best single channel per class (maps, chosen on the
-probe images) and per concept (ranking, best IoU) as an upper reference.
+probe images) and per concept (ranking, best IoU) as an upper reference. Two class-level
+rankings bound what a method that ranks concepts per class (the same ranking for every image of
+a class, as AfI does) can reach: ``class_definition`` ranks the world's defining concepts of the
+class first; ``class_usage`` ranks each concept by how often the intervention finds the model
+using it in the class's probe images (fit world, so measured on other images than the scores).
 
 Writes ``bench/results/quality.json``, ``docs/quality.md`` and ``docs/img/quality.png``.
 ``--quick`` is a small setting for development and tests; ``--models``, ``--methods``,
@@ -371,6 +375,27 @@ def map_baselines(t: Truth, seed: int) -> dict[str, Candidate]:
     }
 
 
+def class_usage(model: nn.Module, world: ConceptWorld, index: torch.Tensor) -> torch.Tensor:
+    """``[n_classes, K]``: per class, the share of its images ``index`` of ``world`` that have
+    concept k in which the intervention finds the model using k (0 where none has it)."""
+    labels = world.labels[index]
+    iv = gt.intervention_truth(model, world, index, labels)
+    n_classes = len(world.class_names)
+    used = torch.zeros(n_classes, iv.present.shape[1]).index_add_(0, labels, iv.relevant().float())
+    seen = torch.zeros_like(used).index_add_(0, labels, iv.present.float())
+    return used / seen.clamp_min(1)
+
+
+def class_rankings(
+    t: Truth, defining_matrix: torch.Tensor, usage: torch.Tensor
+) -> dict[str, Candidate]:
+    """The class-level reference rankings: the class's definition and its measured usage."""
+    return {
+        "class_definition": Candidate("-", None, defining_matrix[t.labels].float()),
+        "class_usage": Candidate("-", None, usage[t.labels]),
+    }
+
+
 # ---- the run --------------------------------------------------------------------------------
 def _summarise(per_seed: list[dict[str, torch.Tensor]]) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
@@ -406,6 +431,7 @@ def run(
         model = zoo.load(model_name, progress=False).eval()
         feature_layer = zoo.ZOO[model_name].feature_layer
         truth = make_truth(model, test_world)
+        references = class_rankings(truth, defining_matrix, class_usage(model, fit_world, probe_idx))
         with torch.no_grad():
             accuracy = float((model(truth.images).argmax(1) == truth.labels).float().mean())
         entry: dict[str, Any] = {
@@ -420,7 +446,7 @@ def run(
         per_seed: dict[str, list[dict[str, torch.Tensor]]] = {}
         views: dict[str, LayerView] = {}  # Grad-CAM pieces per layer, shared by the seeds
         for seed in settings.seeds:
-            candidates: dict[str, Candidate] = dict(map_baselines(truth, seed))
+            candidates: dict[str, Candidate] = {**map_baselines(truth, seed), **references}
             layers = {feature_layer}
             for method in methods:
                 t0 = time.perf_counter()
@@ -537,8 +563,9 @@ def _cell(s: Optional[dict[str, float]]) -> str:
 def _order(names: Sequence[str]) -> list[str]:
     methods = [m for m in METHODS if m in names]
     layer_based = sorted(n for n in names if "@" in n)
+    reference = ("class_definition", "class_usage")
     blind = ("uniform", "centre", "random_map", "random_ranking")
-    return methods + layer_based + [n for n in blind if n in names]
+    return methods + layer_based + [n for n in (*reference, *blind) if n in names]
 
 
 def markdown(result: dict[str, Any]) -> str:

@@ -188,10 +188,37 @@ def test_explain_save_load_onnx(fitted, world, tmp_path):
     pytest.importorskip("onnxruntime")
     from pyconcepts.export.onnx import OnnxExplainer
 
-    want = fitted.explain(x[:2])
-    served = OnnxExplainer(fitted.export_onnx(tmp_path / "afi.onnx")).explain(x[:2])
+    with torch.no_grad():  # images predicted as fitted classes: the graph explains predictions
+        pred = fitted.model(world.image(slice(0, 90))).argmax(1)
+    own = world.image(torch.isin(pred, torch.tensor(CLASSES)).nonzero().flatten()[:3])
+    want = fitted.explain(own)
+    assert float(want.class_maps.amax()) > 0
+    served = OnnxExplainer(fitted.export_onnx(tmp_path / "afi.onnx")).explain(own)
     torch.testing.assert_close(served.class_maps, want.class_maps, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(served.concept_scores, want.concept_scores)
+
+
+def test_heatmap_weights_contrast_the_class_detector_with_the_mean_of_all(fitted, world):
+    """Oracle: eq. 9 by einsum at the heatmap layer, less the mean over the fitted classes'
+    detectors (``"contrast"``) or as it is (``"cis"``), bilinearly upsampled, negatives cut."""
+    import copy
+
+    import torch.nn.functional as F
+
+    x, targets = world.image(slice(0, 4)), [0, 1, 3, 3]
+    layer = fitted.heatmap_layer_
+    acts = afi.layer_outputs(fitted.model, [layer], x, 4)[layer]
+    maps = torch.einsum("nchw,kc->nkhw", acts, fitted.cis_[layer].float())
+    own = maps[torch.arange(4), torch.tensor([CLASSES.index(c) for c in targets])][:, None]
+    plain = copy.copy(fitted)
+    plain.heatmap_weights = "cis"
+    for explainer, oracle in ((fitted, own - maps.mean(1, keepdim=True)), (plain, own)):
+        want = F.interpolate(oracle, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        got = explainer.explain(x, targets=targets).class_maps
+        torch.testing.assert_close(got, want[:, 0].clamp_min(0), atol=1e-5, rtol=1e-4)
+    plain.heatmap_weights = "mean"
+    with pytest.raises(ValueError, match="heatmap_weights: expected 'contrast' or 'cis'"):
+        plain.explain(x)
 
 
 def test_unfitted_target_class_gets_a_zero_map_with_a_warning(fitted, world):

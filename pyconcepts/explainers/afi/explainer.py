@@ -67,6 +67,12 @@ def _collect(
     return torch.cat(images), torch.cat(labels).long()
 
 
+def _check_heatmap_weights(value: object) -> str:
+    if value not in ("contrast", "cis"):
+        raise ValueError(f"heatmap_weights: expected 'contrast' or 'cis', got {value!r}")
+    return str(value)
+
+
 class _AfIGraph(nn.Module):
     """images (, targets) → AfI's outputs (``AfI.onnx_outputs`` order) for the explained class
     of each image (default: the prediction); ``explain`` and the ONNX export both run it."""
@@ -80,8 +86,10 @@ class _AfIGraph(nn.Module):
         weights: torch.Tensor,
         importance: torch.Tensor,
         classes: Sequence[int],
+        contrast: bool = True,
     ) -> None:
         super().__init__()
+        self.contrast = contrast and weights.shape[0] > 1
         self.model = model
         self.fx = FeatureExtractor(model, [layer])
         self.weights = nn.Parameter(weights.float()[:, :, None, None], requires_grad=False)
@@ -100,6 +108,8 @@ class _AfIGraph(nn.Module):
             targets = logits.argmax(1)
         hit = (targets[:, None] == self.classes[None, :]).to(maps.dtype)  # [B, K]
         own = torch.einsum("bk,bkhw->bhw", hit, maps)[:, None]
+        if self.contrast:  # the class's detector less the mean of the fitted classes' detectors
+            own = own - maps.mean(1, keepdim=True) * hit.sum(1)[:, None, None, None]
         class_maps = upsample(own, images.shape[-2:])[:, 0].clamp_min(0)
         return logits, self.importance[targets], class_maps, maps.mean((2, 3))
 
@@ -123,6 +133,15 @@ class AfI(ConceptExplainer):
         n_probe: images per concept probe set and per benchmark set (concept world fits).
         heatmap_layer: layer of the meta-detector heatmaps of ``explain``; None = the impression
             layer when its output is a spatial map, else the last middle layer that has one.
+        heatmap_weights: ``"contrast"`` (default) maps the target class's meta-detector less
+            the mean of all fitted classes' (``Σ_c (w_y^c − mean_k w_k^c)·A_c``, negative parts
+            cut); ``"cis"`` maps eq. 9 as it is. The seed draws no heatmaps; why the contrast:
+            eq. 9's weights are all ≥ 0, so channels that every class finds somewhat important
+            (background, edges) light up in every class's map. Measured on the concept world
+            (docs/methods.md, one seed, 200 test images, pointing / energy on the defining
+            concepts): cw-vgg ``features.relu4`` 0.74 / 0.29 → 0.74 / 0.37 (Grad-CAM 0.78 /
+            0.28), cw-resnet ``layer3.relu2`` 0.78 / 0.33 → 0.78 / 0.36 (Grad-CAM 0.82 / 0.39).
+            With one fitted class the contrast is 0, so the map is eq. 9's.
         seed, batch_size: randomness and evaluation batch size.
         class_names: names of the model's classes (default: the data's, the model's, or
             ``class_i``).
@@ -139,8 +158,9 @@ class AfI(ConceptExplainer):
     ``concept_mmd_`` ``[L, K, M]`` (when probe sets are given or the data is a concept world).
 
     ``explain`` returns global concept importance of each image's target class as
-    ``concept_scores``, the target class's meta-detector map in ``heatmap_layer_`` (upsampled,
-    negative parts cut) as ``class_maps``, and in ``extras`` ``class_scores [B, K]`` (every
+    ``concept_scores``, the target class's meta-detector map in ``heatmap_layer_`` (less the
+    fitted classes' mean with ``heatmap_weights="contrast"``, upsampled, negative parts cut) as
+    ``class_maps``, and in ``extras`` ``class_scores [B, K]`` (every
     fitted class's mean meta-detector activation). AfI has no per-concept maps. The ONNX graph
     has the same outputs.
     """
@@ -169,6 +189,7 @@ class AfI(ConceptExplainer):
         jitter: int = 2,
         n_probe: int = 40,
         heatmap_layer: Optional[str] = None,
+        heatmap_weights: str = "contrast",
         seed: int = 0,
         batch_size: int = 64,
         class_names: Optional[Sequence[str]] = None,
@@ -192,6 +213,7 @@ class AfI(ConceptExplainer):
         self.jitter = jitter
         self.n_probe = n_probe
         self.heatmap_layer = heatmap_layer
+        self.heatmap_weights = heatmap_weights
         self.seed = seed
         self.batch_size = batch_size
         self.class_names = class_names
@@ -247,6 +269,7 @@ class AfI(ConceptExplainer):
         """
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ValueError(f"holdout_fraction: expected in [0, 1), got {self.holdout_fraction}")
+        _check_heatmap_weights(self.heatmap_weights)
         images, labels = _collect(data, self.batch_size, self.max_images)
         device = self._model_device()
         images, labels = images.to(device), labels.to(device)
@@ -470,6 +493,7 @@ class AfI(ConceptExplainer):
             self.cis_[self.heatmap_layer_],
             self._importance_table(),
             self.classes_,
+            contrast=_check_heatmap_weights(self.heatmap_weights) == "contrast",
         ).to(self._model_device())
 
     def _class_map(self, images: torch.Tensor, cls: int) -> torch.Tensor:
