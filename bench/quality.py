@@ -431,7 +431,8 @@ def run(
         model = zoo.load(model_name, progress=False).eval()
         feature_layer = zoo.ZOO[model_name].feature_layer
         truth = make_truth(model, test_world)
-        references = class_rankings(truth, defining_matrix, class_usage(model, fit_world, probe_idx))
+        usage = class_usage(model, fit_world, probe_idx)
+        references = class_rankings(truth, defining_matrix, usage)
         with torch.no_grad():
             accuracy = float((model(truth.images).argmax(1) == truth.labels).float().mean())
         entry: dict[str, Any] = {
