@@ -54,21 +54,25 @@ def test_explain_shapes_and_relevance(tiny):
     assert out.class_maps.shape == (5, 64, 64) and bool((out.heatmaps >= 0).all())
     rel = out.extras["relevance"]
     assert rel.shape == (5, k, c) and out.extras["embeddings"].shape == (5, k, c, 8)
-    # concept_scores = the explained class's relevances, zero elsewhere
+    # concept_scores = the explained class's relevances less their mean over the fit images
+    # (relevance_reference="mean"), zero elsewhere
+    reference = e.explain(images, targets=labels).extras["relevance"].mean(0)  # [K, C]
+    assert e.relevance_reference == "mean" and float(reference.abs().sum()) > 0
     maps = e.concept_maps_of(images[:5])  # [B, K, C, H, W], pruned maps zero
     for i, t in enumerate(out.targets.tolist()):
-        torch.testing.assert_close(out.concept_scores[i].view(k, c)[t], rel[i, t])
+        centred = rel[i, t] - reference[t]
+        torch.testing.assert_close(out.concept_scores[i].view(k, c)[t], centred)
         kept = e.head_.active[t] > 0
         want_ids = torch.where(kept, t * c + torch.arange(c), torch.full((c,), -1))
         assert torch.equal(out.heatmap_concepts[i], want_ids)
         torch.testing.assert_close(out.heatmaps[i], maps[i, t], atol=1e-5, rtol=1e-4)
-        weights = rel[i, t].clamp_min(0) * kept
+        weights = centred.clamp_min(0) * kept
         weights = weights if float(weights.sum()) > 0 else kept.float()
         torch.testing.assert_close(
             out.class_maps[i], torch.einsum("c,chw->hw", weights, maps[i, t]), atol=1e-5, rtol=1e-4
         )
         assert float(out.concept_scores[i].view(k, c).abs().sum()) == pytest.approx(
-            float(rel[i, t].abs().sum()), abs=1e-5
+            float(centred.abs().sum()), abs=1e-5
         )
     assert torch.equal(out.logits.argmax(1), model(images[:5]).argmax(1))
     with pytest.raises(ValueError, match="targets"):
@@ -132,6 +136,25 @@ def test_save_load_roundtrip(tiny, tmp_path):
     torch.testing.assert_close(a.concept_scores, b.concept_scores)
     torch.testing.assert_close(a.heatmaps, b.heatmaps)
     assert loaded.pruned_ == e.pruned_
+
+
+def test_file_saved_before_the_relevance_reference_explains_with_the_papers_relevance(
+    tiny, tmp_path, monkeypatch
+):
+    model, images, labels, e = tiny
+    tensors, state = e._state()
+    without = {k: v for k, v in tensors.items() if k != "head.rel_reference"}
+    with monkeypatch.context() as m:  # a file as written before the reference existed
+        m.setattr(e, "_state", lambda: (without, state))
+        path = e.save(tmp_path / "old.pcx")
+    old = MACE.load(path, model=model)
+    assert old.relevance_reference == "zero"
+    out = old.explain(images[:4], targets=labels[:4])
+    rel = out.extras["relevance"]
+    for i, t in enumerate(out.targets.tolist()):
+        torch.testing.assert_close(out.concept_scores[i].view(4, 3)[t], rel[i, t])
+    with pytest.raises(ValueError, match="relevance_reference: expected 'mean' or 'zero'"):
+        MACE(model, layer="features.relu4", relevance_reference="median").fit(images[:4])
 
 
 def test_export_onnx_matches_torch(tiny, tmp_path):
