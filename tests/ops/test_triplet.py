@@ -312,7 +312,9 @@ def assert_emulation_matches_cpu(x: torch.Tensor, y: torch.Tensor, margin: float
         assert torch.equal(g, w)
     # Same terms added in the same order: the per-anchor sums are the same bits.
     assert torch.equal(got_loss, want_loss)
-    tol = {"rtol": 1e-5, "atol": 1e-5} if x.dtype == torch.float32 else {}
+    # The gradient's terms are summed in another order (the CPU kernel first adds up the weights
+    # of each negative): float32 sums of ~2P terms agree to about 1e-4.
+    tol = {"rtol": 1e-4, "atol": 1e-4} if x.dtype == torch.float32 else {}
     torch.testing.assert_close(got_grad, want_grad, **tol, equal_nan=True)
 
 
@@ -383,6 +385,18 @@ def test_emulated_cuda_rule_special_layouts(dtype):
     for x, y in cases:
         for squared in (True, False):
             assert_emulation_matches_cpu(x.to(dtype), y, 1.0, squared)
+
+
+@needs_core
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_emulated_cuda_rule_on_a_larger_batch(dtype):
+    """400 random rows, 10 labels, Q = 32 (as bench.cuda_kernels): thousands of float32 near
+    ties, every triplet the CPU kernel's."""
+    gen = torch.Generator().manual_seed(11)
+    x = torch.nn.functional.normalize(torch.randn(400, 32, generator=gen), dim=1).to(dtype)
+    y = torch.randint(0, 10, (400,), generator=gen)
+    for squared in (True, False):
+        assert_emulation_matches_cpu(x, y, 1.0, squared)
 
 
 def test_class_layout():
