@@ -87,6 +87,7 @@ def _validate(
 
 
 def _check_precision(precision: object) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS`, else a ValueError naming it."""
     if not isinstance(precision, str) or precision not in PRECISIONS:
         raise ValueError(f"precision: expected 'fp32' or 'tf32', got {precision!r}")
     return precision
