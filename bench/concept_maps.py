@@ -9,6 +9,10 @@ Rows, on the same float32 inputs in one process (agreement is checked first):
 - ``matmul``: a plain float32 ``torch.matmul`` of the same GEMM (``[M, D] @ [D, B*H*W]``, no
   bias, no ReLU), the GFLOP/s ceiling that torch's BLAS reaches on this machine in this run.
 
+"Ours" is the compiled backend of the inputs' device, named explicitly (``backend="cuda"`` or
+``"cpu"``): the automatic choice on CUDA tensors is the torch twin (``pyconcepts.ops._dispatch``).
+On CUDA, TF32 is off on both sides (our ``precision="fp32"``, the default).
+
 Time: median of ``--repeats`` interleaved runs after one warm-up. GFLOP/s counts 2·B·D·M·H·W per
 GEMM (three GEMMs for forward+backward). Run: ``python -m bench.concept_maps [--cases small]``.
 """
@@ -35,6 +39,14 @@ THRESHOLD = 0.1
 RESULTS = Path(__file__).resolve().parent / "results" / "concept_maps.json"
 
 
+def _ours_maps(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return concept_maps(x, w, b, backend=x.device.type)
+
+
+def _ours_stats(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return tuple(concept_map_stats(x, w, b, THRESHOLD, backend=x.device.type))
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -55,7 +67,7 @@ def _stats_fn(impl: str, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> C
     def run() -> object:
         with torch.no_grad():
             if impl == "ours":
-                return concept_map_stats(x, w, b, THRESHOLD)
+                return _ours_stats(x, w, b)
             return _torch_stats(x, w, b)
 
     return run
@@ -118,7 +130,7 @@ def check_agreement(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, g: torch.
     d = x.shape[1]
     tol = {"rtol": 1e-4, "atol": 1e-5 * d**0.5}
     diffs = {}
-    ours, theirs = concept_maps(x, w, b), reference.concept_maps(x, w, b)
+    ours, theirs = _ours_maps(x, w, b), reference.concept_maps(x, w, b)
     torch.testing.assert_close(ours, theirs, **tol)
     diffs["forward"] = float((ours - theirs).abs().max())
     # Gradients: against torch given our output's ReLU mask. Pre-activations within rounding of
@@ -133,13 +145,13 @@ def check_agreement(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, g: torch.
         masked.sum((0, 2, 3)),
     )
     for name, got, expect in zip(
-        ("grad_x", "grad_w", "grad_b"), _fwd_bwd(concept_maps, x, w, b, g), want
+        ("grad_x", "grad_w", "grad_b"), _fwd_bwd(_ours_maps, x, w, b, g), want
     ):
         scale = float(expect.abs().max()) + 1.0
         torch.testing.assert_close(got, expect, rtol=1e-4, atol=1e-5 * scale)
         diffs[name] = float((got - expect).abs().max())
     with torch.no_grad():
-        got_stats = concept_map_stats(x, w, b, THRESHOLD)
+        got_stats = concept_map_stats(x, w, b, THRESHOLD, backend=x.device.type)
         want_stats = _torch_stats(x, w, b)
     for name, got, expect in zip(("max", "mean"), got_stats[:2], want_stats[:2]):
         torch.testing.assert_close(got, expect, **tol)
@@ -187,9 +199,9 @@ def run_case(
     stats_ours, stats_torch = _stats_fn("ours", x, w, b), _stats_fn("torch", x, w, b)
 
     fns = {
-        "forward/ours": lambda: concept_maps(x, w, b),
+        "forward/ours": lambda: _ours_maps(x, w, b),
         "forward/torch": lambda: reference.concept_maps(x, w, b),
-        "forward+backward/ours": lambda: _fwd_bwd(concept_maps, x, w, b, g),
+        "forward+backward/ours": lambda: _fwd_bwd(_ours_maps, x, w, b, g),
         "forward+backward/torch": lambda: _fwd_bwd(reference.concept_maps, x, w, b, g),
         "stats/ours": stats_ours,
         "stats/torch": stats_torch,

@@ -2,14 +2,17 @@
 
 For each op: inputs on the GPU, agreement with the pure-torch reference twin (run on the GPU) and
 with our CPU kernel checked first, then the median wall time of ``--repeats`` synchronised calls.
-Ops: semi-hard triplet loss forward+backward (N = 4096, 16384; Q = 32), batched ``nnls``
-(2000 × 64×16 and 2000 × 2048×7), ``greedy_nnls_basis`` (K=1000, N=660, D=2048, T=7),
-``itemset_support`` (1M transactions of 10 of 512 items, 20,000 query pairs). Needs a CUDA GPU.
+Ops: semi-hard triplet loss forward+backward (N = 4096, 16384; Q = 32; ``backend="cuda"``, not
+the automatic choice; with the peak extra device memory of one step and whether the mined
+triplets equal the CPU kernel's), batched ``nnls`` (2000 × 64×16 and 2000 × 2048×7),
+``greedy_nnls_basis`` (K=1000, N=660, D=2048, T=7), ``itemset_support`` (1M transactions of 10
+of 512 items, 20,000 query pairs). Needs a CUDA GPU.
 Run: ``python -m bench.cuda_kernels``. (``concept_maps`` has its own: ``bench.concept_maps``.)
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import numpy as np
@@ -19,6 +22,7 @@ from bench import _results
 from bench._timing import median_seconds
 from bench.nnls import random_problems
 from pyconcepts import ops
+from pyconcepts.ops import triplet as triplet_ops
 from pyconcepts.reference import nnls as ref_nnls
 from pyconcepts.reference import triplet as ref_triplet
 
@@ -37,6 +41,7 @@ def _triplet(n: int, repeats: int) -> dict[str, object]:
     emb = torch.nn.functional.normalize(torch.randn(n, 32, generator=gen), dim=1)
     labels = torch.randint(0, 10, (n,), generator=gen)
     cuda_emb, cuda_labels = emb.cuda().requires_grad_(), labels.cuda()
+    ours_fn = functools.partial(ops.semihard_triplet_loss, backend="cuda")  # not the dispatch's
 
     def step(fn: Callable[..., torch.Tensor], e: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         e.grad = None
@@ -44,14 +49,22 @@ def _triplet(n: int, repeats: int) -> dict[str, object]:
         loss.backward()
         return loss.detach()
 
-    ours = step(ops.semihard_triplet_loss, cuda_emb, cuda_labels)
+    ours = step(ours_fn, cuda_emb, cuda_labels)
     row: dict[str, object] = {"op": "semihard_triplet_loss fwd+bwd", "size": f"N={n}, Q=32"}
     cpu = step(ops.semihard_triplet_loss, emb.clone().requires_grad_(), labels)
     assert abs(ours.item() - cpu.item()) < 1e-4, (ours.item(), cpu.item())
-    row["ours_cuda_s"] = _gpu_seconds(
-        lambda: step(ops.semihard_triplet_loss, cuda_emb, cuda_labels), repeats
-    )
-    if n <= 4096:  # the reference holds N x N matrices and sorts them
+    mined = ops.semihard_triplets(cuda_emb.detach(), cuda_labels, backend="cuda")
+    mined_cpu = ops.semihard_triplets(emb, labels, backend="cpu")
+    row["same_triplets_as_cpu"] = all(torch.equal(a.cpu(), b) for a, b in zip(mined, mined_cpu))
+    del mined, mined_cpu
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    step(ours_fn, cuda_emb, cuda_labels)
+    row["ours_cuda_peak_extra_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+    row["ours_cuda_s"] = _gpu_seconds(lambda: step(ours_fn, cuda_emb, cuda_labels), repeats)
+    free, _ = torch.cuda.mem_get_info()
+    if triplet_ops._twin_bytes(cuda_emb) <= free // 2:  # N x N matrices, sorted per row
         ref = step(ref_triplet.semihard_triplet_loss, cuda_emb, cuda_labels)
         assert abs(ours.item() - ref.item()) < 1e-4, (ours.item(), ref.item())
         row["torch_cuda_s"] = _gpu_seconds(
@@ -136,6 +149,13 @@ def main() -> list[dict[str, object]]:
             f"| {r['op']} | {r['size']} | {r['ours_cuda_s']:.5f} | "
             f"{'' if torch_s is None else f'{torch_s:.5f}'} | {r['ours_cpu_s']:.4f} |"
         )
+    for r in rows:
+        if "same_triplets_as_cpu" in r:
+            print(
+                f"triplets {r['size']}: same triplets as the CPU kernel: "
+                f"{r['same_triplets_as_cpu']}; peak extra memory of one step: "
+                f"{r['ours_cuda_peak_extra_mib']:.1f} MiB"
+            )
     _results.save("cuda_kernels", {"device": device, "rows": rows})
     return rows
 

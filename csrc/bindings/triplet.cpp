@@ -4,6 +4,7 @@
 #include "common/checks.h"
 #include "common/registry.h"
 #include "cpu/triplet.h"
+#include "cpu/triplet_rule_emulated.h"
 
 namespace py = pybind11;
 
@@ -28,6 +29,21 @@ void triplets(std::uintptr_t emb, std::uintptr_t labels, std::int64_t n, std::in
       pyconcepts::as_ptr<std::int64_t>(negatives));
 }
 
+template <typename T>
+void rule_emulated(std::uintptr_t emb, std::int64_t n, std::int64_t q, std::uintptr_t members,
+                   std::uintptr_t class_start, std::uintptr_t class_stop, double margin,
+                   bool squared, std::uintptr_t offsets, std::uintptr_t anchors,
+                   std::uintptr_t positives, std::uintptr_t negatives, std::uintptr_t anchor_loss,
+                   std::uintptr_t grad) {
+  using pyconcepts::as_ptr;
+  pyconcepts::cpu::semihard_rule_emulated<T>(
+      as_ptr<const T>(emb), n, q, as_ptr<const std::int64_t>(members),
+      as_ptr<const std::int64_t>(class_start), as_ptr<const std::int64_t>(class_stop), margin,
+      squared, as_ptr<const std::int64_t>(offsets), as_ptr<std::int64_t>(anchors),
+      as_ptr<std::int64_t>(positives), as_ptr<std::int64_t>(negatives),
+      as_ptr<double>(anchor_loss), as_ptr<T>(grad));
+}
+
 }  // namespace
 
 PYCONCEPTS_BINDINGS(bind_triplet) {
@@ -45,5 +61,13 @@ PYCONCEPTS_BINDINGS(bind_triplet) {
   m.def("semihard_triplets_f32", &triplets<float>, mine_doc,
         py::call_guard<py::gil_scoped_release>());
   m.def("semihard_triplets_f64", &triplets<double>, mine_doc,
+        py::call_guard<py::gil_scoped_release>());
+  const char* emulated_doc =
+      "(emb, n, q, members, class_start, class_stop, margin, squared, offsets, anchors, "
+      "positives, negatives, anchor_loss, grad): the CUDA triplet kernel's steps run "
+      "sequentially on the CPU, for tests without a GPU (csrc/cpu/triplet_rule_emulated.h).";
+  m.def("semihard_rule_emulated_f32", &rule_emulated<float>, emulated_doc,
+        py::call_guard<py::gil_scoped_release>());
+  m.def("semihard_rule_emulated_f64", &rule_emulated<double>, emulated_doc,
         py::call_guard<py::gil_scoped_release>());
 }

@@ -1,4 +1,12 @@
-"""Backend selection: the one rule every op uses to pick cuda, cpu or the reference twin."""
+"""Backend selection: the one rule every op uses to pick cuda, cpu or the reference twin.
+
+On CUDA tensors the automatic choice (:func:`automatic_cuda`) is the torch twin while its
+temporaries fit. The rewritten CUDA kernels of issue 18 (triplet mining with all anchors in
+parallel; concept maps on cuBLAS with our epilogues and chunked statistics) exist and agree with
+the CPU kernels in tests, but are not measured on a GPU yet: they run when asked for
+(``backend="cuda"``) and where they already were the fallback (map statistics beyond the twin's
+memory share), never instead of a twin that fits.
+"""
 
 from __future__ import annotations
 
@@ -52,11 +60,15 @@ def resolve_backend(tensor: torch.Tensor, backend: Optional[str] = None) -> Back
 
 
 # ---- the automatic choice on CUDA tensors ------------------------------------------------------
-# Measured on an H200 (docs/benchmarks.md, "CUDA kernels"): our CUDA concept-map GEMM runs at
-# 0.30-0.80x cuDNN's conv+relu and our CUDA triplet miner at 1/20 of the torch twin (N = 4096) and
-# below our own CPU kernel (N = 16384). Until a kernel beats the twin at a size, a call with
-# ``backend=None`` on CUDA tensors takes the twin while its temporaries fit in this share of the
-# free device memory, and the op's own fallback beyond (``backend="cuda"`` still forces ours).
+# Measured on an H200 (docs/benchmarks.md, "CUDA kernels"): our former CUDA concept-map GEMM ran at
+# 0.30-0.80x cuDNN's conv+relu and our former CUDA triplet miner at 1/20 of the torch twin
+# (N = 4096) and below our own CPU kernel (N = 16384). Both have been replaced (issue 18): the
+# triplet kernel mines all anchors in parallel (csrc/cuda/triplet.cu) and concept maps use cuBLAS
+# through torch.matmul with our epilogue and chunked statistics (csrc/cuda/concept_maps.cu). The
+# new kernels are NOT measured on a GPU yet (docs/benchmarks.md, "To measure on a GPU"), so the
+# rule is unchanged: a call with ``backend=None`` on CUDA tensors takes the twin while its
+# temporaries fit in this share of the free device memory, and the op's own fallback beyond
+# (``backend="cuda"`` forces ours). Switch only with measured tables that show ours faster.
 TWIN_MEMORY_SHARE = 0.25
 
 AutoCuda = Literal["cuda", "reference", "host"]

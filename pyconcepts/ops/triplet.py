@@ -9,11 +9,15 @@ itself is piecewise constant). The Euclidean distance's gradient is taken as 0 a
 Embeddings are used as given: normalise them first if you want normalised ones.
 
 The compiled kernels never build the N×N×N tensor of TF-Addons or pytorch-metric-learning:
-per anchor O(N·Q) work and O(N) memory (see ``csrc/cpu/triplet.cpp``).
+per anchor O(N·Q) work and O(N) memory (see ``csrc/cpu/triplet.cpp``). The CUDA kernel
+(``csrc/cuda/triplet.cu``) mines all anchors in parallel, a block per run of anchors of one
+label, with the per-anchor state in shared memory; it takes the rows in class order
+(:func:`_class_layout`) and needs the largest label's size on the host (one synchronisation).
 
 On CUDA tensors the automatic backend is the torch twin while its N×N temporaries fit in a
 quarter of the free device memory, else our CPU kernel on a host copy: both measured faster
-than our CUDA kernel on an H200 (``pyconcepts.ops._dispatch``); ``backend="cuda"`` forces it.
+than the previous CUDA kernel on an H200; the rewritten one is not measured yet
+(``pyconcepts.ops._dispatch``). ``backend="cuda"`` forces it.
 """
 
 from __future__ import annotations
@@ -28,13 +32,31 @@ from pyconcepts.opspec.triplet import anchor_offsets, num_positive_pairs, valida
 from pyconcepts.reference import triplet as _reference
 
 
-def _cuda_workspace(emb: torch.Tensor) -> list[Any]:
-    """CUDA only: (workspace, rows) with one row of N distances per block; [] on the CPU."""
+def _class_layout(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """The rows in class order, as the CUDA kernel (and its CPU emulation) takes them.
+
+    ``members``: the rows grouped by label, in index order within a label; ``class_start`` and
+    ``class_stop``: per position, the bounds of that row's label; then the largest label's
+    size as a Python int (a device synchronisation on CUDA). O(N) memory.
+    """
+    sorted_labels, members = torch.sort(labels, stable=True)
+    counts = torch.unique_consecutive(sorted_labels, return_counts=True)[1]
+    n = labels.shape[0]
+    class_stop = torch.cumsum(counts, 0).repeat_interleave(counts, output_size=n)
+    class_start = class_stop - counts.repeat_interleave(counts, output_size=n)
+    return members, class_start, class_stop, int(counts.max())
+
+
+def _kernel_inputs(emb: torch.Tensor, labels: torch.Tensor) -> list[Any]:
+    """The compiled kernels' leading arguments: ``(emb, labels, n, q)`` on the CPU; on CUDA
+    ``(emb, n, q)``, the class layout and the global workspace (usually none: 0 bytes)."""
+    n, q = emb.shape
     if emb.device.type != "cuda":
-        return []
-    sms = torch.cuda.get_device_properties(emb.device).multi_processor_count
-    rows = min(emb.shape[0], 4 * sms)
-    return [torch.empty(rows, emb.shape[0], dtype=emb.dtype, device=emb.device), rows]
+        return [emb, labels, n, q]
+    members, class_start, class_stop, max_class = _class_layout(labels)
+    size = _bridge.kernel("semihard_workspace_bytes", emb.dtype, emb.device)(n, q, max_class)
+    workspace = torch.empty(size, dtype=torch.uint8, device=emb.device) if size else None
+    return [emb, n, q, members, class_start, class_stop, max_class, workspace, size]
 
 
 def _twin_bytes(emb: torch.Tensor) -> int:
@@ -70,12 +92,11 @@ def _loss_and_grad(
     ``emb``'s device (computed by the CPU kernel on a host copy when ``host``)."""
     device = emb.device
     emb, labels = _on_kernel_device(emb, labels, host)
-    n, q = emb.shape
-    anchor_loss = torch.zeros(n, dtype=torch.float64, device=emb.device)
+    anchor_loss = torch.zeros(emb.shape[0], dtype=torch.float64, device=emb.device)
     grad = torch.zeros_like(emb) if with_grad else None
     _bridge.call(
         "semihard_triplet_loss",
-        emb, labels, n, q, float(margin), bool(squared), *_cuda_workspace(emb), anchor_loss, grad,
+        *_kernel_inputs(emb, labels), float(margin), bool(squared), anchor_loss, grad,
         dtype=emb.dtype, device=emb.device,
     )  # fmt: skip
     return anchor_loss.to(device), None if grad is None else grad.to(device)
@@ -147,8 +168,7 @@ def semihard_triplets(
     if total:
         _bridge.call(
             "semihard_triplets",
-            emb, labels, emb.shape[0], emb.shape[1], *_cuda_workspace(emb), _bridge.dense(offsets),
-            a, p, n,
+            *_kernel_inputs(emb, labels), _bridge.dense(offsets), a, p, n,
             dtype=emb.dtype, device=emb.device,
         )  # fmt: skip
     return a.to(device), p.to(device), n.to(device)

@@ -8,6 +8,7 @@ channel slice), float32 and float64.
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
@@ -18,6 +19,8 @@ from hypothesis import strategies as st
 from pyconcepts import _backends
 from pyconcepts.ops import concept_map_stats, concept_maps
 from pyconcepts.reference import concept_maps as reference
+
+cm_module = importlib.import_module("pyconcepts.ops.concept_maps")
 
 needs_cpu = pytest.mark.skipif(_backends.core() is None, reason="compiled CPU core not built")
 
@@ -205,8 +208,10 @@ def test_empty_batch():
 def test_nan_and_inf_are_errors_naming_the_argument(backend):
     """NaN/inf never come out: in weight/bias they are refused up front, in x they are found in
     the maps or statistics (tests/ops/test_special_values.py tries many such inputs)."""
-    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
-    weight = torch.randn(4, 3, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(10)
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=gen)
+    weight = torch.randn(4, 3, dtype=torch.float64, generator=gen)
+    weight[0, 1] = 1.0  # +inf in channel 1 reaches a map (all-negative weights make it ReLU's 0)
     for bad in (float("nan"), float("inf")):
         x_bad = x.clone()
         x_bad[0, 1, 2, 3] = bad
@@ -326,20 +331,23 @@ def test_cuda_forward_backward_stats(dtype, layout, shape):
     bias_cpu = torch.randn(n_maps, dtype=dtype, generator=gen)
     grad_cpu = torch.randn(batch, n_maps, height, width, dtype=dtype, generator=gen)
     tol = tolerances(dtype, channels)
-    if dtype == torch.float32:  # the oracle runs on the CPU; tensor cores are not used by ours
+    if dtype == torch.float32:  # the oracle runs on the CPU; precision="fp32": no TF32
         tol = {"rtol": 1e-4, "atol": 1e-5 * channels}
     results = {}
     for device in ("cuda", "cpu"):
         x, weight, bias = (
             t.to(device, copy=True).requires_grad_() for t in (x_cpu, weight_cpu, bias_cpu)
         )
-        fn = concept_maps if device == "cuda" else reference.concept_maps
-        out = fn(x, weight, bias)
+        if device == "cuda":
+            out = concept_maps(x, weight, bias, backend="cuda")
+        else:
+            out = reference.concept_maps(x, weight, bias)
         out.backward(grad_cpu.to(device))
         with torch.no_grad():
-            stats = (concept_map_stats if device == "cuda" else reference.concept_map_stats)(
-                x, weight, bias, 0.25
-            )
+            if device == "cuda":
+                stats = concept_map_stats(x, weight, bias, 0.25, backend="cuda")
+            else:
+                stats = reference.concept_map_stats(x, weight, bias, 0.25)
         results[device] = [out, x.grad, weight.grad, bias.grad, stats.max, stats.mean]
     for got, want in zip(results["cuda"], results["cpu"]):
         torch.testing.assert_close(got.cpu(), want, **tol)
@@ -357,3 +365,60 @@ def test_cuda_gradcheck_and_frac():
         assert_stats_close(
             type(got)(*(t.cpu() for t in got)), x.cpu(), weight.cpu(), bias.cpu(), 0.4
         )
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_cuda_tf32_is_opt_in_and_close(layout):
+    """precision="tf32" rounds the GEMM inputs to 10-bit mantissas: about 1e-3 relative error
+    (on a GPU with TF32 tensor cores); "fp32" stays within float32 rounding."""
+    gen = torch.Generator().manual_seed(8)
+    x = make_x(4, 256, 7, 7, torch.float32, layout, gen)
+    weight = torch.randn(50, 256, generator=gen) / 16
+    bias = torch.randn(50, generator=gen)
+    want = reference.concept_maps(x.double(), weight.double(), bias.double()).float()
+    args = (x.cuda(), weight.cuda(), bias.cuda())
+    for precision, tol in (("fp32", 1e-4), ("tf32", 2e-2)):
+        got = concept_maps(*args, backend="cuda", precision=precision).cpu()
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+        stats = concept_map_stats(*args, 0.1, backend="cuda", precision=precision)
+        torch.testing.assert_close(stats.max.cpu(), want.amax((2, 3)), rtol=tol, atol=tol)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("chunk_bytes", [1, 4 * 5 * 6 * 4, 10**9])
+def test_cuda_stats_in_chunks(monkeypatch, chunk_bytes):
+    """The statistics of chunks of positions (1 byte: one position at a time), of whole images
+    (one image's maps: 5 x 24 float32) and of one chunk agree with the reference."""
+    monkeypatch.setattr(cm_module, "STATS_CHUNK_BYTES", chunk_bytes)
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(3, 7, 4, 6, generator=gen)
+    weight, bias = torch.randn(5, 7, generator=gen), torch.randn(5, generator=gen)
+    got = concept_map_stats(x.cuda(), weight.cuda(), bias.cuda(), 0.2, backend="cuda")
+    assert_stats_close(type(got)(*(t.cpu() for t in got)), x, weight, bias, 0.2)
+
+
+def test_precision_is_checked():
+    x, weight = torch.randn(1, 3, 2, 2), torch.randn(2, 3)
+    for fn in (concept_maps, concept_map_stats):
+        with pytest.raises(ValueError, match="precision: expected 'fp32' or 'tf32', got 'fp16'"):
+            fn(x, weight, precision="fp16")
+
+
+def test_cuda_precision_flags_are_restored():
+    """The TF32 switch is scoped to the call: the caller's torch settings come back."""
+
+    def flags():
+        matmul, conv = torch.backends.cuda.matmul, getattr(torch.backends.cudnn, "conv", None)
+        if conv is not None and hasattr(conv, "fp32_precision"):
+            return matmul.fp32_precision, conv.fp32_precision
+        return matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+    before = flags()
+    for precision, inside in (("tf32", ("tf32", True)), ("fp32", ("ieee", False))):
+        with cm_module._cuda_precision(precision):
+            assert all(f in inside for f in flags())
+        assert flags() == before
+    with pytest.raises(RuntimeError), cm_module._cuda_precision("tf32"):
+        raise RuntimeError("restored on errors too")
+    assert flags() == before

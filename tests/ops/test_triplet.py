@@ -10,7 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyconcepts import _backends
-from pyconcepts.ops import semihard_triplet_loss, semihard_triplets
+from pyconcepts.ops import _bridge, semihard_triplet_loss, semihard_triplets
+from pyconcepts.ops import triplet as triplet_ops
+from pyconcepts.opspec.triplet import anchor_offsets, num_positive_pairs
 from pyconcepts.reference import triplet as reference
 
 BACKENDS = ["reference"] + (["cpu"] if _backends.core() is not None else [])
@@ -202,6 +204,55 @@ def test_cuda_matches_cpu(dtype):
     torch.testing.assert_close(xg.grad.cpu(), xc.grad, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not _backends.cuda_usable(), reason="needs a CUDA GPU and _core_cuda")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("squared", [True, False])
+def test_cuda_picks_the_cpu_kernels_triplets_on_arbitrary_floats(dtype, squared):
+    """Random coordinates: distances summed in the same order with the same roundings, so the
+    choices are the CPU kernel's bit for bit (classes of 1 to ~100 rows, runs of anchors split
+    at class ends); the per-anchor loss sums are reduced in a fixed order (same bits per run)."""
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(700, 24, generator=gen).to(dtype)
+    y = torch.cat([torch.randint(0, 7, (650,), generator=gen), torch.arange(100, 150)])
+    want = semihard_triplets(x, y, backend="cpu")
+    got = semihard_triplets(x.cuda(), y.cuda(), backend="cuda")
+    assert all(torch.equal(g.cpu(), w) for g, w in zip(got, want))
+    _, cpu_loss, cpu_grad = run_kernel("cpu", x, y, 0.5, squared)
+    runs = [
+        triplet_ops._loss_and_grad(x.cuda(), y.cuda(), 0.5, squared, with_grad=True, host=False)
+        for _ in range(2)
+    ]
+    assert torch.equal(runs[0][0], runs[1][0])
+    # The same float terms, summed in float64 in another order: equal to float64 rounding.
+    torch.testing.assert_close(runs[0][0].cpu(), cpu_loss)
+    tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.float32 else {}
+    torch.testing.assert_close(runs[0][1].cpu(), cpu_grad, **tol)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _backends.cuda_usable(), reason="needs a CUDA GPU and _core_cuda")
+def test_cuda_class_beyond_shared_memory_uses_the_workspace():
+    """A class of 9000 rows: 16384 keys and bucket slots per anchor outgrow shared memory (on
+    an A100, H100 or H200), so the per-anchor state goes to a global workspace (one slice per
+    resident block)."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(9500, 4, generator=gen, dtype=torch.float64)  # 18,000-term gradient sums
+    y = torch.cat(
+        [torch.zeros(9000, dtype=torch.int64), torch.randint(1, 4, (500,), generator=gen)]
+    )
+    workspace = triplet_ops._kernel_inputs(x.cuda(), y.cuda())[-1]
+    assert workspace > 0
+    small = triplet_ops._kernel_inputs(x[:600].cuda(), torch.arange(600).cuda() % 5)[-1]
+    assert small == 0
+    _, cpu_loss, cpu_grad = run_kernel("cpu", x, y, 1.0, True)
+    anchor_loss, grad = triplet_ops._loss_and_grad(
+        x.cuda(), y.cuda(), 1.0, True, with_grad=True, host=False
+    )
+    torch.testing.assert_close(anchor_loss.cpu(), cpu_loss)
+    torch.testing.assert_close(grad.cpu(), cpu_grad)
+
+
 @pytest.mark.skipif(_backends.core() is None, reason="needs the compiled CPU module")
 def test_triplet_gradient_is_bit_reproducible_across_calls():
     """Per-thread gradient accumulators take their anchor blocks by a fixed rule: repeated calls
@@ -217,3 +268,140 @@ def test_triplet_gradient_is_bit_reproducible_across_calls():
 
     first = gradient()
     assert all(torch.equal(first, gradient()) for _ in range(10))
+
+
+# ---- the CUDA kernel's steps, emulated on the CPU (csrc/cpu/triplet_rule_emulated.cpp) ----
+# The CUDA kernel and this emulation share csrc/common/triplet_rule.h: distances, order keys,
+# buckets, suffix minima, the farthest-negative and tie rules. These tests check that the rule,
+# as the kernel splits it, picks exactly the CPU kernel's triplets; what only a GPU can check
+# (the bitonic sort, atomics, block scans, shared-memory races) is in the CUDA tests below.
+
+needs_core = pytest.mark.skipif(_backends.core() is None, reason="needs the compiled CPU module")
+
+
+def run_kernel(op: str, x: torch.Tensor, y: torch.Tensor, margin: float, squared: bool):
+    """(triplets, per-anchor loss sums, gradient of their sum) from the CPU kernel ("cpu") or
+    the emulated CUDA kernel ("emulated"); no argument validation (NaN inputs reach them)."""
+    x, y = x.contiguous(), y.contiguous()
+    n, q = x.shape
+    offsets, total = anchor_offsets(y)
+    a, p, neg = (torch.empty(total, dtype=torch.int64) for _ in range(3))
+    anchor_loss = torch.zeros(n, dtype=torch.float64)
+    grad = torch.zeros_like(x)
+    opts = {"dtype": x.dtype, "device": x.device}
+    if op == "cpu":
+        _bridge.call("semihard_triplets", x, y, n, q, offsets, a, p, neg, **opts)
+        _bridge.call(
+            "semihard_triplet_loss", x, y, n, q, margin, squared, anchor_loss, grad, **opts
+        )
+    else:
+        members, class_start, class_stop, _ = triplet_ops._class_layout(y)
+        _bridge.call(
+            "semihard_rule_emulated",
+            x, n, q, members, class_start, class_stop, margin, squared, offsets, a, p, neg,
+            anchor_loss, grad,
+            **opts,
+        )  # fmt: skip
+    return (a, p, neg), anchor_loss, grad
+
+
+def assert_emulation_matches_cpu(x: torch.Tensor, y: torch.Tensor, margin: float, squared: bool):
+    got_t, got_loss, got_grad = run_kernel("emulated", x, y, margin, squared)
+    want_t, want_loss, want_grad = run_kernel("cpu", x, y, margin, squared)
+    for g, w in zip(got_t, want_t):
+        assert torch.equal(g, w)
+    # Same terms added in the same order: the per-anchor sums are the same bits.
+    assert torch.equal(got_loss, want_loss)
+    # The gradient's terms are summed in another order (the CPU kernel first adds up the weights
+    # of each negative): float32 sums of ~2P terms agree to about 1e-4.
+    tol = {"rtol": 1e-4, "atol": 1e-4} if x.dtype == torch.float32 else {}
+    torch.testing.assert_close(got_grad, want_grad, **tol, equal_nan=True)
+
+
+@st.composite
+def float_problem(draw):
+    """Arbitrary float coordinates (rounding near ties exercises the exact distance order),
+    or the half-integer grid (exact ties, duplicate points), with singleton labels."""
+    if draw(st.booleans()):
+        emb, labels, margin = draw(grid_problem())
+        return emb, labels, margin
+    n = draw(st.integers(2, 24))
+    q = draw(st.integers(1, 5))
+    values = draw(st.lists(st.floats(-4, 4, width=32), min_size=n * q, max_size=n * q))
+    labels = draw(st.lists(st.integers(0, 5), min_size=n, max_size=n))
+    if len(set(labels)) < 2:
+        labels[0] = labels[1] + 1
+    emb = [values[i * q : (i + 1) * q] for i in range(n)]
+    return emb, labels, draw(st.sampled_from([0.0, 0.3, 1.0]))
+
+
+@needs_core
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@settings(max_examples=80, deadline=None)
+@given(problem=float_problem(), squared=st.booleans())
+def test_emulated_cuda_rule_matches_the_cpu_kernel(dtype, problem, squared):
+    emb, labels, margin = problem
+    assert_emulation_matches_cpu(
+        torch.tensor(emb, dtype=dtype), torch.tensor(labels), margin, squared
+    )
+
+
+@needs_core
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@settings(max_examples=40, deadline=None)
+@given(problem=grid_problem(), squared=st.booleans())
+def test_emulated_cuda_rule_matches_the_reference_twin(dtype, problem, squared):
+    """On the grid every distance is exact, so the torch twin's Gram-matrix distances agree."""
+    emb, labels, margin = problem
+    x, y = torch.tensor(emb, dtype=dtype), torch.tensor(labels)
+    (a, p, neg), anchor_loss, grad = run_kernel("emulated", x, y, margin, squared)
+    want = reference.semihard_triplets(x, y, margin, squared)
+    assert all(torch.equal(g, w) for g, w in zip((a, p, neg), want))
+    pairs = num_positive_pairs(y).clamp_min(1)
+    xr = x.clone().requires_grad_()
+    loss = reference.semihard_triplet_loss(xr, y, margin, squared)
+    loss.backward()
+    assert (anchor_loss.sum() / pairs).item() == pytest.approx(loss.item(), rel=1e-6, abs=1e-6)
+    torch.testing.assert_close(grad / pairs.to(x.dtype), xr.grad, rtol=1e-5, atol=1e-5)
+
+
+@needs_core
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_emulated_cuda_rule_special_layouts(dtype):
+    """One label with every row but one, singletons only but one pair, infinite distances
+    (finite coordinates whose differences overflow), and NaN rows (refused by the public ops,
+    but the kernels must still pick a real negative: docs/reliability.md)."""
+    big = torch.finfo(dtype).max / 2
+    cases = [
+        (torch.arange(12.0)[:, None], torch.tensor([0] * 11 + [1])),
+        (torch.tensor([[0.0], [1.0], [1.5], [4.0]]), torch.tensor([7, 1, 1, 9])),
+        (torch.tensor([[big], [-big], [0.0], [big], [-big]]), torch.tensor([0, 0, 0, 1, 1])),
+        (torch.tensor([[0.0], [float("nan")], [1.0]]), torch.tensor([0, 1, 0])),
+        (
+            torch.tensor([[0.0], [float("nan")], [1.0], [2.0], [float("nan")]]),
+            torch.tensor([0, 1, 0, 1, 0]),
+        ),
+    ]
+    for x, y in cases:
+        for squared in (True, False):
+            assert_emulation_matches_cpu(x.to(dtype), y, 1.0, squared)
+
+
+@needs_core
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_emulated_cuda_rule_on_a_larger_batch(dtype):
+    """400 random rows, 10 labels, Q = 32 (as bench.cuda_kernels): thousands of float32 near
+    ties, every triplet the CPU kernel's."""
+    gen = torch.Generator().manual_seed(11)
+    x = torch.nn.functional.normalize(torch.randn(400, 32, generator=gen), dim=1).to(dtype)
+    y = torch.randint(0, 10, (400,), generator=gen)
+    for squared in (True, False):
+        assert_emulation_matches_cpu(x, y, 1.0, squared)
+
+
+def test_class_layout():
+    members, start, stop, largest = triplet_ops._class_layout(torch.tensor([5, 2, 5, 9, 2, 5]))
+    assert members.tolist() == [1, 4, 0, 2, 5, 3]
+    assert start.tolist() == [0, 0, 2, 2, 2, 5]
+    assert stop.tolist() == [2, 2, 5, 5, 5, 6]
+    assert largest == 3
