@@ -12,7 +12,7 @@ images with ``targets`` = their true labels. Scores (``pyconcepts.metrics.ground
   defining concepts and against the concepts the intervention finds used, Spearman against
   the intervention drops. Methods whose concepts are units (MACE, SRAE, FilterPatterns) are
   matched to world concepts by mask IoU on probe images of the fit world, as the channel
-  baselines are.
+  baselines are (maps averaged to an 8×8 grid first: ``DISSECTION_CELLS``).
 
 Baselines: uniform, centre and random maps and a random concept ranking (chance level);
 Grad-CAM and the channel-summed activation at each method's layer; random channels of that
@@ -63,6 +63,10 @@ MODELS = ("cw-vgg", "cw-resnet")
 METHODS = ("mace", "srae", "afi", "pattern_mining", "ibd")
 MAP_METRICS = ("pointing_def", "energy_def", "pointing_int", "energy_int")
 RANK_METRICS = ("precision_def", "precision_int", "spearman_int")
+# Unit and channel maps are area-averaged to this grid (cells per side; the zoo models' feature
+# layers are 8×8) before they are binarised and matched to concepts, so a method whose maps are
+# at input pixels (SRAE's c-MWP) is matched at the same resolution as the layer maps.
+DISSECTION_CELLS = 8
 
 
 @dataclass(frozen=True)
@@ -253,8 +257,8 @@ def method_candidate(explainer: Any, t: Truth, probe: Probe, concepts: Sequence[
     if parts[0].heatmaps is None:
         return Candidate(parts[0].layer, maps, None)
     probe_parts = _explain(explainer, probe.images, probe.labels)
-    iou = gt.dissect(_cat(probe_parts, "heatmaps"), _cat(probe_parts, "heatmap_concepts"),  # type: ignore[arg-type]
-                     probe.masks, len(names))  # fmt: skip
+    iou = gt.dissect(_on_grid(_cat(probe_parts, "heatmaps")),  # type: ignore[arg-type]
+                     _cat(probe_parts, "heatmap_concepts"), probe.masks, len(names))  # fmt: skip
     matched = gt.match_units(iou)
     units = _cat(parts, "heatmap_concepts")
     assert units is not None
@@ -268,6 +272,12 @@ def method_candidate(explainer: Any, t: Truth, probe: Probe, concepts: Sequence[
 # ---- baselines ------------------------------------------------------------------------------
 def _up(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def _on_grid(maps: torch.Tensor) -> torch.Tensor:
+    """``maps [B, C, H, W]`` averaged over the cells of a ``DISSECTION_CELLS`` grid and
+    upsampled back to ``H × W``: what unit matching binarises."""
+    return _up(F.adaptive_avg_pool2d(maps.float(), DISSECTION_CELLS), maps.shape[-2:])
 
 
 @dataclass
@@ -295,7 +305,7 @@ def _contributions(acts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 def _channel_dissection(v: LayerView, probe: Probe, channels: torch.Tensor) -> torch.Tensor:
     """IoU ``[len(channels), K]`` of the layer's channels with the concepts on the probe set."""
-    maps = _up(v.probe_acts[:, channels], probe.masks.shape[-2:])
+    maps = _on_grid(_up(v.probe_acts[:, channels], probe.masks.shape[-2:]))
     units = channels.new_tensor(range(len(channels)))[None].expand(maps.shape[0], -1)
     return gt.dissect(maps, units, probe.masks, len(channels))
 
