@@ -70,6 +70,8 @@ CLAIMS = [
     ("mace", "cw-resnet", "precision_int", RANDOM_RANKING, 0.08),  # +0.12
     ("srae", "cw-vgg", "energy_def", GRADCAM, 0.08),  # +0.13
     ("srae", "cw-resnet", "pointing_def", GRADCAM, 0.05),  # +0.14
+    ("srae", "cw-vgg", "precision_int", RANDOM_RANKING, 0.06),  # +0.13
+    ("srae", "cw-resnet", "precision_int", RANDOM_RANKING, 0.06),  # +0.19
     ("afi", "cw-vgg", "energy_def", GRADCAM, 0.04),  # +0.06
     ("afi", "cw-vgg", "precision_int", RANDOM_RANKING, 0.1),  # +0.23
     ("afi", "cw-resnet", "precision_int", RANDOM_RANKING, 0.1),  # +0.37
