@@ -111,6 +111,7 @@ class _Head(nn.Module):
     """All of MACE's learned parameters, batched over the K classes."""
 
     active: torch.Tensor  # [K, C] 1 = kept, 0 = pruned
+    rel_reference: torch.Tensor  # [K, C] what concept_scores measure relevance from
 
     def __init__(self, k: int, c: int, d: int, hw: int, sizes: Sequence[int], z_dim: int) -> None:
         super().__init__()
@@ -127,8 +128,7 @@ class _Head(nn.Module):
         self.rel_bias = nn.Parameter(torch.zeros(k))
         self.out = nn.Linear(k * c * q, z_dim)
         self.register_buffer("active", torch.ones(k, c))
-        # what concept_scores measure relevance from (0: the paper's r_jk; see MACE)
-        self.register_buffer("rel_reference", torch.zeros(k, c))
+        self.register_buffer("rel_reference", torch.zeros(k, c))  # 0: the paper's r_jk
 
     def maps(self, feats: torch.Tensor) -> torch.Tensor:
         """``[B,D,h,w]`` → concept maps ``[B,K,C,h,w]``."""
