@@ -147,6 +147,8 @@ def plain_torch(explainer: ConceptExplainer) -> Optional[Callable[[torch.Tensor]
             t = logits.argmax(1)
             weights = e["cis_"][e["heatmap_layer_"]].float()
             every = _up(F.conv2d(acts, weights[:, :, None, None]), size)  # [B, K, H, W]
+            if e["heatmap_weights"] == "contrast" and every.shape[1] > 1:
+                every = every - every.mean(1, keepdim=True)  # less the fitted classes' mean
             row = torch.tensor([e["classes_"].index(c) if c in e["classes_"] else -1
                                 for c in t.tolist()])  # fmt: skip
             maps = _pick(every, row[:, None])[:, 0].clamp_min(0)  # the class map
@@ -185,7 +187,7 @@ def plain_torch(explainer: ConceptExplainer) -> Optional[Callable[[torch.Tensor]
             for i, c in enumerate(t):
                 if c in classes:
                     k = classes.index(c)
-                    scores[i, k * head.c : (k + 1) * head.c] = rel[k][i]
+                    scores[i, k * head.c : (k + 1) * head.c] = rel[k][i] - head.rel_reference[k]
                     kept = head.active[k] > 0
                     columns[i] = torch.where(kept, torch.arange(head.c) + k * head.c, -1)
             return scores, _pick(every, columns)
