@@ -138,10 +138,10 @@ class AfI(ConceptExplainer):
             cut); ``"cis"`` maps eq. 9 as it is. The seed draws no heatmaps; why the contrast:
             eq. 9's weights are all ≥ 0, so channels that every class finds somewhat important
             (background, edges) light up in every class's map. Measured on the concept world
-            (docs/methods.md, one seed, 200 test images, pointing / energy on the defining
-            concepts): cw-vgg ``features.relu4`` 0.74 / 0.29 → 0.74 / 0.37 (Grad-CAM 0.78 /
-            0.28), cw-resnet ``layer3.relu2`` 0.78 / 0.33 → 0.78 / 0.36 (Grad-CAM 0.82 / 0.39).
-            With one fitted class the contrast is 0, so the map is eq. 9's.
+            (docs/methods.md, 3 seeds, 200 test images, energy on the defining concepts):
+            cw-vgg ``features.relu4`` 0.28 → 0.36 (Grad-CAM 0.28), cw-resnet ``layer3.relu2``
+            0.33 → 0.36 (Grad-CAM 0.39), pointing unchanged (0.72 / 0.78). With one fitted
+            class the contrast is 0, so the map is eq. 9's.
         seed, batch_size: randomness and evaluation batch size.
         class_names: names of the model's classes (default: the data's, the model's, or
             ``class_i``).
