@@ -83,7 +83,7 @@ class Settings:
         default_factory=lambda: {"epochs": 15, "patience": 3, "batch_size": 256}
     )
     afi: dict[str, Any] = field(
-        default_factory=lambda: {"max_iter": 40, "impression_steps": 30, "n_probe": 40,
+        default_factory=lambda: {"max_iter": 40, "impression_steps": 30, "n_probe": 100,
                                  "holdout_fraction": 0.25, "images_per_class": 8}
     )  # fmt: skip
     pattern_mining: dict[str, Any] = field(
