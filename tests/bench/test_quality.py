@@ -73,9 +73,9 @@ CLAIMS = [
     ("srae", "cw-vgg", "precision_int", RANDOM_RANKING, 0.06),  # +0.13
     ("srae", "cw-resnet", "precision_int", RANDOM_RANKING, 0.06),  # +0.19
     ("afi", "cw-vgg", "energy_def", GRADCAM, 0.04),  # +0.06
-    ("afi", "cw-vgg", "precision_int", RANDOM_RANKING, 0.1),  # +0.23
-    ("afi", "cw-resnet", "precision_int", RANDOM_RANKING, 0.1),  # +0.37
-    ("afi", "cw-resnet", "precision_int", RANDOM_CHANNELS, 0.1),  # +0.23
+    ("afi", "cw-vgg", "precision_int", RANDOM_RANKING, 0.1),  # +0.29
+    ("afi", "cw-resnet", "precision_int", RANDOM_RANKING, 0.1),  # +0.41
+    ("afi", "cw-resnet", "precision_int", RANDOM_CHANNELS, 0.1),  # +0.29
     ("pattern_mining", "cw-vgg", "energy_def", GRADCAM, 0.04),  # +0.07
     ("pattern_mining", "cw-resnet", "pointing_def", GRADCAM, 0.02),  # +0.05
     ("pattern_mining", "cw-vgg", "precision_int", RANDOM_RANKING, 0.1),  # +0.23
