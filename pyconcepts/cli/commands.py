@@ -1,4 +1,4 @@
-"""The commands: ``demo | explain | export | report | serve | info | backends | zoo``."""
+"""The commands: ``demo | explain | export | report | evaluate | serve | info | backends | zoo``."""
 
 from __future__ import annotations
 
@@ -206,6 +206,23 @@ def report(args: argparse.Namespace) -> int:
         print_json(args, {"report": str(path.resolve()), "bytes": size})
     else:
         print(f"report: {path.resolve()} ({size / 2**20:.2f} MiB)")
+    return OK
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from pyconcepts.metrics.scoreboard import run_and_write
+
+    def progress_line(text: str) -> None:  # one line per fitted method and seed
+        if not args.no_progress:
+            print(text, file=sys.stderr, flush=True)
+
+    try:
+        run_and_write(args, log=progress_line)
+    except ValueError as exc:
+        if args.render is None:
+            raise
+        raise UsageError(str(exc)) from None
+    print(f"scoreboard: {(Path(args.out) / 'quality.md').resolve()}")
     return OK
 
 

@@ -34,13 +34,22 @@ def test_quick_scoreboard_has_every_method_and_baseline_with_finite_values(tmp_p
             assert math.isfinite(stats["mean"]), (name, metric)
     assert (tmp_path / "docs" / "quality.md").read_text().startswith("# Quality")
     assert (tmp_path / "docs" / "img" / "quality.png").stat().st_size > 0
+    # the installed CLI renders the same result into one folder; a bad file is a usage error
+    from pyconcepts.cli import main
+
+    json_path = tmp_path / "bench" / "results" / "quality.json"
+    out = tmp_path / "evaluate"
+    assert main(["evaluate", "--render", str(json_path), "--out", str(out)]) == 0
+    assert (out / "quality.md").read_text() == (tmp_path / "docs" / "quality.md").read_text()
+    assert (out / "img" / "quality.png").stat().st_size > 0
+    assert main(["evaluate", "--render", str(tmp_path / "missing.json"), "--out", str(out)]) == 2
 
 
 @pytest.fixture(scope="module")
 def scoreboard() -> dict:
     """Every method and baseline on both zoo models, one fixed seed, 100 test images, 1,000
     fit images (~40 s)."""
-    from bench import quality
+    from pyconcepts.metrics import scoreboard as quality
 
     settings = quality.replace(
         quality.SETTINGS["full"], seeds=(0,), n_test=100, n_fit=1000, n_probe=100
