@@ -1,4 +1,4 @@
-"""``python -m bench.quality``: the quality scoreboard (:mod:`pyconcepts.metrics.scoreboard`,
+"""``python -m bench.quality``: the quality scoreboard (:mod:`pyconcepts.scoreboard`,
 ``pyconcepts evaluate``) writing the repository's copies: ``bench/results/quality.json``,
 ``docs/quality.md`` and ``docs/img/quality.png``. Same options as ``pyconcepts evaluate``;
 ``--out`` is the repository root by default."""
@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-from pyconcepts.metrics.scoreboard import Outputs
-from pyconcepts.metrics.scoreboard import main as scoreboard_main
+from pyconcepts.scoreboard import Outputs
+from pyconcepts.scoreboard import main as scoreboard_main
 
 ROOT = Path(__file__).resolve().parents[1]
 

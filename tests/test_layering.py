@@ -1,6 +1,6 @@
 """The package layering the design states: ``reference/`` and ``opspec/`` never import ``ops/``
-(ops → reference is the only edge between the twins), and ``export/`` does not reach up into
-``explainers/``. Checked in a fresh interpreter, by what importing each package loads."""
+(ops → reference is the only edge between the twins), and neither ``export/`` nor ``metrics/``
+reaches up into ``explainers/``. Checked in a fresh interpreter, by what importing each package loads."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ print(json.dumps(sorted(sys.modules)))
         ("pyconcepts.opspec", "pyconcepts.ops"),
         ("pyconcepts.opspec", "pyconcepts.reference"),
         ("pyconcepts.export", "pyconcepts.explainers"),
+        ("pyconcepts.metrics", "pyconcepts.explainers"),  # the scoreboard sits above both
     ],
 )
 def test_a_package_does_not_import_the_layer_above(package: str, forbidden: str) -> None:

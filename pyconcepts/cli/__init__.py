@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
+from pyconcepts import scoreboard
 from pyconcepts.cli import commands
 from pyconcepts.cli import dataset as dataset_command
 from pyconcepts.cli._common import (
@@ -27,7 +28,6 @@ from pyconcepts.cli._common import (
     positive_int,
 )
 from pyconcepts.cli.models import add_model_options
-from pyconcepts.metrics import scoreboard
 
 __all__ = ["build_parser", "main"]
 

@@ -210,7 +210,7 @@ def report(args: argparse.Namespace) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from pyconcepts.metrics.scoreboard import run_and_write
+    from pyconcepts.scoreboard import run_and_write
 
     def progress_line(text: str) -> None:  # one line per fitted method and seed
         if not args.no_progress:

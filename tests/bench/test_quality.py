@@ -49,7 +49,7 @@ def test_quick_scoreboard_has_every_method_and_baseline_with_finite_values(tmp_p
 def scoreboard() -> dict:
     """Every method and baseline on both zoo models, one fixed seed, 100 test images, 1,000
     fit images (~40 s)."""
-    from pyconcepts.metrics import scoreboard as quality
+    from pyconcepts import scoreboard as quality
 
     settings = quality.replace(
         quality.SETTINGS["full"], seeds=(0,), n_test=100, n_fit=1000, n_probe=100
