@@ -711,8 +711,15 @@ def add_arguments(parser: argparse.ArgumentParser, default_out: Path) -> None:
     parser.add_argument(
         "--render", type=Path, help="only rewrite the markdown and plot from this JSON result"
     )
-    parser.add_argument("--n-test", type=int, help="test images (default: the setting's)")
+    parser.add_argument("--n-test", type=_positive, help="test images (default: the setting's)")
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the setting's)")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
 
 
 def run_and_write(
@@ -734,6 +741,11 @@ def run_and_write(
             raise ValueError(
                 f"--render: cannot read a scoreboard result from {args.render}: {exc}"
             ) from exc
+        if not isinstance(result, dict) or not {"models", "meta"} <= set(result):
+            raise ValueError(
+                f"--render: {args.render} is not a scoreboard result (expected the keys "
+                "'models' and 'meta' of a saved quality.json)"
+            )
     else:
         result = run(settings, args.models, args.methods, log=log)
         where.json.parent.mkdir(parents=True, exist_ok=True)

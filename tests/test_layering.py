@@ -1,6 +1,7 @@
 """The package layering the design states: ``reference/`` and ``opspec/`` never import ``ops/``
 (ops → reference is the only edge between the twins), and neither ``export/`` nor ``metrics/``
-reaches up into ``explainers/``. Checked in a fresh interpreter, by what importing each package loads."""
+reaches up into ``explainers/``. Checked in a fresh interpreter, by what importing each package
+loads."""
 
 from __future__ import annotations
 

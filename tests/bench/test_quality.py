@@ -43,6 +43,8 @@ def test_quick_scoreboard_has_every_method_and_baseline_with_finite_values(tmp_p
     assert (out / "quality.md").read_text() == (tmp_path / "docs" / "quality.md").read_text()
     assert (out / "img" / "quality.png").stat().st_size > 0
     assert main(["evaluate", "--render", str(tmp_path / "missing.json"), "--out", str(out)]) == 2
+    (tmp_path / "other.json").write_text("{}")
+    assert main(["evaluate", "--render", str(tmp_path / "other.json"), "--out", str(out)]) == 2
 
 
 @pytest.fixture(scope="module")
