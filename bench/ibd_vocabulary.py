@@ -24,8 +24,8 @@ from bench._results import save
 from pyconcepts.data.concept_world import ConceptWorld
 from pyconcepts.explainers import IBD
 from pyconcepts.models import zoo
+from pyconcepts.scoreboard import FIT_SEED  # the quality scoreboard's fit world
 
-FIT_SEED = 4242  # the quality scoreboard's fit world
 MIN_IMAGES = 5
 
 

@@ -678,8 +678,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
     plt.close(fig)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue())  # makes the folder if needed
 
 
 @dataclass(frozen=True)
@@ -748,9 +747,7 @@ def run_and_write(
             )
     else:
         result = run(settings, args.models, args.methods, log=log)
-        where.json.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(where.json, json.dumps(result, indent=2, default=str).encode())
-    where.page.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(where.page, markdown(result).encode())
     plot(result, where.plot)
     written = [where.page, where.plot] + ([] if args.render else [where.json])
