@@ -143,15 +143,24 @@ def plain_torch(explainer: ConceptExplainer) -> Optional[Callable[[torch.Tensor]
     def run(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         size = images.shape[-2:]
         if method == "afi":
-            acts, logits = _acts_and_logits(model, e["heatmap_layer_"], images)
+            logits = _acts_and_logits(model, e["heatmap_layer_"], images)[1]
             t = logits.argmax(1)
-            weights = e["cis_"][e["heatmap_layer_"]].float()
-            every = _up(F.conv2d(acts, weights[:, :, None, None]), size)  # [B, K, H, W]
-            if e["heatmap_weights"] == "contrast" and every.shape[1] > 1:
-                every = every - every.mean(1, keepdim=True)  # less the fitted classes' mean
             row = torch.tensor([e["classes_"].index(c) if c in e["classes_"] else -1
                                 for c in t.tolist()])  # fmt: skip
-            maps = _pick(every, row[:, None])[:, 0].clamp_min(0)  # the class map
+
+            def class_map(layer: str) -> torch.Tensor:
+                acts = _acts_and_logits(model, layer, images)[0]
+                weights = e["cis_"][layer].float()
+                every = _up(F.conv2d(acts, weights[:, :, None, None]), size)  # [B, K, H, W]
+                if e["heatmap_weights"] == "contrast" and every.shape[1] > 1:
+                    every = every - every.mean(1, keepdim=True)  # less the fitted classes' mean
+                return _pick(every, row[:, None])[:, 0].clamp_min(0)
+
+            maps = class_map(e["heatmap_layer_"])
+            if e["heatmap_fusion"] == "agreement":  # weighted by the layers' scaled maps
+                scaled = [m / m.amax((1, 2), keepdim=True).clamp_min(1e-12)
+                          for m in map(class_map, e["fusion_layers_"])]  # fmt: skip
+                maps = maps * sum(scaled) / len(scaled)
             return explainer._importance_table().float()[t], maps  # type: ignore[attr-defined]
         if method == "pattern_mining":
             acts, logits = _acts_and_logits(model, e["layer_"], images)

@@ -16,11 +16,12 @@ images with ``targets`` = their true labels. Scores (``pyconcepts.metrics.ground
   baselines are (maps averaged to an 8×8 grid first: ``DISSECTION_CELLS``).
 
 Baselines: uniform, centre and random maps and a random concept ranking (chance level);
-Grad-CAM and the channel-summed activation at each method's layer; random channels of that
-layer (maps: their contribution-weighted sum; ranking: matched like units, scored by their
-Grad-CAM contribution α_k·mean A_k); Grad-CAM's channels all matched that way (its ranking);
-the best single channel per class (maps, chosen on the
-probe images) and per concept (ranking, best IoU) as an upper reference. Two class-level
+Grad-CAM and the channel-summed activation at each method's layer (for AfI's multi-layer
+maps also Grad-CAM fused over the same layers the same way, ``gradcam_agreement``); random
+channels of that layer (maps: their contribution-weighted sum; ranking: matched like units,
+scored by their Grad-CAM contribution α_k·mean A_k); Grad-CAM's channels all matched that way
+(its ranking); the best single channel per class (maps, chosen on the probe images) and per
+concept (ranking, best IoU) as an upper reference. Two class-level
 rankings bound what a method that ranks concepts per class (the same ranking for every image of
 a class, as AfI does) can reach: ``class_definition`` ranks the world's defining concepts of the
 class first; ``class_usage`` ranks each concept by how often the intervention finds the model
@@ -373,6 +374,16 @@ def layer_baselines(
     }
 
 
+def agreement_baseline(model: nn.Module, layer: str, layers: Sequence[str], t: Truth) -> Candidate:
+    """Grad-CAM fused over ``layers`` the way AfI's ``heatmap_fusion="agreement"`` fuses its
+    meta-detector maps: the map at ``layer`` times the mean of every layer's map scaled to a
+    maximum of 1 — what the fusion alone gives a plain Grad-CAM."""
+    cams = {n: grad_cam(model, n, t.images, t.labels).cam.float()
+            for n in dict.fromkeys([layer, *layers])}  # fmt: skip
+    scaled = [cams[n] / cams[n].amax((1, 2), keepdim=True).clamp_min(1e-12) for n in layers]
+    return Candidate(layer, cams[layer] * sum(scaled) / len(scaled), None)
+
+
 def map_baselines(t: Truth, seed: int) -> dict[str, Candidate]:
     """Outputs that know nothing about the image: uniform, centred-Gaussian and random-blob
     maps, and a random concept ranking (the chance level of the ranking scores)."""
@@ -462,6 +473,7 @@ def run(
         }
         per_seed: dict[str, list[dict[str, torch.Tensor]]] = {}
         views: dict[str, LayerView] = {}  # Grad-CAM pieces per layer, shared by the seeds
+        fused: dict[tuple[str, ...], Candidate] = {}  # agreement baselines, shared likewise
         for seed in settings.seeds:
             candidates: dict[str, Candidate] = {**map_baselines(truth, seed), **references}
             layers = {feature_layer}
@@ -487,6 +499,11 @@ def run(
                     )
                 layers.add(layer)
                 candidates[method] = cand
+                if getattr(explainer, "heatmap_fusion", None) == "agreement":
+                    key = (cand.layer, *explainer.fusion_layers_)
+                    if key not in fused:
+                        fused[key] = agreement_baseline(model, key[0], key[1:], truth)
+                    candidates[f"gradcam_agreement@{cand.layer}"] = fused[key]
                 log(f"[quality] {model_name} {method} seed {seed}: fit {fitted:.1f}s, "
                     f"total {time.perf_counter() - t0:.1f}s")  # fmt: skip
             for layer in sorted(layers):

@@ -68,6 +68,7 @@ def margin(result: dict, model: str, method: str, metric: str, baseline: str) ->
 
 
 GRADCAM = "gradcam@{layer}"
+AGREEMENT = "gradcam_agreement@{layer}"  # Grad-CAM fused over AfI's layers as AfI fuses
 RANDOM_CHANNELS = "random_channels@{layer}"
 RANDOM_RANKING = "random_ranking"
 
@@ -83,7 +84,10 @@ CLAIMS = [
     ("srae", "cw-resnet", "pointing_def", GRADCAM, 0.05),  # +0.14
     ("srae", "cw-vgg", "precision_int", RANDOM_RANKING, 0.06),  # +0.13
     ("srae", "cw-resnet", "precision_int", RANDOM_RANKING, 0.06),  # +0.19
-    ("afi", "cw-vgg", "energy_def", GRADCAM, 0.04),  # +0.06
+    ("afi", "cw-vgg", "energy_def", GRADCAM, 0.15),  # +0.26
+    ("afi", "cw-vgg", "pointing_def", GRADCAM, 0.08),  # +0.15
+    ("afi", "cw-resnet", "energy_def", GRADCAM, 0.08),  # +0.19
+    ("afi", "cw-vgg", "energy_def", AGREEMENT, 0.05),  # +0.13: not the fusion alone
     ("afi", "cw-vgg", "precision_int", RANDOM_RANKING, 0.1),  # +0.29
     ("afi", "cw-resnet", "precision_int", RANDOM_RANKING, 0.1),  # +0.41
     ("afi", "cw-resnet", "precision_int", RANDOM_CHANNELS, 0.1),  # +0.29

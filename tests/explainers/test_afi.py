@@ -198,27 +198,73 @@ def test_explain_save_load_onnx(fitted, world, tmp_path):
     torch.testing.assert_close(served.concept_scores, want.concept_scores)
 
 
-def test_heatmap_weights_contrast_the_class_detector_with_the_mean_of_all(fitted, world):
-    """Oracle: eq. 9 by einsum at the heatmap layer, less the mean over the fitted classes'
-    detectors (``"contrast"``) or as it is (``"cis"``), bilinearly upsampled, negatives cut."""
-    import copy
-
+def _oracle_maps(explainer, layer, x, targets, contrast=True):
+    """Eq. 9 by einsum at ``layer`` for the targets' classes, less the mean over the fitted
+    classes' detectors (``contrast``), bilinearly upsampled, negatives cut: ``[B, H, W]``."""
     import torch.nn.functional as F
 
+    acts = afi.layer_outputs(explainer.model, [layer], x, 4)[layer]
+    maps = torch.einsum("nchw,kc->nkhw", acts, explainer.cis_[layer].float())
+    own = maps[torch.arange(len(x)), torch.tensor([CLASSES.index(c) for c in targets])][:, None]
+    oracle = own - maps.mean(1, keepdim=True) if contrast else own
+    up = F.interpolate(oracle, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return up[:, 0].clamp_min(0)
+
+
+def test_heatmap_weights_contrast_the_class_detector_with_the_mean_of_all(fitted, world):
+    import copy
+
     x, targets = world.image(slice(0, 4)), [0, 1, 3, 3]
-    layer = fitted.heatmap_layer_
-    acts = afi.layer_outputs(fitted.model, [layer], x, 4)[layer]
-    maps = torch.einsum("nchw,kc->nkhw", acts, fitted.cis_[layer].float())
-    own = maps[torch.arange(4), torch.tensor([CLASSES.index(c) for c in targets])][:, None]
-    plain = copy.copy(fitted)
+    single = copy.copy(fitted)
+    single.heatmap_fusion = "single"
+    plain = copy.copy(single)
     plain.heatmap_weights = "cis"
-    for explainer, oracle in ((fitted, own - maps.mean(1, keepdim=True)), (plain, own)):
-        want = F.interpolate(oracle, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    for explainer, contrast in ((single, True), (plain, False)):
+        want = _oracle_maps(fitted, fitted.heatmap_layer_, x, targets, contrast)
         got = explainer.explain(x, targets=targets).class_maps
-        torch.testing.assert_close(got, want[:, 0].clamp_min(0), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
     plain.heatmap_weights = "mean"
     with pytest.raises(ValueError, match="heatmap_weights: expected 'contrast' or 'cis'"):
         plain.explain(x)
+
+
+def test_heatmap_fusion_weights_the_map_by_the_layers_agreement(fitted, world):
+    """Oracle: the heatmap layer's map times the mean over every spatial middle layer of that
+    layer's map scaled to a maximum of 1; class scores are each class's mean eq. 9."""
+    import copy
+
+    x, targets = world.image(slice(0, 4)), [0, 1, 3, 3]
+    layers = fitted.fusion_layers_
+    acts = afi.layer_outputs(fitted.model, fitted.layers_, x[:1], 1)
+    assert layers == [n for n in fitted.layers_ if acts[n].dim() == 4] and len(layers) > 1
+    assert fitted.heatmap_layer_ in layers
+    maps = {n: _oracle_maps(fitted, n, x, targets) for n in layers}
+    scaled = [m / m.amax((1, 2), keepdim=True).clamp_min(1e-12) for m in maps.values()]
+    want = maps[fitted.heatmap_layer_] * sum(scaled) / len(layers)
+    e = fitted.explain(x, targets=targets)
+    torch.testing.assert_close(e.class_maps, want, atol=1e-5, rtol=1e-4)
+    assert bool((e.class_maps > 0).eq(maps[fitted.heatmap_layer_] > 0).all())  # never empties
+    h = afi.layer_outputs(fitted.model, [fitted.heatmap_layer_], x, 4)[fitted.heatmap_layer_]
+    class_scores = torch.einsum("nchw,kc->nk", h, fitted.cis_[fitted.heatmap_layer_].float())
+    torch.testing.assert_close(e.extras["class_scores"], class_scores / h[0, 0].numel())
+    wrong = copy.copy(fitted)
+    wrong.heatmap_fusion = "max"
+    with pytest.raises(ValueError, match="heatmap_fusion: expected 'agreement' or 'single'"):
+        wrong.explain(x)
+
+
+def test_files_saved_before_heatmap_fusion_load_as_the_single_layer_map(fitted, world):
+    import copy
+
+    tensors, state = fitted._state()
+    del state["fusion_layers_"]
+    old = copy.copy(fitted)
+    old._set_state(tensors, state)
+    assert old.heatmap_fusion == "single" and old.fusion_layers_ == [fitted.heatmap_layer_]
+    x, targets = world.image(slice(0, 3)), [0, 1, 3]
+    want = _oracle_maps(fitted, fitted.heatmap_layer_, x, targets)
+    torch.testing.assert_close(old.explain(x, targets=targets).class_maps, want, atol=1e-5,
+                               rtol=1e-4)  # fmt: skip
 
 
 def test_unfitted_target_class_gets_a_zero_map_with_a_warning(fitted, world):

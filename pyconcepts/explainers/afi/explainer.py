@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pyconcepts.data.batches import iter_batches
@@ -73,9 +72,20 @@ def _check_heatmap_weights(value: object) -> str:
     return str(value)
 
 
+def _check_heatmap_fusion(value: object) -> str:
+    if value not in ("agreement", "single"):
+        raise ValueError(f"heatmap_fusion: expected 'agreement' or 'single', got {value!r}")
+    return str(value)
+
+
 class _AfIGraph(nn.Module):
     """images (, targets) → AfI's outputs (``AfI.onnx_outputs`` order) for the explained class
-    of each image (default: the prediction); ``explain`` and the ONNX export both run it."""
+    of each image (default: the prediction); ``explain`` and the ONNX export both run it.
+
+    ``fusion``: (layer, CIS ``[K, C]``) of the layers whose class maps, each scaled to a maximum
+    of 1 and averaged, weight the heatmap layer's map pixel by pixel (``"agreement"``); empty:
+    the heatmap layer's map alone. Only the target's weight vector meets the activations, so no
+    ``[B, K, h, w]`` map of every class is formed (1,000 classes cost one matrix product)."""
 
     classes: torch.Tensor
 
@@ -87,31 +97,62 @@ class _AfIGraph(nn.Module):
         importance: torch.Tensor,
         classes: Sequence[int],
         contrast: bool = True,
+        fusion: Sequence[tuple[str, torch.Tensor]] = (),
     ) -> None:
         super().__init__()
         self.contrast = contrast and weights.shape[0] > 1
         self.model = model
-        self.fx = FeatureExtractor(model, [layer])
-        self.weights = nn.Parameter(weights.float()[:, :, None, None], requires_grad=False)
+        unique = list(dict.fromkeys([layer, *(n for n, _ in fusion)]))
+        self.fx = FeatureExtractor(model, unique)
+        key = dict(zip(unique, self.fx.names))  # as given → the extractor's canonical names
+        self.layer = key[layer]
+        self.fusion_layers = [key[n] for n, _ in fusion]
+        self.weights = nn.Parameter(weights.float(), requires_grad=False)
+        self.fusion_weights = nn.ParameterList(
+            [nn.Parameter(w.float(), requires_grad=False) for _, w in fusion]
+        )
         self.importance = nn.Parameter(importance.float(), requires_grad=False)
         self.register_buffer("classes", torch.tensor(list(classes), dtype=torch.long))
+
+    def _class_map(
+        self, act: torch.Tensor, weights: torch.Tensor, hit: torch.Tensor, size: Sequence[int]
+    ) -> torch.Tensor:
+        """The target's meta-detector map (eq. 9; less the fitted classes' mean detector when
+        contrasting) at input ``size``, negative parts cut: ``[B, H, W]``."""
+        v = hit @ weights  # [B, C]: the target class's channel weights (0 for unfitted ones)
+        if self.contrast:
+            v = v - hit.sum(1, keepdim=True) * weights.mean(0, keepdim=True)
+        own = torch.einsum("bc,bchw->bhw", v.to(act.dtype), _spatial(act))[:, None]
+        return upsample(own, size)[:, 0].clamp_min(0)
 
     def forward(
         self, images: torch.Tensor, targets: Optional[torch.Tensor] = None
     ) -> tuple[torch.Tensor, ...]:
         feats, logits = features_and_logits(self.fx, images)
-        act = next(iter(feats.values()))
-        if act.dim() == 2:
-            act = act[:, :, None, None]
-        maps = F.conv2d(act, self.weights)  # eq. 9 for every fitted class: [B, K, h, w]
         if targets is None:
             targets = logits.argmax(1)
-        hit = (targets[:, None] == self.classes[None, :]).to(maps.dtype)  # [B, K]
-        own = torch.einsum("bk,bkhw->bhw", hit, maps)[:, None]
-        if self.contrast:  # the class's detector less the mean of the fitted classes' detectors
-            own = own - maps.mean(1, keepdim=True) * hit.sum(1)[:, None, None, None]
-        class_maps = upsample(own, images.shape[-2:])[:, 0].clamp_min(0)
-        return logits, self.importance[targets], class_maps, maps.mean((2, 3))
+        hit = (targets[:, None] == self.classes[None, :]).to(self.weights.dtype)  # [B, K]
+        act = _spatial(feats[self.layer])
+        size = images.shape[-2:]
+        class_map = self._class_map(act, self.weights, hit, size)
+        if len(self.fusion_layers):
+            agreement = sum(
+                _unit_max(self._class_map(feats[name], w, hit, size))
+                for name, w in zip(self.fusion_layers, self.fusion_weights)
+            )
+            class_map = class_map * agreement / len(self.fusion_layers)
+        class_scores = act.float().mean((2, 3)) @ self.weights.t()  # mean of eq. 9 per class
+        return logits, self.importance[targets], class_map, class_scores
+
+
+def _spatial(act: torch.Tensor) -> torch.Tensor:
+    """A dense layer's ``[B, C]`` output as ``[B, C, 1, 1]`` maps; spatial ones as they are."""
+    return act[:, :, None, None] if act.dim() == 2 else act
+
+
+def _unit_max(maps: torch.Tensor) -> torch.Tensor:
+    """``[B, H, W]`` non-negative maps scaled to a maximum of 1 each (all-zero maps stay 0)."""
+    return maps / maps.amax((1, 2), keepdim=True).clamp_min(1e-12)
 
 
 class AfI(ConceptExplainer):
@@ -146,6 +187,19 @@ class AfI(ConceptExplainer):
             cw-vgg ``features.relu4`` 0.28 → 0.36 (Grad-CAM 0.28), cw-resnet ``layer3.relu2``
             0.33 → 0.36 (Grad-CAM 0.39), pointing unchanged (0.72 / 0.78). With one fitted
             class the contrast is 0, so the map is eq. 9's.
+        heatmap_fusion: ``"agreement"`` (default) weights the heatmap layer's class map, pixel
+            by pixel, by the mean over every spatial middle layer (``fusion_layers_``) of that
+            layer's class map scaled to a maximum of 1: where the class's meta-detectors of all
+            depths agree. ``"single"`` keeps the heatmap layer's map alone. Why: the deep
+            layer's map says which part carries the class but is coarse, the shallow layers'
+            maps are sharp but some fire off the object; the product keeps what both see, and
+            uses no choice of layer (no criterion without ground truth picks one, see
+            docs/methods.md). A pixel the heatmap layer shows stays shown (the mean includes
+            that layer). Measured on the concept world (3 seeds, 200 test images, on the
+            defining concepts), pointing / energy: cw-vgg 0.72 / 0.36 → 0.91 / 0.55 (Grad-CAM
+            0.78 / 0.28; Grad-CAM fused the same way 0.74 / 0.40), cw-resnet 0.78 / 0.36 →
+            0.83 / 0.52 (0.82 / 0.39; fused 0.89 / 0.60); on EfficientNet-Lite0 the cat map's
+            mass on the cat half of a cat|espresso picture 0.83 → 0.96 (Grad-CAM 0.87).
         seed, batch_size: randomness and evaluation batch size.
         class_names: names of the model's classes (default: the data's, the model's, or
             ``class_i``).
@@ -158,12 +212,14 @@ class AfI(ConceptExplainer):
     Fitted state: ``delta_`` ``[K,C,H,W]``, ``attack_success_`` (held-out) and
     ``train_success_`` ``[K]``, ``occluder_iterations_``/``occluder_converged_`` ``[K]``,
     ``fis_``/``cis_`` (layer → ``[K, ...]``/``[K, C]``), ``impressions_`` (layer → ``[K,C,H,W]``),
-    ``impression_layer_``, ``impression_rates_``, ``concept_importance_`` ``[K, M]`` and
+    ``impression_layer_``, ``impression_rates_``, ``heatmap_layer_``, ``fusion_layers_`` (the
+    spatial middle layers), ``concept_importance_`` ``[K, M]`` and
     ``concept_mmd_`` ``[L, K, M]`` (when probe sets are given or the data is a concept world).
 
     ``explain`` returns global concept importance of each image's target class as
     ``concept_scores``, the target class's meta-detector map in ``heatmap_layer_`` (less the
-    fitted classes' mean with ``heatmap_weights="contrast"``, upsampled, negative parts cut) as
+    fitted classes' mean with ``heatmap_weights="contrast"``, upsampled, negative parts cut;
+    weighted by the ``fusion_layers_``' agreement with ``heatmap_fusion="agreement"``) as
     ``class_maps``, and in ``extras`` ``class_scores [B, K]`` (every
     fitted class's mean meta-detector activation). AfI has no per-concept maps. The ONNX graph
     has the same outputs.
@@ -194,6 +250,7 @@ class AfI(ConceptExplainer):
         n_probe: int = 100,
         heatmap_layer: Optional[str] = None,
         heatmap_weights: str = "contrast",
+        heatmap_fusion: str = "agreement",
         seed: int = 0,
         batch_size: int = 64,
         class_names: Optional[Sequence[str]] = None,
@@ -218,6 +275,7 @@ class AfI(ConceptExplainer):
         self.n_probe = n_probe
         self.heatmap_layer = heatmap_layer
         self.heatmap_weights = heatmap_weights
+        self.heatmap_fusion = heatmap_fusion
         self.seed = seed
         self.batch_size = batch_size
         self.class_names = class_names
@@ -274,6 +332,7 @@ class AfI(ConceptExplainer):
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ValueError(f"holdout_fraction: expected in [0, 1), got {self.holdout_fraction}")
         _check_heatmap_weights(self.heatmap_weights)
+        _check_heatmap_fusion(self.heatmap_fusion)
         images, labels = _collect(data, self.batch_size, self.max_images)
         device = self._model_device()
         images, labels = images.to(device), labels.to(device)
@@ -372,18 +431,20 @@ class AfI(ConceptExplainer):
         else:
             chosen = self.impression_layer or self.layers_[-1]
         self.impression_layer_ = chosen
-        self.heatmap_layer_ = self.heatmap_layer or self._spatial_default(chosen, example)
+        acts = layer_outputs(self.model, self.layers_, example, self.batch_size)
+        spatial = [n for n in self.layers_ if acts[n].dim() == 4 and acts[n][0, 0].numel() > 1]
+        self.heatmap_layer_ = self.heatmap_layer or self._spatial_default(chosen, spatial)
         if self.heatmap_layer_ not in self.layers_:
             raise ValueError(
                 f"heatmap_layer: expected one of the middle layers {self.layers_}, "
                 f"got {self.heatmap_layer_!r}"
             )
+        self.fusion_layers_ = [n for n in self.layers_ if n in spatial or n == self.heatmap_layer_]
 
-    def _spatial_default(self, chosen: str, example: torch.Tensor) -> str:
-        """``chosen`` when its output is a spatial map, else the last middle layer with one
-        (a dense layer's meta-detector is a single number: a 1×1 "map"), with a warning."""
-        acts = layer_outputs(self.model, self.layers_, example, self.batch_size)
-        spatial = [n for n in self.layers_ if acts[n].dim() == 4 and acts[n][0, 0].numel() > 1]
+    def _spatial_default(self, chosen: str, spatial: Sequence[str]) -> str:
+        """``chosen`` when its output is a spatial map (in ``spatial``), else the last middle
+        layer with one (a dense layer's meta-detector is a single number: a 1×1 "map"), with a
+        warning."""
         if chosen in spatial:
             return chosen
         if not spatial:
@@ -466,6 +527,7 @@ class AfI(ConceptExplainer):
             "impression_layer_": self.impression_layer_,
             "impression_rates_": self.impression_rates_,
             "heatmap_layer_": self.heatmap_layer_,
+            "fusion_layers_": self.fusion_layers_,
             "valid_range_": list(self.valid_range_),
             "class_names_": self.class_names_,
             "concept_names_": self.concept_names_,
@@ -476,6 +538,9 @@ class AfI(ConceptExplainer):
         device = self._model_device()
         for key, value in state.items():
             setattr(self, key, value)
+        if "fusion_layers_" not in state:  # saved before heatmap_fusion: the single layer's map
+            self.fusion_layers_ = [self.heatmap_layer_]
+            self.heatmap_fusion = "single"
         self.delta_ = tensors["delta"].to(device)
         self.occluder_iterations_ = tensors["occluder_iterations"]
         self.occluder_converged_ = tensors["occluder_converged"]
@@ -498,6 +563,9 @@ class AfI(ConceptExplainer):
             self._importance_table(),
             self.classes_,
             contrast=_check_heatmap_weights(self.heatmap_weights) == "contrast",
+            fusion=[(n, self.cis_[n]) for n in self.fusion_layers_]
+            if _check_heatmap_fusion(self.heatmap_fusion) == "agreement"
+            else (),
         ).to(self._model_device())
 
     def _class_map(self, images: torch.Tensor, cls: int) -> torch.Tensor:
@@ -529,7 +597,8 @@ class AfI(ConceptExplainer):
                 ax.set_title(self.class_names_[c], fontsize=5, fontweight=weight)
         for ax in axes.flat:
             ax.axis("off")
-        fig.suptitle(f"AfI meta-detectors at {self.heatmap_layer_}", fontsize=8)
+        fused = " × the middle layers' agreement" if self.heatmap_fusion == "agreement" else ""
+        fig.suptitle(f"AfI meta-detectors at {self.heatmap_layer_}{fused}", fontsize=8)
         fig.tight_layout()
         return fig
 
