@@ -19,7 +19,8 @@ Baselines: uniform, centre and random maps and a random concept ranking (chance 
 Grad-CAM and the channel-summed activation at each method's layer (for AfI's multi-layer
 maps also Grad-CAM fused over the same layers the same way, ``gradcam_agreement``); random
 channels of that layer (maps: their contribution-weighted sum; ranking: matched like units,
-scored by their Grad-CAM contribution α_k·mean A_k); Grad-CAM's channels all matched that way
+scored by their Grad-CAM contribution α_k·mean A_k; per-image scores averaged over
+``n_random_draws`` draws); Grad-CAM's channels all matched that way
 (its ranking); the best single channel per class (maps, chosen on the probe images) and per
 concept (ranking, best IoU) as an upper reference. Two class-level
 rankings bound what a method that ranks concepts per class (the same ranking for every image of
@@ -83,6 +84,9 @@ class Settings:
     n_probe: int = 200  # fit-world images on which units and channels are matched to concepts
     seeds: tuple[int, ...] = (0, 1, 2)
     n_random_channels: int = 10
+    # draws of random channels per seed; their per-image scores are averaged, so the row is the
+    # expected score of random channels, not that of one lucky or unlucky draw
+    n_random_draws: int = 20
     mace: dict[str, Any] = field(default_factory=lambda: {"lr": 1e-3, "epochs": 8})
     srae: dict[str, Any] = field(
         default_factory=lambda: {"epochs": 15, "patience": 3, "batch_size": 256}
@@ -105,6 +109,7 @@ SETTINGS = {
         n_probe=40,
         seeds=(0,),
         n_random_channels=4,
+        n_random_draws=2,
         mace={"lr": 1e-3, "epochs": 1, "n_concepts": 3, "embedding_sizes": (16, 8)},
         srae={"epochs": 1, "hidden": (16, 8), "n_features": 3, "batch_size": 64},
         afi={
@@ -222,8 +227,12 @@ def make_truth(model: nn.Module, world: ConceptWorld) -> Truth:
                  iv.relevant(), iv.drops, iv.flips)  # fmt: skip
 
 
-def score(c: Candidate, t: Truth) -> dict[str, torch.Tensor]:
-    """Per-image values of every metric the candidate has."""
+def score(c: Candidate | Sequence[Candidate], t: Truth) -> dict[str, torch.Tensor]:
+    """Per-image values of every metric the candidate has (several draws of a random
+    candidate: the per-image mean over the draws)."""
+    if not isinstance(c, Candidate):
+        draws = [score(one, t) for one in c]
+        return {m: torch.stack([d[m] for d in draws]).nanmean(0) for m in draws[0]}
     out: dict[str, torch.Tensor] = {}
     if c.maps is not None:
         out["pointing_def"] = gt.pointing_game(c.maps, t.region_def)
@@ -318,12 +327,13 @@ def _channel_dissection(v: LayerView, probe: Probe, channels: torch.Tensor) -> t
 
 
 def _channel_candidate(
-    v: LayerView, probe: Probe, t: Truth, channels: torch.Tensor, layer: str
+    v: LayerView, t: Truth, channels: torch.Tensor, iou: torch.Tensor, layer: str
 ) -> Candidate:
-    """Maps and ranking of a set of channels read like a unit method's units."""
+    """Maps and ranking of a set of channels read like a unit method's units (``iou``: every
+    channel's dissection IoU ``[D, K]``; a channel's does not depend on the others)."""
     contrib = _contributions(v.test_acts[:, channels], v.test_weights[:, channels])
     maps = combine_maps(_up(v.test_acts[:, channels], t.images.shape[-2:]), contrib)
-    matched = gt.match_units(_channel_dissection(v, probe, channels))
+    matched = gt.match_units(iou[channels])
     units = torch.arange(len(channels))[None].expand(contrib.shape[0], -1)
     scores = gt.scores_by_concept(contrib, units, matched, t.masks.shape[1])
     return Candidate(layer, maps, scores)
@@ -331,14 +341,15 @@ def _channel_candidate(
 
 def layer_baselines(
     v: LayerView, probe: Probe, t: Truth, layer: str, seed: int, n_random: int,
-    defining_matrix: torch.Tensor,
-) -> dict[str, Candidate]:  # fmt: skip
-    """Grad-CAM, channel sum, random channels and best channels at one layer."""
+    defining_matrix: torch.Tensor, n_draws: int = 1,
+) -> dict[str, Candidate | list[Candidate]]:  # fmt: skip
+    """Grad-CAM, channel sum, random channels (``n_draws`` draws of ``n_random``) and best
+    channels at one layer."""
     size = t.images.shape[-2:]
     d = v.test_acts.shape[1]
     all_channels = torch.arange(d)
     gen = torch.Generator().manual_seed(seed)
-    random_channels = torch.randperm(d, generator=gen)[:n_random]
+    draws = [torch.randperm(d, generator=gen)[:n_random] for _ in range(n_draws)]
     iou_all = _channel_dissection(v, probe, all_channels)
     matched = gt.match_units(iou_all)
     units = all_channels[None].expand(v.test_acts.shape[0], -1)
@@ -369,7 +380,7 @@ def layer_baselines(
     return {
         f"gradcam@{layer}": Candidate(layer, v.test_cam, cam_scores),
         f"channel_sum@{layer}": Candidate(layer, actsum, sum_scores),
-        f"random_channels@{layer}": _channel_candidate(v, probe, t, random_channels, layer),
+        f"random_channels@{layer}": [_channel_candidate(v, t, c, iou_all, layer) for c in draws],
         f"best_channel@{layer}": Candidate(layer, best_maps, best_scores),
     }
 
@@ -475,7 +486,10 @@ def run(
         views: dict[str, LayerView] = {}  # Grad-CAM pieces per layer, shared by the seeds
         fused: dict[tuple[str, ...], Candidate] = {}  # agreement baselines, shared likewise
         for seed in settings.seeds:
-            candidates: dict[str, Candidate] = {**map_baselines(truth, seed), **references}
+            candidates: dict[str, Candidate | list[Candidate]] = {
+                **map_baselines(truth, seed),
+                **references,
+            }
             layers = {feature_layer}
             for method in methods:
                 t0 = time.perf_counter()
@@ -518,10 +532,11 @@ def run(
                         seed,
                         settings.n_random_channels,
                         defining_matrix,
+                        settings.n_random_draws,
                     )
                 )
-            for name, cand in candidates.items():
-                per_seed.setdefault(name, []).append(score(cand, truth))
+            for name, scored in candidates.items():
+                per_seed.setdefault(name, []).append(score(scored, truth))
         n_seeds = len(settings.seeds)
         for name, values in per_seed.items():
             if len(values) == n_seeds:  # a method that failed on some seed is reported as skipped
@@ -628,7 +643,10 @@ def markdown(result: dict[str, Any]) -> str:
         "that define the class); *int*: the intervention ground truth (concepts whose change flips "
         "the prediction or drops the class logit by ≥ half the image's largest drop). Pointing "
         "and energy score the combined class map; precision@k (k = number of true concepts) and "
-        "Spearman score the concept ranking over the concepts present. – : no such output.",
+        "Spearman score the concept ranking over the concepts present. – : no such output. "
+        f"`random_channels`: {meta['settings']['n_random_channels']} random channels of the "
+        f"layer, each image's scores averaged over {meta['settings'].get('n_random_draws', 1)} "
+        "draws per seed (the expected score of random channels).",
         "",
     ]
     cols = ("layer", *MAP_METRICS, *RANK_METRICS)
