@@ -47,6 +47,46 @@ def test_quick_scoreboard_has_every_method_and_baseline_with_finite_values(tmp_p
     assert main(["evaluate", "--render", str(tmp_path / "other.json"), "--out", str(out)]) == 2
 
 
+def test_targets_read_margins_against_the_larger_seed_spread():
+    """Plain reading of a made-up entry: beats = margin above max(spreads), not at it; a
+    missing output or baseline is no verdict."""
+    from pyconcepts.scoreboard import markdown, target_cells
+
+    def stats(mean: float, sd: float) -> dict:
+        return {"mean": mean, "sd_seeds": sd, "ci_low": mean, "ci_high": mean}
+
+    entry = {
+        "feature_layer": "f",
+        "layers": {"mace": {"explained": "g", "baselines": "g"}},
+        "scores": {
+            "mace": {"pointing_def": stats(0.9, 0.05), "energy_def": stats(0.4, 0.01),
+                  "precision_int": stats(0.75, 0.02)},
+            "gradcam@g": {"pointing_def": stats(0.8, 0.0), "energy_def": stats(0.38, 0.0)},
+            "random_channels@g": {"precision_int": stats(0.5, 0.25)},
+        },
+    }  # fmt: skip
+    cells = target_cells(entry, "mace")
+    assert cells["pointing vs Grad-CAM"] == (True, "+0.100 (spread 0.050)")
+    assert cells["energy vs Grad-CAM"] == (True, "+0.020 (spread 0.010)")
+    assert cells["p@k vs random channels"] == (False, "+0.250 (spread 0.250)")
+    assert cells["p@k ≥ 0.8"] == (False, "0.75")
+    del entry["scores"]["mace"]["pointing_def"], entry["scores"]["random_channels@g"]
+    cells = target_cells(entry, "mace")
+    assert cells["pointing vs Grad-CAM"] is None and cells["p@k vs random channels"] is None
+    page = markdown({"meta": {"date_utc": "d", "machine": "x", "load_average_1_5_15_at_end": [0],
+                              "seconds": 60, "test_world_seed": 1, "fit_world_seed": 2,
+                              "settings": {"seeds": [0], "n_test": 1, "n_fit": 1, "n_probe": 1,
+                                           "n_random_channels": 1}},
+                     "models": {"cw-x": {**entry, "test_accuracy": 1.0, "skipped": {},
+                                         "fit_seconds": {}, "intervention": {
+                                             k: 0.0 for k in ("mean_drop_defining",
+                                             "flip_rate_defining", "mean_drop_other",
+                                             "flip_rate_other", "used_concepts_per_image",
+                                             "used_that_are_defining", "defining_area",
+                                             "used_area")}}}})  # fmt: skip
+    assert "| `mace` | cw-x | – | ✓ +0.020 (spread 0.010) | – | ✗ 0.75 |" in page
+
+
 @pytest.fixture(scope="module")
 def scoreboard() -> dict:
     """Every method and baseline on both zoo models, one fixed seed, 100 test images, 1,000
