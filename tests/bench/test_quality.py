@@ -128,9 +128,9 @@ CLAIMS = [
     ("afi", "cw-vgg", "pointing_def", GRADCAM, 0.08),  # +0.15
     ("afi", "cw-resnet", "energy_def", GRADCAM, 0.08),  # +0.19
     ("afi", "cw-vgg", "energy_def", AGREEMENT, 0.05),  # +0.13: not the fusion alone
-    ("afi", "cw-vgg", "precision_int", RANDOM_RANKING, 0.1),  # +0.29
-    ("afi", "cw-vgg", "precision_int", RANDOM_CHANNELS, 0.06),  # +0.12
-    ("afi", "cw-resnet", "precision_int", RANDOM_RANKING, 0.1),  # +0.41
+    ("afi", "cw-vgg", "precision_int", RANDOM_RANKING, 0.2),  # +0.40
+    ("afi", "cw-vgg", "precision_int", RANDOM_CHANNELS, 0.12),  # +0.24
+    ("afi", "cw-resnet", "precision_int", RANDOM_RANKING, 0.1),  # +0.42
     ("afi", "cw-resnet", "precision_int", RANDOM_CHANNELS, 0.1),  # +0.28
     ("pattern_mining", "cw-vgg", "energy_def", GRADCAM, 0.04),  # +0.07
     ("pattern_mining", "cw-resnet", "pointing_def", GRADCAM, 0.02),  # +0.05

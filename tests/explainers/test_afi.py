@@ -169,6 +169,33 @@ def test_fit_state(fitted, world):
     assert set(fitted.impressions_) == set(fitted.layers_)
 
 
+def test_concept_importance_counts_the_layers_where_the_concept_raises_the_detector(fitted, world):
+    """Oracle: per layer, the pooled eq. 9 of every class on probe and benchmark images; a
+    layer's MMD² counts for (class, concept) when the class's mean shift exceeds the classes'
+    mean shift ("raises"), every layer's counts ("any"); each class normalised to sum 1."""
+    probes = [world.image(slice(0, 6)), world.image(slice(6, 12))]
+    benches = [world.image(slice(12, 18)), world.image(slice(18, 24))]
+    model, layers, cis = fitted.model, fitted.layers_, fitted.cis_
+    every, raw = afi.concept_importance(model, layers, cis, probes, benches, direction="any")
+    raises, raw2 = afi.concept_importance(model, layers, cis, probes, benches)
+    torch.testing.assert_close(raw, raw2)
+    counted = torch.zeros_like(raw)
+    for li, name in enumerate(layers):
+        for m in range(len(probes)):
+            pooled = []
+            for images in (probes[m], benches[m]):
+                a = afi.layer_outputs(model, [name], images, 6)[name].double()
+                pooled.append(a.flatten(2).mean(2) if a.dim() == 4 else a)  # dense: as it is
+            shift = (pooled[0] - pooled[1]).mean(0) @ cis[name].double().t()  # [K]
+            counted[li, :, m] = raw[li, :, m] * (shift > shift.mean())
+    for got, summed in ((every, raw.sum(0)), (raises, counted.sum(0))):
+        norm = summed.sum(1, keepdim=True)
+        torch.testing.assert_close(got, summed / torch.where(norm > 0, norm, 1.0))
+    assert not torch.equal(every, raises)  # some layer lowers some class's detector here
+    with pytest.raises(ValueError, match="direction: expected 'raises' or 'any'"):
+        afi.concept_importance(model, layers, cis, probes, benches, direction="lowers")
+
+
 def test_explain_save_load_onnx(fitted, world, tmp_path):
     x = world.image(slice(0, 5))
     targets = torch.tensor([0, 1, 3, 0, 1])
@@ -253,14 +280,16 @@ def test_heatmap_fusion_weights_the_map_by_the_layers_agreement(fitted, world):
         wrong.explain(x)
 
 
-def test_files_saved_before_heatmap_fusion_load_as_the_single_layer_map(fitted, world):
+def test_files_saved_before_fusion_and_direction_load_as_fitted_then(fitted, world):
     import copy
 
     tensors, state = fitted._state()
-    del state["fusion_layers_"]
+    assert fitted.concept_direction_ == "raises"
+    del state["fusion_layers_"], state["concept_direction_"]
     old = copy.copy(fitted)
     old._set_state(tensors, state)
     assert old.heatmap_fusion == "single" and old.fusion_layers_ == [fitted.heatmap_layer_]
+    assert old.concept_direction_ == "any"  # its stored importance is the seed's
     x, targets = world.image(slice(0, 3)), [0, 1, 3]
     want = _oracle_maps(fitted, fitted.heatmap_layer_, x, targets)
     torch.testing.assert_close(old.explain(x, targets=targets).class_maps, want, atol=1e-5,

@@ -107,19 +107,33 @@ def concept_importance(
     probes: Sequence[torch.Tensor],
     benchmarks: Sequence[torch.Tensor],
     batch_size: int = 64,
+    direction: str = "raises",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """MMD concept importance (seed §3.2): for each concept m, class k and layer l, the MMD²
     between the flattened meta-detector outputs of ``probes[m]`` (images with the concept) and
     ``benchmarks[m]`` (images without it), Gaussian kernel, median bandwidth. Summed over the
     layers and normalised per class to sum 1 (the seed says "normalised" only).
 
-    Returns (importance ``[K, M]``, per-layer MMD² ``[L, K, M]``).
+    ``direction``: ``"raises"`` (default) sums only the layers where the concept raises the
+    class's meta-detector more than the fitted classes' mean detector (the mean over probe
+    images of the contrasted detector ``Σ_c (w_k^c − mean_j w_j^c)·A_c`` above its mean over
+    benchmark images; with one class, the detector itself); ``"any"`` sums every layer, as the
+    seed does. Why: MMD² is a distance, so a concept that *lowers* a class's detector — evidence
+    against the class — counted as much as one that raises it. Measured on the concept world
+    (docs/methods.md, 3 seeds): precision@k of the used concepts 0.69 → 0.75 (cw-vgg) and
+    0.82 → 0.82 (cw-resnet), of the defining ones 0.83 → 0.93 and 0.89 → 0.93.
+
+    Returns (importance ``[K, M]``, per-layer MMD² ``[L, K, M]``, all layers).
     """
     if len(probes) != len(benchmarks):
         raise ValueError(
             f"benchmarks: expected one set per probe set ({len(probes)}), got {len(benchmarks)}"
         )
-    raw = torch.zeros(len(layers), len(next(iter(cis.values()))), len(probes), dtype=torch.float64)
+    if direction not in ("raises", "any"):
+        raise ValueError(f"direction: expected 'raises' or 'any', got {direction!r}")
+    k = len(next(iter(cis.values())))
+    raw = torch.zeros(len(layers), k, len(probes), dtype=torch.float64)
+    raises = torch.ones_like(raw, dtype=torch.bool)
     for m, (pos, neg) in enumerate(zip(probes, benchmarks)):
         acts_p = layer_outputs(model, layers, pos, batch_size)
         acts_n = layer_outputs(model, layers, neg, batch_size)
@@ -127,7 +141,10 @@ def concept_importance(
             mp = meta_detector(acts_p[name], cis[name]).flatten(2).transpose(0, 1)  # [K, n, hw]
             mn = meta_detector(acts_n[name], cis[name]).flatten(2).transpose(0, 1)
             raw[li, :, m] = mmd2(mp, mn).cpu()
-    total = raw.sum(0)
+            if direction == "raises":
+                shift = mp.double().mean((1, 2)) - mn.double().mean((1, 2))  # [K]
+                raises[li, :, m] = (shift - shift.mean() if k > 1 else shift).cpu() > 0
+    total = (raw * raises).sum(0)
     norm = total.sum(1, keepdim=True)
     return total / torch.where(norm > 0, norm, torch.ones_like(norm)), raw
 

@@ -176,6 +176,12 @@ class AfI(ConceptExplainer):
             noisier: measured on the concept world (docs/methods.md, 3 seeds), 40 → 100 ranks
             the defining concepts at precision@k 0.78 → 0.83 (cw-vgg) and 0.82 → 0.89
             (cw-resnet), for 7 → 11 s of fitting on cw-resnet.
+        concept_direction: ``"raises"`` (default) counts a layer's MMD toward a concept's
+            importance for a class only where the concept raises that class's meta-detector
+            more than the fitted classes' mean detector; ``"any"`` counts every layer (the
+            seed: MMD is a distance, so a concept that lowers the detector counted too). See
+            :func:`~pyconcepts.explainers.afi.concept_importance` for the measured effect; the
+            one used is ``concept_direction_`` after fitting.
         heatmap_layer: layer of the meta-detector heatmaps of ``explain``; None = the impression
             layer when its output is a spatial map, else the last middle layer that has one.
         heatmap_weights: ``"contrast"`` (default) maps the target class's meta-detector less
@@ -213,7 +219,7 @@ class AfI(ConceptExplainer):
     ``train_success_`` ``[K]``, ``occluder_iterations_``/``occluder_converged_`` ``[K]``,
     ``fis_``/``cis_`` (layer → ``[K, ...]``/``[K, C]``), ``impressions_`` (layer → ``[K,C,H,W]``),
     ``impression_layer_``, ``impression_rates_``, ``heatmap_layer_``, ``fusion_layers_`` (the
-    spatial middle layers), ``concept_importance_`` ``[K, M]`` and
+    spatial middle layers), ``concept_importance_`` ``[K, M]`` (``concept_direction_``) and
     ``concept_mmd_`` ``[L, K, M]`` (when probe sets are given or the data is a concept world).
 
     ``explain`` returns global concept importance of each image's target class as
@@ -248,6 +254,7 @@ class AfI(ConceptExplainer):
         tv_weight: float = 1.0,
         jitter: int = 2,
         n_probe: int = 100,
+        concept_direction: str = "raises",
         heatmap_layer: Optional[str] = None,
         heatmap_weights: str = "contrast",
         heatmap_fusion: str = "agreement",
@@ -273,6 +280,7 @@ class AfI(ConceptExplainer):
         self.tv_weight = tv_weight
         self.jitter = jitter
         self.n_probe = n_probe
+        self.concept_direction = concept_direction
         self.heatmap_layer = heatmap_layer
         self.heatmap_weights = heatmap_weights
         self.heatmap_fusion = heatmap_fusion
@@ -333,6 +341,10 @@ class AfI(ConceptExplainer):
             raise ValueError(f"holdout_fraction: expected in [0, 1), got {self.holdout_fraction}")
         _check_heatmap_weights(self.heatmap_weights)
         _check_heatmap_fusion(self.heatmap_fusion)
+        if self.concept_direction not in ("raises", "any"):
+            raise ValueError(
+                f"concept_direction: expected 'raises' or 'any', got {self.concept_direction!r}"
+            )
         images, labels = _collect(data, self.batch_size, self.max_images)
         device = self._model_device()
         images, labels = images.to(device), labels.to(device)
@@ -381,6 +393,7 @@ class AfI(ConceptExplainer):
             probes, benchmarks = probe_sets(data, self.n_probe, self.seed)
             concept_names = concept_names or list(data.concepts)
         self.concept_names_: list[str] = []
+        self.concept_direction_ = self.concept_direction
         self.concept_importance_ = torch.zeros(len(classes), 0, dtype=torch.float64)
         self.concept_mmd_ = torch.zeros(len(layers), len(classes), 0, dtype=torch.float64)
         if probes is not None:
@@ -388,7 +401,7 @@ class AfI(ConceptExplainer):
                 raise ValueError("benchmarks: expected one benchmark set per probe set, got None")
             self.concept_importance_, self.concept_mmd_ = concept_importance(
                 self.model, layers, self.cis_, [p.to(device) for p in probes],
-                [b.to(device) for b in benchmarks], self.batch_size,
+                [b.to(device) for b in benchmarks], self.batch_size, self.concept_direction,
             )  # fmt: skip
             names = concept_names or [f"concept_{m}" for m in range(len(probes))]
             if len(names) != len(probes):
@@ -528,6 +541,7 @@ class AfI(ConceptExplainer):
             "impression_rates_": self.impression_rates_,
             "heatmap_layer_": self.heatmap_layer_,
             "fusion_layers_": self.fusion_layers_,
+            "concept_direction_": self.concept_direction_,
             "valid_range_": list(self.valid_range_),
             "class_names_": self.class_names_,
             "concept_names_": self.concept_names_,
@@ -538,6 +552,8 @@ class AfI(ConceptExplainer):
         device = self._model_device()
         for key, value in state.items():
             setattr(self, key, value)
+        if "concept_direction_" not in state:  # saved before concept_direction: the seed's MMD
+            self.concept_direction_ = self.concept_direction = "any"
         if "fusion_layers_" not in state:  # saved before heatmap_fusion: the single layer's map
             self.fusion_layers_ = [self.heatmap_layer_]
             self.heatmap_fusion = "single"
