@@ -210,7 +210,9 @@ def plain_torch(explainer: ConceptExplainer) -> Optional[Callable[[torch.Tensor]
             for i in range(len(t)):  # each image's basis terms
                 term_maps = coef[i][:, None, None] * torch.einsum("td,dhw->thw", q[idx[i]], acts[i])
                 maps.append(_up(term_maps[None], size)[0].clamp_min(0))
-                scores[i].index_add_(0, idx[i], coef[i] * (q[idx[i]] @ acts[i].mean((1, 2))))
+                peak = e["concept_score"] == "peak"  # the maps' maxima, else their means
+                pooled = term_maps.amax((1, 2)) if peak else term_maps.mean((1, 2))
+                scores[i].index_add_(0, idx[i], pooled)
             return scores, torch.stack(maps)
         raise ValueError(f"method: no plain-torch twin for {method!r}")
 

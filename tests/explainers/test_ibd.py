@@ -3,6 +3,8 @@ the CAM, Grad-CAM mode, persistence, ONNX, and scoring against the concept world
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch.nn import functional as F
@@ -103,7 +105,12 @@ def test_contributions_sum_to_the_logit_and_heatmaps_to_the_cam(
     result = fitted.explain(images)
     logit = result.logits.gather(1, result.targets[:, None])[:, 0]
     ex = result.extras
-    total = result.concept_scores.sum(1) + ex["residual_contribution"] + ex["bias"]
+    total = ex["contributions"].sum(1) + ex["residual_contribution"] + ex["bias"]
+    assert torch.allclose(total, logit, atol=1e-4)
+    paper = copy.copy(fitted)
+    paper.concept_score = "contribution"  # the paper's ranking: the contributions themselves
+    by_contribution = paper.explain(images).concept_scores
+    total = by_contribution.sum(1) + ex["residual_contribution"] + ex["bias"]
     assert torch.allclose(total, logit, atol=1e-4)
     assert torch.allclose(ex["score"], logit, atol=1e-4)
     # concept heatmaps + residual heatmap = CAM w_k^T (A - ā) (upsampled)
@@ -122,12 +129,21 @@ def test_contributions_sum_to_the_logit_and_heatmaps_to_the_cam(
     used = ex["basis_coefs"] > 0
     assert torch.equal(result.heatmap_concepts[used], ex["basis_indices"][used])
     assert bool((result.heatmap_concepts[~used] == -1).all())
-    # a concept's contribution is the mean of its (layer-resolution) heatmap; zero off-basis
-    outside = torch.ones_like(result.concept_scores, dtype=torch.bool)
-    outside.scatter_(1, ex["basis_indices"], False)
-    assert (result.concept_scores[outside] == 0).all()
+    # a concept's score is the peak of its layer-resolution map s_i q_i^T (A - ā) (with
+    # "contribution": the map's mean); zero off-basis
+    low = torch.einsum("btd,bdhw->bthw", q, acts)
+    for scores, pooled in ((result.concept_scores, low.amax((2, 3))),
+                           (by_contribution, low.mean((2, 3)))):  # fmt: skip
+        want = torch.zeros_like(scores).scatter_add_(1, ex["basis_indices"], pooled)
+        assert torch.allclose(scores, want, atol=1e-4)
+        outside = torch.ones_like(scores, dtype=torch.bool)
+        outside.scatter_(1, ex["basis_indices"], False)
+        assert (scores[outside] == 0).all()
+    paper.concept_score = "mean"
+    with pytest.raises(ValueError, match="concept_score: expected one of"):
+        paper.explain(images)
     fig = result.plot(0, images[0])
-    assert 1 <= len(fig.axes) <= 4  # the CAM + up to 3 terms with positive coefficients
+    assert 2 <= len(fig.axes) <= 6  # bars, the class map and up to k = 4 concept maps
 
 
 def test_explain_given_targets(fitted: IBD, world: ConceptWorld) -> None:
