@@ -141,12 +141,19 @@ def concept_importance(
             mp = meta_detector(acts_p[name], cis[name]).flatten(2).transpose(0, 1)  # [K, n, hw]
             mn = meta_detector(acts_n[name], cis[name]).flatten(2).transpose(0, 1)
             raw[li, :, m] = mmd2(mp, mn).cpu()
-            if direction == "raises":
-                shift = mp.double().mean((1, 2)) - mn.double().mean((1, 2))  # [K]
+            if direction == "raises":  # eq. 9 is linear: its mean is w_k · the mean activation
+                diff = _channel_means(acts_p[name]) - _channel_means(acts_n[name])
+                shift = cis[name].double() @ diff  # [K]
                 raises[li, :, m] = (shift - shift.mean() if k > 1 else shift).cpu() > 0
     total = (raw * raises).sum(0)
     norm = total.sum(1, keepdim=True)
     return total / torch.where(norm > 0, norm, torch.ones_like(norm)), raw
+
+
+def _channel_means(acts: torch.Tensor) -> torch.Tensor:
+    """``[N, C, H, W]`` (or dense ``[N, C]``) → each channel's mean over images and positions,
+    in float64: ``[C]``."""
+    return acts.double().transpose(0, 1).flatten(1).mean(1)
 
 
 # ---- evaluations on the concept world --------------------------------------------------------
