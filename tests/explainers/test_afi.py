@@ -280,6 +280,28 @@ def test_heatmap_fusion_weights_the_map_by_the_layers_agreement(fitted, world):
         wrong.explain(x)
 
 
+def test_one_fitted_class_maps_eq9_weighted_by_the_layers_agreement(vgg, small_world):
+    """With one class there is nothing to contrast with: every layer's map is eq. 9 itself,
+    and concept importance uses the detector's own shift."""
+    import torch.nn.functional as F
+
+    one = AfI(vgg, classes=[0], max_iter=1, impression_steps=0, n_probe=4).fit(small_world)
+    x = small_world.image(slice(0, 3))
+    maps = {}
+    for layer in one.fusion_layers_:
+        acts = afi.layer_outputs(vgg, [layer], x, 3)[layer]
+        eq9 = torch.einsum("nchw,c->nhw", acts, one.cis_[layer][0].float())[:, None]
+        up = F.interpolate(eq9, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        maps[layer] = up[:, 0].clamp_min(0)
+    scaled = [m / m.amax((1, 2), keepdim=True).clamp_min(1e-12) for m in maps.values()]
+    want = maps[one.heatmap_layer_] * sum(scaled) / len(scaled)
+    got = one.explain(x, targets=[0, 0, 0]).class_maps
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert float(got.amax()) > 0
+    imp = one.concept_importance_
+    assert bool((imp >= 0).all()) and float(imp.sum()) == pytest.approx(1.0)
+
+
 def test_files_saved_before_fusion_and_direction_load_as_fitted_then(fitted, world):
     import copy
 
