@@ -285,7 +285,10 @@ def test_one_fitted_class_maps_eq9_weighted_by_the_layers_agreement(vgg, small_w
     and concept importance uses the detector's own shift."""
     import torch.nn.functional as F
 
-    one = AfI(vgg, classes=[0], max_iter=1, impression_steps=0, n_probe=4).fit(small_world)
+    one = AfI(vgg, classes=[0], max_iter=1, impression_steps=0, n_probe=4)
+    with pytest.warns(UserWarning, match="has no spatial map") as caught:
+        one.fit(small_world)  # the last middle layer is dense: the heatmaps go to a conv layer
+    assert caught[0].filename == __file__  # the warning points at the caller's line
     x = small_world.image(slice(0, 3))
     maps = {}
     for layer in one.fusion_layers_:

@@ -468,7 +468,7 @@ class AfI(ConceptExplainer):
         warnings.warn(
             f"heatmap_layer: the {'impression' if self.impressions_ else 'last middle'} layer "
             f"{chosen!r} has no spatial map; the heatmaps use {spatial[-1]!r} instead",
-            stacklevel=4,
+            stacklevel=5,  # _spatial_default, _fit_impressions, fit, the fit wrapper, caller
         )
         return spatial[-1]
 
