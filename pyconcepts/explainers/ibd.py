@@ -175,7 +175,7 @@ class IBD(ConceptExplainer):
             raise ValueError(f"hard_fraction: expected a value in [0, 1], got {self.hard_fraction}")
         if not 0.0 < self.heldout < 1.0:
             raise ValueError(f"heldout: expected a fraction in (0, 1), got {self.heldout}")
-        self._peak()
+        self._scores_by_peak()
 
     def _linear_head(self) -> nn.Linear:
         if self.classifier is not None:
@@ -375,7 +375,8 @@ sharded_basis` splits the classes over Ray tasks).
             out = dict(zip(self.onnx_outputs, decompose(
                 acts, cam.logits.float().detach(), self.concept_vectors_.to(wk.device),
                 self.feature_mean_.to(wk.device), indices, coefs, resid,
-                torch.zeros(images.shape[0], device=wk.device), images.shape[-2:], self._peak(),
+                torch.zeros(images.shape[0], device=wk.device), images.shape[-2:],
+                self._scores_by_peak(),
             )))  # fmt: skip
         return Explanation.from_outputs(
             self.method, self.layer_, self.concept_names_, self.class_names_,
@@ -469,10 +470,11 @@ sharded_basis` splits the classes over Ray tasks).
                    self.basis_coefs_, self.residuals_, self.class_bias_)  # fmt: skip
         q, mean, indices, coefs, residuals, bias = (t.to(device) for t in tensors)
         head = _IBDHead(self.model, self.layer_, q, mean, indices, coefs, residuals, bias,
-                        self._peak())  # fmt: skip
+                        self._scores_by_peak())  # fmt: skip
         return head.eval()
 
-    def _peak(self) -> bool:
+    def _scores_by_peak(self) -> bool:
+        """Whether concept_scores are the maps' peaks (validates ``concept_score``)."""
         if self.concept_score not in _SCORES:
             raise ValueError(
                 f"concept_score: expected one of {list(_SCORES)}, got {self.concept_score!r}"
