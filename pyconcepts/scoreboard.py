@@ -766,7 +766,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
             ax.legend(fontsize=7)
     fig.tight_layout()
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")  # long names unclipped
     plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())  # makes the folder if needed
 
