@@ -111,11 +111,19 @@ def explained_layer(explainer: ConceptExplainer, example: torch.Tensor) -> str:
 
 
 # ---- plain-torch twins of the explain steps ------------------------------------------------
-def _acts_and_logits(model: nn.Module, layer: str, images: torch.Tensor) -> tuple[Any, Any]:
+def _layers_and_logits(
+    model: nn.Module, layers: list[str], images: torch.Tensor
+) -> tuple[dict[str, Any], Any]:
+    """Activations of ``layers`` (by the names given) and the logits, from one forward pass."""
     with torch.no_grad():
-        fx = FeatureExtractor(model, [layer])
+        fx = FeatureExtractor(model, layers)
         feats, logits = fx(images, return_output=True)  # type: ignore[misc]
-    return next(iter(feats.values())).float(), logits
+    return {n: feats[k].float() for n, k in zip(layers, fx.names)}, logits
+
+
+def _acts_and_logits(model: nn.Module, layer: str, images: torch.Tensor) -> tuple[Any, Any]:
+    feats, logits = _layers_and_logits(model, [layer], images)
+    return feats[layer], logits
 
 
 def _pick(all_maps: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
@@ -143,23 +151,24 @@ def plain_torch(explainer: ConceptExplainer) -> Optional[Callable[[torch.Tensor]
     def run(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         size = images.shape[-2:]
         if method == "afi":
-            logits = _acts_and_logits(model, e["heatmap_layer_"], images)[1]
+            fused = e["heatmap_fusion"] == "agreement"
+            extra = e["fusion_layers_"] if fused else []
+            layers = list(dict.fromkeys([e["heatmap_layer_"], *extra]))
+            feats, logits = _layers_and_logits(model, layers, images)  # one forward pass
             t = logits.argmax(1)
             row = torch.tensor([e["classes_"].index(c) if c in e["classes_"] else -1
                                 for c in t.tolist()])  # fmt: skip
-
-            def class_map(layer: str) -> torch.Tensor:
-                acts = _acts_and_logits(model, layer, images)[0]
+            class_maps = {}
+            for layer in layers:
                 weights = e["cis_"][layer].float()
-                every = _up(F.conv2d(acts, weights[:, :, None, None]), size)  # [B, K, H, W]
+                every = _up(F.conv2d(feats[layer], weights[:, :, None, None]), size)  # [B,K,H,W]
                 if e["heatmap_weights"] == "contrast" and every.shape[1] > 1:
                     every = every - every.mean(1, keepdim=True)  # less the fitted classes' mean
-                return _pick(every, row[:, None])[:, 0].clamp_min(0)
-
-            maps = class_map(e["heatmap_layer_"])
-            if e["heatmap_fusion"] == "agreement":  # weighted by the layers' scaled maps
-                scaled = [m / m.amax((1, 2), keepdim=True).clamp_min(1e-12)
-                          for m in map(class_map, e["fusion_layers_"])]  # fmt: skip
+                class_maps[layer] = _pick(every, row[:, None])[:, 0].clamp_min(0)
+            maps = class_maps[e["heatmap_layer_"]]
+            if fused:  # weighted by the layers' maps, each scaled to a maximum of 1
+                scaled = [class_maps[n] / class_maps[n].amax((1, 2), keepdim=True).clamp_min(1e-12)
+                          for n in e["fusion_layers_"]]  # fmt: skip
                 maps = maps * sum(scaled) / len(scaled)
             return explainer._importance_table().float()[t], maps  # type: ignore[attr-defined]
         if method == "pattern_mining":
