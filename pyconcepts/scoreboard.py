@@ -389,10 +389,11 @@ def agreement_baseline(model: nn.Module, layer: str, layers: Sequence[str], t: T
     """Grad-CAM fused over ``layers`` the way AfI's ``heatmap_fusion="agreement"`` fuses its
     meta-detector maps: the map at ``layer`` times the mean of every layer's map scaled to a
     maximum of 1 — what the fusion alone gives a plain Grad-CAM."""
+    from pyconcepts.explainers.afi import agreement_weighted
+
     cams = {n: grad_cam(model, n, t.images, t.labels).cam.float()
             for n in dict.fromkeys([layer, *layers])}  # fmt: skip
-    scaled = [cams[n] / cams[n].amax((1, 2), keepdim=True).clamp_min(1e-12) for n in layers]
-    return Candidate(layer, cams[layer] * sum(scaled) / len(scaled), None)
+    return Candidate(layer, agreement_weighted(cams[layer], [cams[n] for n in layers]), None)
 
 
 def map_baselines(t: Truth, seed: int) -> dict[str, Candidate]:

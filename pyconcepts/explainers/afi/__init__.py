@@ -24,7 +24,12 @@ from pyconcepts.explainers.afi.concepts import (
     probe_sets,
     total_variation,
 )
-from pyconcepts.explainers.afi.explainer import AfI, plot_editing_curves, pyplot
+from pyconcepts.explainers.afi.explainer import (
+    AfI,
+    agreement_weighted,
+    plot_editing_curves,
+    pyplot,
+)
 from pyconcepts.explainers.afi.occluders import (
     OccluderFit,
     ValidRange,
@@ -42,9 +47,10 @@ from pyconcepts.explainers.afi.occluders import (
 )
 
 __all__ = [
-    "AfI", "OccluderFit", "ValidRange", "channel_importance", "class_impressions",
-    "concept_importance", "concept_presence", "distillation_test", "editing_curves",
-    "feature_importance", "features", "features_and_logits", "fit_occluders", "heatmaps",
+    "AfI", "OccluderFit", "ValidRange", "agreement_weighted", "channel_importance",
+    "class_impressions", "concept_importance", "concept_presence", "distillation_test",
+    "editing_curves", "feature_importance", "features", "features_and_logits", "fit_occluders",
+    "heatmaps",
     "layer_outputs", "meta_detector", "middle_layers", "occlude", "pick_impression_layer",
     "plot_editing_curves", "probe_sets", "pyplot", "random_transform", "total_variation",
 ]  # fmt: skip

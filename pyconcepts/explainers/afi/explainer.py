@@ -136,11 +136,10 @@ class _AfIGraph(nn.Module):
         size = images.shape[-2:]
         class_map = self._class_map(act, self.weights, hit, size)
         if len(self.fusion_layers):
-            agreement = sum(
-                _unit_max(self._class_map(feats[name], w, hit, size))
+            class_map = agreement_weighted(class_map, [
+                self._class_map(feats[name], w, hit, size)
                 for name, w in zip(self.fusion_layers, self.fusion_weights)
-            )
-            class_map = class_map * agreement / len(self.fusion_layers)
+            ])  # fmt: skip
         class_scores = act.float().mean((2, 3)) @ self.weights.t()  # mean of eq. 9 per class
         return logits, self.importance[targets], class_map, class_scores
 
@@ -150,9 +149,12 @@ def _spatial(act: torch.Tensor) -> torch.Tensor:
     return act[:, :, None, None] if act.dim() == 2 else act
 
 
-def _unit_max(maps: torch.Tensor) -> torch.Tensor:
-    """``[B, H, W]`` non-negative maps scaled to a maximum of 1 each (all-zero maps stay 0)."""
-    return maps / maps.amax((1, 2), keepdim=True).clamp_min(1e-12)
+def agreement_weighted(main: torch.Tensor, layer_maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``heatmap_fusion="agreement"``: the ``[B, H, W]`` map ``main`` times, pixel by pixel, the
+    mean of the non-negative ``layer_maps`` each scaled to a maximum of 1 (an all-zero map
+    stays 0)."""
+    scaled = [m / m.amax((1, 2), keepdim=True).clamp_min(1e-12) for m in layer_maps]
+    return main * sum(scaled) / len(scaled)
 
 
 class AfI(ConceptExplainer):
