@@ -6,9 +6,12 @@ For each zoo model and seed, every explainer is fitted with the realistic settin
 step (``pyconcepts/demo/*``, sizes in ``SETTINGS``) on a fit world, then explains held-out test
 images with ``targets`` = their true labels. Scores (``pyconcepts.metrics.ground_truth``):
 
-* maps (``Explanation.class_map``): pointing game and energy inside the *definition* region
-  (masks of the class's defining concepts) and the *intervention* region (masks of the concepts
-  whose change flips the prediction or drops the logit by ≥ half the image's largest drop);
+* maps (``Explanation.class_map``): pointing game, energy and ROC-AUC inside the *definition*
+  region (masks of the class's defining concepts) and the *intervention* region (masks of the
+  concepts whose change flips the prediction or drops the logit by ≥ half the image's largest
+  drop). Energy grows when a map is sharpened (squaring a Grad-CAM map raises its energy by
+  ~0.14 on both zoo models) while the AUC depends only on the order of the pixels, so an energy
+  win that the AUC does not repeat may be sharpness rather than better localisation;
 * concept rankings over the world's concepts present in the image: precision@k against the
   defining concepts and against the concepts the intervention finds used, Spearman against
   the intervention drops. Methods whose concepts are units (MACE, SRAE, FilterPatterns) are
@@ -67,7 +70,7 @@ FIT_SEED = 4242  # the fit world; the zoo trains on seeds 0..35, its test world 
 TEST_SEED = 7_000_019  # the held-out test world, distinct from both
 MODELS = ("cw-vgg", "cw-resnet")
 METHODS = ("mace", "srae", "afi", "pattern_mining", "ibd")
-MAP_METRICS = ("pointing_def", "energy_def", "pointing_int", "energy_int")
+MAP_METRICS = ("pointing_def", "energy_def", "auc_def", "pointing_int", "energy_int", "auc_int")
 RANK_METRICS = ("precision_def", "precision_int", "spearman_int")
 # Unit and channel maps are area-averaged to this grid (cells per side; the zoo models' feature
 # layers are 8×8) before they are binarised and matched to concepts, so a method whose maps are
@@ -237,8 +240,10 @@ def score(c: Candidate | Sequence[Candidate], t: Truth) -> dict[str, torch.Tenso
     if c.maps is not None:
         out["pointing_def"] = gt.pointing_game(c.maps, t.region_def)
         out["energy_def"] = gt.energy(c.maps, t.region_def)
+        out["auc_def"] = gt.region_auc(c.maps, t.region_def)
         out["pointing_int"] = gt.pointing_game(c.maps, t.region_int)
         out["energy_int"] = gt.energy(c.maps, t.region_int)
+        out["auc_int"] = gt.region_auc(c.maps, t.region_int)
     if c.scores is not None:
         out["precision_def"] = gt.precision_at_k(c.scores, t.defining, t.present)
         out["precision_int"] = gt.precision_at_k(c.scores, t.used, t.present)
@@ -623,6 +628,7 @@ def _order(names: Sequence[str]) -> list[str]:
 TARGETS: dict[str, tuple[str, Optional[str], float]] = {
     "pointing vs Grad-CAM": ("pointing_def", "gradcam@{layer}", 0.0),
     "energy vs Grad-CAM": ("energy_def", "gradcam@{layer}", 0.0),
+    "AUC vs Grad-CAM": ("auc_def", "gradcam@{layer}", 0.0),
     "p@k vs random channels": ("precision_int", "random_channels@{layer}", 0.0),
     "p@k ≥ 0.8": ("precision_int", None, 0.8),
 }
@@ -658,7 +664,9 @@ def _targets_table(result: dict[str, Any]) -> list[str]:
         "the mean over seeds beats the baseline by more than the larger of the two seed "
         "spreads, or reaches the bar. Cells: the margin (or the value) and that spread. A "
         "method whose fit barely depends on the seed (IBD) has a spread near 0; the 95 % "
-        "bootstrap intervals over images in the JSON show how far its small margins carry.",
+        "bootstrap intervals over images in the JSON show how far its small margins carry. "
+        "The AUC column is not one of the issue's targets: it says whether an energy margin "
+        "survives a measure that sharpening the map cannot move.",
         "",
         "| method | model | " + " | ".join(TARGETS) + " |",
         "|---|---|" + "---|" * len(TARGETS),
@@ -697,8 +705,10 @@ def markdown(result: dict[str, Any]) -> str:
         "Cells: mean over seeds ± their standard deviation (95 % bootstrap intervals over images "
         "are in bench/results/quality.json). *def*: the definition ground truth (masks / concepts "
         "that define the class); *int*: the intervention ground truth (concepts whose change flips "
-        "the prediction or drops the class logit by ≥ half the image's largest drop). Pointing "
-        "and energy score the combined class map; precision@k (k = number of true concepts) and "
+        "the prediction or drops the class logit by ≥ half the image's largest drop). Pointing, "
+        "energy and AUC (ROC-AUC of the map at telling the region's pixels from the rest, 0.5 "
+        "for a flat map; unlike energy, unchanged by sharpening the map) score the combined "
+        "class map; precision@k (k = number of true concepts) and "
         "Spearman score the concept ranking over the concepts present. – : no such output. "
         f"`random_channels`: {meta['settings']['n_random_channels']} random channels of the "
         f"layer, each image's scores averaged over {meta['settings'].get('n_random_draws', 1)} "
@@ -748,19 +758,19 @@ def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     models = list(result["models"])
-    panels = (("energy_def", "energy_int"), ("precision_def", "precision_int"))
+    panels = (("pointing_def", "energy_def", "auc_def"), ("precision_def", "precision_int"))
     fig, axes = plt.subplots(len(models), 2, figsize=(12, 5 * len(models)), squeeze=False)
     for r, model_name in enumerate(models):
         scores = result["models"][model_name]["scores"]
         for c, metrics in enumerate(panels):
             ax = axes[r, c]
             names = [n for n in _order(list(scores)) if metrics[0] in scores[n]]
-            ys = np.arange(len(names))
+            ys, width = np.arange(len(names)), 0.8 / len(metrics)
             for j, metric in enumerate(metrics):
                 means = [scores[n][metric]["mean"] for n in names]
                 sds = [scores[n][metric]["sd_seeds"] for n in names]
-                ax.barh(ys + 0.4 * j, means, 0.4, xerr=sds, label=metric)
-            ax.set_yticks(ys + 0.2, names, fontsize=7)
+                ax.barh(ys + width * j, means, width, xerr=sds, label=metric)
+            ax.set_yticks(ys + 0.4 - width / 2, names, fontsize=7)
             ax.invert_yaxis()
             ax.set_xlim(0, 1)
             ax.set_title(f"{model_name}: {' / '.join(metrics)}", fontsize=9)

@@ -12,7 +12,9 @@ Two ground truths:
 
 Scores, per image (aggregate with :func:`bootstrap_ci`):
 
-* maps ``[B, H, W]`` (non-negative): :func:`pointing_game` and :func:`energy` inside a region;
+* maps ``[B, H, W]`` (non-negative): :func:`pointing_game` and :func:`energy` inside a region,
+  and :func:`region_auc`, which unlike energy is unchanged by any increasing transform of the
+  map (squaring a map raises its energy, not its AUC);
 * concept rankings ``[B, K]`` over the world's K concepts: :func:`precision_at_k` against a
   relevant set and :func:`spearman` against the intervention drops, both over the concepts
   present in each image.
@@ -110,6 +112,31 @@ def energy(maps: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
     area = reg.float().mean(1)
     out = torch.where(total > 0, inside, area)
     return torch.where(reg.any(1), out, torch.full_like(out, float("nan")))
+
+
+def region_auc(maps: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+    """``[B]`` each map's ROC-AUC at telling its region's pixels from the rest: the chance that
+    a random pixel inside scores above a random pixel outside, ties counting one half. It
+    depends only on the order of the pixels, so sharpening a map (a power, an exponential)
+    leaves it unchanged, while :func:`energy` rewards it. A flat map scores 0.5. NaN where the
+    region is empty or covers the whole map."""
+    _check_maps(maps, regions)
+    flat, reg = maps.flatten(1).double(), regions.flatten(1)
+    n = flat.shape[1]
+    values, order = flat.sort(1)
+    index = torch.arange(n, device=flat.device).expand_as(values)
+    starts = torch.ones_like(values, dtype=torch.bool)
+    starts[:, 1:] = values[:, 1:] != values[:, :-1]  # first pixel of each group of ties
+    ends = torch.ones_like(starts)
+    ends[:, :-1] = starts[:, 1:]  # last pixel of each group of ties
+    first = torch.where(starts, index, torch.zeros_like(index)).cummax(1).values
+    last = torch.where(ends, index, torch.full_like(index, n)).flip(1).cummin(1).values.flip(1)
+    ranks = torch.empty_like(values).scatter_(1, order, (first + last).double() / 2 + 1)
+    n_in = reg.sum(1).double()
+    n_out = n - n_in
+    auc = ((ranks * reg).sum(1) - n_in * (n_in + 1) / 2) / (n_in * n_out).clamp_min(1)
+    defined = (n_in > 0) & (n_out > 0)
+    return torch.where(defined, auc, torch.full_like(auc, float("nan"))).float()
 
 
 def precision_at_k(

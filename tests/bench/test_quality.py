@@ -27,7 +27,7 @@ def test_quick_scoreboard_has_every_method_and_baseline_with_finite_values(tmp_p
         assert name in entry["scores"], name
         metrics = entry["scores"][name]
         if name not in rankings_only:
-            assert "energy_def" in metrics and "pointing_int" in metrics, name
+            assert {"energy_def", "auc_def", "pointing_int", "auc_int"} <= set(metrics), name
         if name not in ("uniform", "centre", "random_map"):
             assert "precision_int" in metrics and "spearman_int" in metrics, name
         for metric, stats in metrics.items():
@@ -60,14 +60,16 @@ def test_targets_read_margins_against_the_larger_seed_spread():
         "layers": {"mace": {"explained": "g", "baselines": "g"}},
         "scores": {
             "mace": {"pointing_def": stats(0.9, 0.05), "energy_def": stats(0.4, 0.01),
-                  "precision_int": stats(0.75, 0.02)},
-            "gradcam@g": {"pointing_def": stats(0.8, 0.0), "energy_def": stats(0.38, 0.0)},
+                  "auc_def": stats(0.65, 0.01), "precision_int": stats(0.75, 0.02)},
+            "gradcam@g": {"pointing_def": stats(0.8, 0.0), "energy_def": stats(0.38, 0.0),
+                          "auc_def": stats(0.7, 0.0)},
             "random_channels@g": {"precision_int": stats(0.5, 0.25)},
         },
     }  # fmt: skip
     cells = target_cells(entry, "mace")
     assert cells["pointing vs Grad-CAM"] == (True, "+0.100 (spread 0.050)")
     assert cells["energy vs Grad-CAM"] == (True, "+0.020 (spread 0.010)")
+    assert cells["AUC vs Grad-CAM"] == (False, "-0.050 (spread 0.010)")
     assert cells["p@k vs random channels"] == (False, "+0.250 (spread 0.250)")
     assert cells["p@k ≥ 0.8"] == (False, "0.75")
     del entry["scores"]["mace"]["pointing_def"], entry["scores"]["random_channels@g"]
@@ -84,7 +86,8 @@ def test_targets_read_margins_against_the_larger_seed_spread():
                                              "flip_rate_other", "used_concepts_per_image",
                                              "used_that_are_defining", "defining_area",
                                              "used_area")}}}})  # fmt: skip
-    assert "| `mace` | cw-x | – | ✓ +0.020 (spread 0.010) | – | ✗ 0.75 |" in page
+    row = "| `mace` | cw-x | – | ✓ +0.020 (spread 0.010) | ✗ -0.050 (spread 0.010) | – | ✗ 0.75 |"
+    assert row in page
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +147,8 @@ CLAIMS = [
     ("ibd", "cw-vgg", "spearman_int", RANDOM_CHANNELS, 0.2),  # +0.41
     ("ibd", "cw-resnet", "spearman_int", RANDOM_CHANNELS, 0.2),  # +0.42
     ("ibd", "cw-vgg", "pointing_def", RANDOM_CHANNELS, 0.05),  # +0.14
+    ("ibd", "cw-vgg", "auc_def", GRADCAM, 0.02),  # +0.05: not a sharper map, a better order
+    ("ibd", "cw-resnet", "auc_def", GRADCAM, 0.02),  # +0.04
 ]
 
 

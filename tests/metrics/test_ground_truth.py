@@ -3,6 +3,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from pyconcepts.data import ConceptWorld
@@ -153,3 +155,41 @@ def test_intervention_truth_finds_the_concept_the_model_uses():
     assert bool((truth.drops[:, red] >= truth.drops[:, shapes + textures].abs().amax(1)).all())
     assert bool(truth.relevant()[:, red].all())
     assert not bool((truth.drops[~truth.present] != 0).any())
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 3),
+    st.integers(1, 6),
+    st.integers(1, 6),
+    st.integers(0, 2**31 - 1),
+    st.sampled_from([torch.float32, torch.float64]),
+    st.integers(2, 5),
+)
+def test_region_auc_agrees_with_sklearn(b, h, w, seed, dtype, levels):
+    """Few value levels make ties common; regions may be empty or cover everything."""
+    roc_auc_score = pytest.importorskip("sklearn.metrics").roc_auc_score
+    gen = torch.Generator().manual_seed(seed)
+    maps = torch.randint(0, levels, (b, h, w), generator=gen).to(dtype)
+    regions = torch.rand(b, h, w, generator=gen) < 0.4
+    got = gt.region_auc(maps.transpose(1, 2).contiguous().transpose(1, 2), regions)
+    for i in range(b):
+        reg = regions[i].flatten().numpy()
+        if reg.all() or not reg.any():
+            assert math.isnan(got[i].item())
+        else:
+            want = roc_auc_score(reg, maps[i].flatten().numpy())
+            assert got[i].item() == pytest.approx(want, abs=1e-6)
+
+
+def test_region_auc_ignores_sharpening_that_raises_energy():
+    region = _region()
+    maps = torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(0)) + region.float()
+    auc = gt.region_auc(maps, region).item()
+    assert gt.region_auc(maps**4, region).item() == pytest.approx(auc)
+    assert gt.energy(maps**4, region).item() > gt.energy(maps, region).item()
+    for flat in (torch.zeros(1, 8, 8), torch.ones(1, 8, 8)):
+        assert gt.region_auc(flat, region).item() == 0.5
+    assert gt.region_auc(region.float(), region).item() == 1.0
+    with pytest.raises(TypeError, match="regions"):
+        gt.region_auc(maps, region.float())
