@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from pyconcepts.errors import NotFittedError
@@ -278,6 +280,33 @@ def test_heatmap_fusion_weights_the_map_by_the_layers_agreement(fitted, world):
     wrong.heatmap_fusion = "max"
     with pytest.raises(ValueError, match="heatmap_fusion: expected 'agreement' or 'single'"):
         wrong.explain(x)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.integers(0, 3), st.integers(1, 5), st.integers(1, 5), st.integers(1, 4),
+    st.sampled_from([torch.float32, torch.float64]), st.integers(0, 2**31 - 1), st.booleans(),
+)  # fmt: skip
+def test_agreement_weighted_against_a_per_pixel_reading(b, h, w, n_layers, dtype, seed, strided):
+    """Plain per-pixel oracle on random maps with all-zero layers (scale 0, not NaN), an empty
+    batch and non-contiguous inputs: main × the mean of each layer's map over its maximum."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def draw() -> torch.Tensor:
+        m = torch.rand(b, w, h, generator=gen, dtype=torch.float64).to(dtype)
+        m = m * (torch.rand(b, 1, 1, generator=gen) < 0.8)  # some images' maps all zero
+        return m.transpose(1, 2) if strided else m.transpose(1, 2).contiguous()
+
+    main, layers = draw(), [draw() for _ in range(n_layers)]
+    got = afi.agreement_weighted(main, layers)
+    assert got.shape == (b, h, w) and got.dtype == dtype
+    for i in range(b):
+        peaks = [float(m[i].max()) for m in layers]
+        for y in range(h):
+            for x in range(w):
+                mean = sum(float(m[i, y, x]) / p for m, p in zip(layers, peaks) if p > 0)
+                want = float(main[i, y, x]) * mean / n_layers
+                assert float(got[i, y, x]) == pytest.approx(want, rel=1e-5, abs=1e-7)
 
 
 def test_one_fitted_class_maps_eq9_weighted_by_the_layers_agreement(vgg, small_world):

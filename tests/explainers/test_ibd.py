@@ -7,11 +7,13 @@ import copy
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.nn import functional as F
 
 from pyconcepts.data import ConceptWorld
 from pyconcepts.errors import NotFittedError
-from pyconcepts.explainers.ibd import IBD
+from pyconcepts.explainers.ibd import IBD, decompose
 from pyconcepts.models import cw_resnet, cw_vgg
 from pyconcepts.ops import greedy_nnls_basis
 
@@ -144,6 +146,50 @@ def test_contributions_sum_to_the_logit_and_heatmaps_to_the_cam(
         paper.explain(images)
     fig = result.plot(0, images[0])
     assert 2 <= len(fig.axes) <= 6  # bars, the class map and up to k = 4 concept maps
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(1, 3), st.integers(1, 6), st.integers(1, 4), st.integers(1, 3), st.integers(1, 5),
+    st.integers(1, 4), st.integers(0, 2**31 - 1),
+)  # fmt: skip
+def test_decompose_against_a_plain_reading(b, d, h, w, n_concepts, n_terms, seed):
+    """Random activations, concept vectors and bases (zero coefficients for unused terms):
+    the parts add up to ``w·mean_hw(A) + bias`` with ``w = Σ s_i q_i + r`` (the class score
+    the decomposition explains), and each concept's score is its term's peak over the layer's
+    cells of ``s_i q_iᵀ(A_hw − ā)`` (``peak``) or its mean (the contribution)."""
+    gen = torch.Generator().manual_seed(seed)
+    acts = torch.randn(b, d, h, w, generator=gen, dtype=torch.float64)
+    Q = torch.randn(n_concepts, d, generator=gen, dtype=torch.float64)
+    mean = torch.randn(d, generator=gen, dtype=torch.float64)
+    n_terms = min(n_terms, n_concepts)
+    indices = torch.stack([torch.randperm(n_concepts, generator=gen)[:n_terms] for _ in range(b)])
+    coefs = torch.rand(b, n_terms, generator=gen, dtype=torch.float64)
+    coefs[:, -1] *= float(torch.rand(1, generator=gen) < 0.5)  # sometimes an unused term
+    residuals = torch.randn(b, d, generator=gen, dtype=torch.float64)
+    bias = torch.randn(b, generator=gen, dtype=torch.float64)
+    logits = torch.randn(b, 3, generator=gen, dtype=torch.float64)
+    size = (2 * h, 2 * w)
+    for peak in (True, False):
+        out = dict(zip(IBD.onnx_outputs, decompose(
+            acts, logits, Q, mean, indices, coefs, residuals, bias, size, peak,
+        )))  # fmt: skip
+        for i in range(b):
+            weights = residuals[i].clone()
+            for t in range(n_terms):
+                weights += coefs[i, t] * Q[indices[i, t]]
+            score = float(weights @ acts[i].mean((1, 2)) + bias[i])
+            parts = out["contributions"][i].sum() + out["residual_contribution"][i]
+            assert float(parts + out["bias"][i]) == pytest.approx(score, abs=1e-9)
+            assert float(out["score"][i]) == pytest.approx(score, abs=1e-9)
+            want = [0.0] * n_concepts
+            for t in range(n_terms):
+                cells = [
+                    float(coefs[i, t] * Q[indices[i, t]] @ (acts[i, :, y, x] - mean))
+                    for y in range(h) for x in range(w)
+                ]  # fmt: skip
+                want[int(indices[i, t])] = max(cells) if peak else sum(cells) / len(cells)
+            assert out["concept_scores"][i].tolist() == pytest.approx(want, abs=1e-9)
 
 
 def test_explain_given_targets(fitted: IBD, world: ConceptWorld) -> None:
