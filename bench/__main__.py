@@ -16,6 +16,8 @@ import pkgutil
 import sys
 from pathlib import Path
 
+from pyconcepts.persistence import atomic_write_bytes
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -45,7 +47,7 @@ def run_all(args: argparse.Namespace) -> None:
     _page.write_page(args.page, _page.section(info, load, sizes, parts))
     args.out.mkdir(parents=True, exist_ok=True)
     doc = {"machine": info, "load_average": load, "sizes": sizes, "kernels": results}
-    (args.out / "all.json").write_text(json.dumps(doc, indent=2))
+    atomic_write_bytes(args.out / "all.json", json.dumps(doc, indent=2).encode())
     print(f"wrote {args.page}, {args.img}/bench-*.png and {args.out / 'all.json'}")
 
 

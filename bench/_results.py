@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pyconcepts.persistence import atomic_write_bytes
+
 FOLDER = Path(__file__).resolve().parent / "results"
 
 
@@ -13,5 +15,5 @@ def save(name: str, doc: Any) -> Path:
     """Write ``doc`` as ``bench/results/<name>.json`` (the folder made if needed)."""
     FOLDER.mkdir(parents=True, exist_ok=True)
     path = FOLDER / f"{name}.json"
-    path.write_text(json.dumps(doc, indent=2))
+    atomic_write_bytes(path, json.dumps(doc, indent=2).encode())
     return path

@@ -32,6 +32,7 @@ from typing import Callable, Optional
 import torch
 
 from pyconcepts.ops import concept_map_stats, concept_maps
+from pyconcepts.persistence import atomic_write_bytes
 from pyconcepts.reference import concept_maps as reference
 
 CASES = {"small": ((64, 512, 14, 14), 100), "large": ((256, 2048, 7, 7), 1000)}
@@ -287,7 +288,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     print(f"device: {where}; timing: {timing}\n")
     print(markdown(rows))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"device": where, "timing": timing, "rows": rows}, indent=2))
+    doc = {"device": where, "timing": timing, "rows": rows}
+    atomic_write_bytes(RESULTS, json.dumps(doc, indent=2).encode())
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import torch
 from bench._timing import median_seconds
 from pyconcepts.ops import _bridge, frequent_itemsets
 from pyconcepts.opspec import transactions as _tx
+from pyconcepts.persistence import atomic_write_bytes
 
 RESULTS = Path(__file__).resolve().parent / "results"
 N_FILTERS, TOP, N_CLASSES = 512, 10, 10
@@ -266,7 +267,7 @@ def main() -> None:
         report["memory"] = memory(0.001)
         print("\n10M transactions:", report["memory"])
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "itemsets.json").write_text(json.dumps(report, indent=2))
+    atomic_write_bytes(RESULTS / "itemsets.json", json.dumps(report, indent=2).encode())
 
 
 if __name__ == "__main__":

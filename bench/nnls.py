@@ -21,6 +21,7 @@ import torch
 from scipy.optimize import nnls as scipy_nnls
 
 from pyconcepts.ops import greedy_nnls_basis, nnls
+from pyconcepts.persistence import atomic_write_bytes
 from pyconcepts.reference import nnls as reference
 
 RESULTS = Path(__file__).resolve().parent / "results" / "nnls.json"
@@ -197,7 +198,7 @@ def main() -> None:
         )
 
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=2))
+    atomic_write_bytes(RESULTS, json.dumps(out, indent=2).encode())
     print(f"\nwrote {RESULTS}")
 
 

@@ -61,6 +61,7 @@ from pyconcepts.explainers.base import ConceptExplainer
 from pyconcepts.explanation import Explanation
 from pyconcepts.models import load
 from pyconcepts.models.features import FeatureExtractor, parse_layer
+from pyconcepts.persistence import atomic_write_bytes
 from pyconcepts.serve import decode_image
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -607,8 +608,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     doc = {"machine": info, "load_average": load, "quick": args.quick, "methods": results}
-    (args.out / "pipeline.json").write_text(json.dumps(doc, indent=2, default=str))
-    (args.out / "pipeline.md").write_text(text + "\n")
+    text_json = json.dumps(doc, indent=2, default=str)
+    atomic_write_bytes(args.out / "pipeline.json", text_json.encode())
+    atomic_write_bytes(args.out / "pipeline.md", (text + "\n").encode())
     return doc
 
 
