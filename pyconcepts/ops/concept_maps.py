@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import numbers
 from collections.abc import Iterator
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -238,12 +238,32 @@ class _ConceptMapsCuda(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None
 
 
-def _cuda_stats(
+# reduce(z [b, M, p], bias, threshold, run_max, run_sum, run_count): folds one chunk of
+# pre-activations into the running [b, M] statistics (the CUDA kernel, or the torch twin
+# ``reference.concept_maps.stats_chunk``, which tests the chunking without a GPU).
+ChunkReducer = Callable[
+    [torch.Tensor, Optional[torch.Tensor], float, torch.Tensor, torch.Tensor, torch.Tensor], None
+]
+
+
+def _cuda_reduce(
+    z: torch.Tensor, bias: Optional[torch.Tensor], threshold: float,
+    run_max: torch.Tensor, run_sum: torch.Tensor, run_count: torch.Tensor,
+) -> None:  # fmt: skip
+    _bridge.call(
+        "concept_map_stats_chunk",
+        _bridge.strided_ptr(z), *z.stride(), bias, threshold, run_max, run_sum, run_count,
+        *z.shape, dtype=z.dtype, device=z.device,
+    )  # fmt: skip
+
+
+def _chunked_stats(
     x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], threshold: float,
-    precision: str,
+    reduce: ChunkReducer,
 ) -> torch.Tensor:  # fmt: skip
-    """``[3, B, M]`` max, mean, fraction above ``threshold``: cuBLAS products of chunks of at
-    most :data:`STATS_CHUNK_BYTES`, each reduced by our kernel before the next is computed."""
+    """``[3, B, M]`` max, mean, fraction above ``threshold``: matrix products of chunks of at
+    most :data:`STATS_CHUNK_BYTES` (whole images when one fits, else runs of positions of one
+    image), each folded into the running statistics by ``reduce`` before the next."""
     batch, channels, height, width = x.shape
     n_maps, n_positions = weight.shape[0], height * width
     xv = x.reshape(batch, channels, n_positions)
@@ -252,22 +272,24 @@ def _cuda_stats(
     image_bytes = n_maps * n_positions * x.element_size()
     images = max(1, STATS_CHUNK_BYTES // image_bytes)
     positions = min(n_positions, max(1, STATS_CHUNK_BYTES // (n_maps * x.element_size())))
-    with _cuda_precision(precision):
-        for b0 in range(0, batch, images):
-            b1 = min(batch, b0 + images)
-            for p0 in range(0, n_positions, positions):
-                p1 = min(n_positions, p0 + positions)
-                z = torch.matmul(weight, xv[b0:b1, :, p0:p1])
-                _bridge.call(
-                    "concept_map_stats_chunk",
-                    _bridge.strided_ptr(z), *z.stride(), bias, float(threshold),
-                    stats[0, b0:b1], stats[1, b0:b1], stats[2, b0:b1], b1 - b0, n_maps, p1 - p0,
-                    dtype=x.dtype, device=x.device,
-                )  # fmt: skip
+    for b0 in range(0, batch, images):
+        b1 = min(batch, b0 + images)
+        for p0 in range(0, n_positions, positions):
+            z = torch.matmul(weight, xv[b0:b1, :, p0 : min(n_positions, p0 + positions)])
+            reduce(z, bias, threshold, stats[0, b0:b1], stats[1, b0:b1], stats[2, b0:b1])
     # A sum of ReLU outputs is NaN only where the map holds a NaN: its max is NaN too.
     stats[0] = torch.where(torch.isnan(stats[1]), stats[1], stats[0])
     stats[1:] /= n_positions
     return stats
+
+
+def _cuda_stats(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], threshold: float,
+    precision: str,
+) -> torch.Tensor:  # fmt: skip
+    """:func:`_chunked_stats` with cuBLAS products and our reduction kernel."""
+    with _cuda_precision(precision):
+        return _chunked_stats(x, weight, bias, threshold, _cuda_reduce)
 
 
 def _on_device(x: torch.Tensor, precision: str) -> contextlib.AbstractContextManager[None]:

@@ -36,3 +36,21 @@ def concept_map_stats(
         mean=maps.mean(dim=(2, 3)),
         frac_above=(maps > threshold).to(maps.dtype).mean(dim=(2, 3)),
     )
+
+
+def stats_chunk(
+    z: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    threshold: float,
+    run_max: torch.Tensor,
+    run_sum: torch.Tensor,
+    run_count: torch.Tensor,
+) -> None:
+    """Twin of the CUDA chunk reduction: folds ``v = relu(z + bias)`` of pre-activations
+    ``z [b, M, p]`` into the running ``[b, M]`` max (starting from 0, as every ``v >= 0``; a
+    NaN never wins it, the NaN sum marks the map instead), sum and count of ``v > threshold``,
+    in place."""
+    v = torch.relu(z if bias is None else z + bias[:, None])
+    run_max.copy_(torch.maximum(run_max, torch.where(torch.isnan(v), 0.0, v).amax(2)))
+    run_sum.add_(v.sum(2))
+    run_count.add_((v > threshold).to(v.dtype).sum(2))

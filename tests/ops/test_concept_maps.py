@@ -398,6 +398,40 @@ def test_cuda_stats_in_chunks(monkeypatch, chunk_bytes):
     assert_stats_close(type(got)(*(t.cpu() for t in got)), x, weight, bias, 0.2)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@given(
+    shape=shapes,
+    layout=st.sampled_from(LAYOUTS),
+    with_bias=st.booleans(),
+    chunk_bytes=st.sampled_from([1, 7, 64, 4 * 5 * 6 * 4, 10**9]),
+    with_nan=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_cuda_chunk_planning_with_the_torch_reducer(
+    shape, dtype, layout, with_bias, chunk_bytes, with_nan, seed
+):
+    """The CUDA path's chunking (runs of positions when one image's maps exceed the chunk,
+    several whole images otherwise) with the kernel's torch twin as the reducer, on the CPU:
+    equal to the materialised statistics; a NaN in the features makes its maps' max and mean
+    NaN, as on the other backends."""
+    batch, channels, n_maps, height, width = shape
+    gen = torch.Generator().manual_seed(seed)
+    x = make_x(batch, channels, height, width, dtype, layout, gen)
+    weight = torch.randn(n_maps, channels, dtype=dtype, generator=gen)
+    bias = torch.randn(n_maps, dtype=dtype, generator=gen) if with_bias else None
+    if with_nan and x.numel():
+        x = x.clone()
+        x[0, 0, height - 1, 0] = float("nan")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cm_module, "STATS_CHUNK_BYTES", chunk_bytes)
+        got = cm_module._chunked_stats(x, weight, bias, 0.2, reference.stats_chunk)
+    stats = type(reference.concept_map_stats(x, weight, bias, 0.2))(*got)
+    if with_nan and x.numel():
+        assert bool(stats.max[0].isnan().all()) and bool(stats.mean[0].isnan().all())
+        x, stats = x[1:], type(stats)(*(t[1:] for t in stats))
+    assert_stats_close(stats, x, weight, bias, 0.2)
+
+
 def test_precision_is_checked():
     x, weight = torch.randn(1, 3, 2, 2), torch.randn(2, 3)
     for fn in (concept_maps, concept_map_stats):
