@@ -127,10 +127,14 @@ CLAIMS = [
     ("srae", "cw-resnet", "pointing_def", GRADCAM, 0.05),  # +0.14
     ("srae", "cw-vgg", "precision_int", RANDOM_RANKING, 0.06),  # +0.13
     ("srae", "cw-resnet", "precision_int", RANDOM_RANKING, 0.06),  # +0.19
-    ("afi", "cw-vgg", "energy_def", GRADCAM, 0.15),  # +0.26
-    ("afi", "cw-vgg", "pointing_def", GRADCAM, 0.08),  # +0.15
-    ("afi", "cw-resnet", "energy_def", GRADCAM, 0.08),  # +0.19
-    ("afi", "cw-vgg", "energy_def", AGREEMENT, 0.05),  # +0.13: not the fusion alone
+    ("afi", "cw-vgg", "energy_def", GRADCAM, 0.08),  # +0.14
+    ("afi", "cw-vgg", "pointing_def", GRADCAM, 0.08),  # +0.13
+    ("afi", "cw-vgg", "auc_def", GRADCAM, 0.03),  # +0.05
+    ("afi", "cw-resnet", "energy_def", GRADCAM, 0.08),  # +0.12
+    ("afi", "cw-resnet", "pointing_def", GRADCAM, 0.01),  # +0.21
+    ("afi", "cw-resnet", "auc_def", GRADCAM, 0.01),  # +0.08
+    ("afi", "cw-vgg", "pointing_def", AGREEMENT, 0.08),  # +0.14: not the fusion alone
+    ("afi", "cw-vgg", "auc_def", AGREEMENT, 0.03),  # +0.05
     ("afi", "cw-vgg", "precision_int", RANDOM_RANKING, 0.2),  # +0.40
     ("afi", "cw-vgg", "precision_int", RANDOM_CHANNELS, 0.12),  # +0.24
     ("afi", "cw-resnet", "precision_int", RANDOM_RANKING, 0.1),  # +0.42

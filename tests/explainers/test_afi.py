@@ -244,11 +244,12 @@ def test_heatmap_weights_contrast_the_class_detector_with_the_mean_of_all(fitted
     import copy
 
     x, targets = world.image(slice(0, 4)), [0, 1, 3, 3]
-    single = copy.copy(fitted)
-    single.heatmap_fusion = "single"
-    plain = copy.copy(single)
-    plain.heatmap_weights = "cis"
-    for explainer, contrast in ((single, True), (plain, False)):
+    plain = copy.copy(fitted)
+    plain.heatmap_fusion = "single"
+    assert plain.heatmap_weights == "cis"  # the default: eq. 9 as it is
+    contrasted = copy.copy(plain)
+    contrasted.heatmap_weights = "contrast"
+    for explainer, contrast in ((contrasted, True), (plain, False)):
         want = _oracle_maps(fitted, fitted.heatmap_layer_, x, targets, contrast)
         got = explainer.explain(x, targets=targets).class_maps
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
@@ -267,12 +268,15 @@ def test_heatmap_fusion_weights_the_map_by_the_layers_agreement(fitted, world):
     acts = afi.layer_outputs(fitted.model, fitted.layers_, x[:1], 1)
     assert layers == [n for n in fitted.layers_ if acts[n].dim() == 4] and len(layers) > 1
     assert fitted.heatmap_layer_ in layers
-    maps = {n: _oracle_maps(fitted, n, x, targets) for n in layers}
-    scaled = [m / m.amax((1, 2), keepdim=True).clamp_min(1e-12) for m in maps.values()]
-    want = maps[fitted.heatmap_layer_] * sum(scaled) / len(layers)
-    e = fitted.explain(x, targets=targets)
-    torch.testing.assert_close(e.class_maps, want, atol=1e-5, rtol=1e-4)
-    assert bool((e.class_maps > 0).eq(maps[fitted.heatmap_layer_] > 0).all())  # never empties
+    contrasted = copy.copy(fitted)
+    contrasted.heatmap_weights = "contrast"
+    for explainer, contrast in ((fitted, False), (contrasted, True)):
+        maps = {n: _oracle_maps(fitted, n, x, targets, contrast) for n in layers}
+        scaled = [m / m.amax((1, 2), keepdim=True).clamp_min(1e-12) for m in maps.values()]
+        want = maps[fitted.heatmap_layer_] * sum(scaled) / len(layers)
+        e = explainer.explain(x, targets=targets)
+        torch.testing.assert_close(e.class_maps, want, atol=1e-5, rtol=1e-4)
+        assert bool((e.class_maps > 0).eq(maps[fitted.heatmap_layer_] > 0).all())  # no holes
     h = afi.layer_outputs(fitted.model, [fitted.heatmap_layer_], x, 4)[fitted.heatmap_layer_]
     class_scores = torch.einsum("nchw,kc->nk", h, fitted.cis_[fitted.heatmap_layer_].float())
     torch.testing.assert_close(e.extras["class_scores"], class_scores / h[0, 0].numel())
@@ -341,6 +345,7 @@ def test_files_saved_before_fusion_and_direction_load_as_fitted_then(fitted, wor
     assert fitted.concept_direction_ == "raises"
     del state["fusion_layers_"], state["concept_direction_"]
     old = copy.copy(fitted)
+    old.heatmap_weights = "contrast"  # the default then, held in the file's config
     old._set_state(tensors, state)
     assert old.heatmap_fusion == "single" and old.fusion_layers_ == [fitted.heatmap_layer_]
     assert old.concept_direction_ == "any"  # its stored importance is the seed's
