@@ -8,6 +8,7 @@ give the same fields by construction. These helpers use only standard ONNX opera
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from collections.abc import Sequence
 from typing import Any, Optional
@@ -110,6 +111,32 @@ def upsample(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         resize_matrix(n_in, int(n_out), maps) for n_in, n_out in zip(maps.shape[-2:], size)
     )
     return torch.matmul(rows, torch.matmul(maps, cols.t()))
+
+
+def smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``[..., H, W]`` maps blurred by a Gaussian of standard deviation ``sigma`` pixels
+    (truncated at 3σ, edges padded by repeating the border pixel), written as two small matrix
+    products like :func:`upsample` (an ONNX MatMul pair with constant weights); ``sigma <= 0``
+    returns the maps as they are."""
+    if sigma <= 0:
+        return maps
+    rows, cols = (
+        torch.tensor(_gaussian_weights(int(n), float(sigma)), dtype=maps.dtype, device=maps.device)
+        for n in maps.shape[-2:]
+    )
+    return torch.matmul(rows, torch.matmul(maps, cols.t()))
+
+
+@functools.lru_cache(maxsize=64)
+def _gaussian_weights(n: int, sigma: float) -> tuple[tuple[float, ...], ...]:
+    radius = math.ceil(3 * sigma)
+    taps = [math.exp(-(d * d) / (2 * sigma * sigma)) for d in range(-radius, radius + 1)]
+    total = sum(taps)
+    out = [[0.0] * n for _ in range(n)]
+    for i in range(n):
+        for d, tap in zip(range(-radius, radius + 1), taps):
+            out[i][min(n - 1, max(0, i + d))] += tap / total
+    return tuple(tuple(row) for row in out)
 
 
 def resize_matrix(n_in: int, n_out: int, like: torch.Tensor) -> torch.Tensor:

@@ -45,6 +45,7 @@ from pyconcepts.explainers.layout import (
     concept_columns,
     explained_classes,
     resolve_targets,
+    smooth,
     target_rows,
     warn_unexplained,
 )
@@ -413,6 +414,7 @@ class _OnnxHead(nn.Module):
         self.readout_bias = nn.Parameter(ae.readout_bias.detach().clone(), requires_grad=False)
         self.register_buffer("classes", torch.tensor(explainer.classes_, dtype=torch.long))
         self.n_features = explainer.n_features
+        self.sigma = explainer._sigma(explainer.input_size_)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         acts = [images]
@@ -444,7 +446,7 @@ class _OnnxHead(nn.Module):
             chain, images, targets, stop=self.stop, size=images.shape[-2:]
         )
         explained = hit.any(1).to(maps.dtype)
-        maps = normalise_maps(maps) * explained[:, None, None, None]
+        maps = normalise_maps(smooth(maps, self.sigma)) * explained[:, None, None, None]
         logit_map = excitation_backprop_chain(
             list(self.model_chain), images, logits.argmax(1)[:, None], stop=self.stop,
             size=images.shape[-2:],
@@ -452,7 +454,7 @@ class _OnnxHead(nn.Module):
         b = torch.arange(images.shape[0], device=images.device)
         return layout_outputs(
             logits, scores, maps, row, hit.any(1), e[b, row] * explained[:, None],
-            approx[b, row] * explained, normalise_maps(logit_map)[:, 0],
+            approx[b, row] * explained, normalise_maps(smooth(logit_map, self.sigma))[:, 0],
         )  # fmt: skip
 
 
@@ -481,6 +483,16 @@ class SRAE(ConceptExplainer):
             image). None: the input pixels when the fit images are non-negative (the paper),
             else the model's last feature map (c-MWP needs non-negative inputs; normalised
             images are not).
+        heatmap_smoothing: standard deviation of a Gaussian blur of the c-MWP maps (x-feature
+            and logit maps), as a fraction of the image's shorter side (default 1/64: 1 pixel
+            on the concept world's 64-pixel images, 3.5 on 224-pixel ones); 0 keeps the raw
+            c-MWP, as the paper shows it. Why: excitation backprop to the pixels gives
+            speckled maps (0.6 % of the pixels above half the maximum on the concept world),
+            whose single brightest pixel is a noisy place to point. Measured on the concept
+            world (docs/methods.md, 3 seeds, 200 test images, pointing / energy / ROC-AUC on
+            the defining concepts): cw-vgg 0.81 / 0.46 / 0.79 raw and 0.81 / 0.44 / 0.83
+            smoothed, cw-resnet 0.91 / 0.42 / 0.84 and 0.87 / 0.42 / 0.92 (Grad-CAM
+            0.78 / 0.28 / 0.84 and 0.82 / 0.39 / 0.88). The maps are renormalised to sum 1.
         seed: initialisation, sampling and batching.
     """
 
@@ -514,6 +526,7 @@ class SRAE(ConceptExplainer):
         patience: int = 10,
         val_fraction: float = 0.1,
         heatmap_layer: Optional[str] = None,
+        heatmap_smoothing: float = 1 / 64,
         seed: int = 0,
         class_names: Optional[Sequence[str]] = None,
         max_images: Optional[int] = None,
@@ -532,6 +545,7 @@ class SRAE(ConceptExplainer):
         self.epochs, self.batch_size, self.lr, self.patience = epochs, batch_size, lr, patience
         self.val_fraction = val_fraction
         self.heatmap_layer = heatmap_layer
+        self.heatmap_smoothing = heatmap_smoothing
         self.seed = seed
         self.class_names = class_names
         self.max_images = max_images
@@ -584,6 +598,7 @@ class SRAE(ConceptExplainer):
         config = self._loss_config()
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction: expected a value in [0, 1), got {self.val_fraction}")
+        _check_smoothing(self.heatmap_smoothing)
         for name in ("layer_", "heatmap_layer_"):  # resolved again on this fit's data
             vars(self).pop(name, None)
         z, logits, labels, first = self.features(data, self.batch_size, self.max_images)
@@ -651,7 +666,11 @@ class SRAE(ConceptExplainer):
             layer=None if self.heatmap_layer_ is None else f"model.{self.heatmap_layer_}",
             size=images.shape[-2:],
         )  # fmt: skip
-        return normalise_maps(maps)
+        return normalise_maps(smooth(maps, self._sigma(images.shape[-2:])))
+
+    def _sigma(self, size: Sequence[int]) -> float:
+        """``heatmap_smoothing`` in pixels of images of ``size``."""
+        return _check_smoothing(self.heatmap_smoothing) * min(int(n) for n in size)
 
     def explain(
         self, images: torch.Tensor, targets: Optional[Any] = None, heatmaps: bool = True
@@ -690,7 +709,8 @@ class SRAE(ConceptExplainer):
                 self.model, images, t.to(images.device), layer=self.heatmap_layer_,
                 size=images.shape[-2:],
             )  # fmt: skip
-            logit_map = normalise_maps(logit_map)[:, 0].cpu()
+            logit_map = normalise_maps(smooth(logit_map, self._sigma(images.shape[-2:])))
+            logit_map = logit_map[:, 0].cpu()
         outputs = layout_outputs(
             logits.cpu(), scores.flatten(1), maps, rows, explained, e_t, approx[rows, b] * keep,
             logit_map,
@@ -714,12 +734,15 @@ class SRAE(ConceptExplainer):
             "n_in": int(self.z_mean_.shape[0]),
             "layer": self.layer_,
             "heatmap_layer": self.heatmap_layer_,
+            "heatmaps_smoothed": True,
         }
         return tensors, state
 
     def _set_state(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
         self.classes_ = [int(c) for c in state["classes"]]
         self.layer_, self.heatmap_layer_ = str(state["layer"]), state["heatmap_layer"]
+        if "heatmaps_smoothed" not in state:  # saved before heatmap_smoothing: raw c-MWP maps
+            self.heatmap_smoothing = 0.0
         ae = GroupedAutoencoder(
             len(self.classes_), int(state["n_in"]), self.hidden, self.n_features, self.x_activation
         )
@@ -768,6 +791,14 @@ def layout_outputs(
     return (
         logits, scores, maps, columns, class_maps, x_features, approximation, logit_heatmap,
     )  # fmt: skip
+
+
+def _check_smoothing(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 0.5:
+        raise ValueError(
+            f"heatmap_smoothing: expected a fraction of the image side in [0, 0.5), got {value!r}"
+        )
+    return float(value)
 
 
 def normalise_maps(maps: torch.Tensor) -> torch.Tensor:

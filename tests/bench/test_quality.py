@@ -123,8 +123,9 @@ CLAIMS = [
     ("mace", "cw-vgg", "energy_def", GRADCAM, 0.01),  # +0.02
     ("mace", "cw-vgg", "precision_int", RANDOM_RANKING, 0.08),  # +0.14
     ("mace", "cw-resnet", "precision_int", RANDOM_RANKING, 0.08),  # +0.12
-    ("srae", "cw-vgg", "energy_def", GRADCAM, 0.08),  # +0.13
-    ("srae", "cw-resnet", "pointing_def", GRADCAM, 0.05),  # +0.14
+    ("srae", "cw-vgg", "energy_def", GRADCAM, 0.08),  # +0.12
+    ("srae", "cw-resnet", "pointing_def", GRADCAM, 0.03),  # +0.06
+    ("srae", "cw-resnet", "auc_def", GRADCAM, 0.02),  # +0.05 (its maps smoothed)
     ("srae", "cw-vgg", "precision_int", RANDOM_RANKING, 0.06),  # +0.13
     ("srae", "cw-resnet", "precision_int", RANDOM_RANKING, 0.06),  # +0.19
     ("afi", "cw-vgg", "energy_def", GRADCAM, 0.08),  # +0.14

@@ -199,6 +199,41 @@ def test_contract_fit_explain_save_load_onnx(fitted, world, tmp_path) -> None:
         np.testing.assert_allclose(outputs["x_features"][i], want_e.numpy(), atol=1e-4)
 
 
+def test_heatmaps_are_the_smoothed_c_mwp_maps(fitted, world) -> None:
+    """Default: each x-feature's and the logit's c-MWP blurred by a Gaussian of 1/64 of the
+    image side (1 px here), renormalised; 0 keeps the raw c-MWP; files saved before the option
+    load with the raw maps they were fitted with; bad values are refused at fit."""
+    import copy
+
+    from pyconcepts.attribution.excitation import excitation_backprop
+    from pyconcepts.explainers.layout import smooth
+    from pyconcepts.explainers.srae import normalise_maps
+
+    images, cls = world.image(slice(0, 3)), fitted.classes_[1]
+    targets = torch.tensor([cls] * 3)
+    assert fitted.heatmap_smoothing == pytest.approx(1 / 64)
+    raw = excitation_backprop(fitted.x_feature_module(cls), images,
+                              list(range(fitted.n_features)), size=(64, 64))  # fmt: skip
+    logit = excitation_backprop(fitted.model, images, targets, size=(64, 64))
+    plain = copy.copy(fitted)
+    plain.heatmap_smoothing = 0.0
+    for explainer, sigma in ((fitted, 1.0), (plain, 0.0)):
+        got = explainer.explain(images, targets=targets)
+        torch.testing.assert_close(got.heatmaps, normalise_maps(smooth(raw, sigma)), atol=1e-6,
+                                   rtol=1e-4)  # fmt: skip
+        torch.testing.assert_close(got.extras["logit_heatmap"],
+                                   normalise_maps(smooth(logit, sigma))[:, 0], atol=1e-6,
+                                   rtol=1e-4)  # fmt: skip
+    tensors, state = fitted._state()
+    del state["heatmaps_smoothed"]
+    old = copy.copy(fitted)
+    old._set_state(tensors, state)
+    assert old.heatmap_smoothing == 0.0
+    for bad in (-0.1, 0.5, "1px", True):
+        with pytest.raises(ValueError, match="heatmap_smoothing: expected a fraction"):
+            SRAE(fitted.model, heatmap_smoothing=bad, **TINY).fit(world.tensors(), progress=False)
+
+
 def test_x_feature_module_is_exact(fitted, world) -> None:
     images = world.image(slice(0, 3))
     z, _, _, _ = fitted.features(images)
