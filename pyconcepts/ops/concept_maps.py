@@ -195,6 +195,20 @@ class _ConceptMaps(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
+# epilogue(z [B, M, P] (any strides), bias [M] or None, out [B, M, P] contiguous, may be z):
+# out = relu(z + bias) (the CUDA kernel, or the torch twin ``reference.concept_maps.bias_relu``,
+# which tests this path's layout handling and backward without a GPU).
+Epilogue = Callable[[torch.Tensor, Optional[torch.Tensor], torch.Tensor], None]
+
+
+def _cuda_bias_relu(z: torch.Tensor, bias: Optional[torch.Tensor], out: torch.Tensor) -> None:
+    _bridge.call(
+        "concept_maps_bias_relu",
+        _bridge.strided_ptr(z), *z.stride(), None if bias is None else _bridge.dense(bias),
+        out, *z.shape, dtype=z.dtype, device=z.device,
+    )  # fmt: skip
+
+
 class _ConceptMapsCuda(torch.autograd.Function):
     """cuBLAS products (``torch.matmul``) with our bias + ReLU epilogue; backward through
     ``torch.matmul`` with the output's ReLU mask."""
@@ -202,7 +216,7 @@ class _ConceptMapsCuda(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-        precision: str,
+        precision: str, epilogue: Epilogue,
     ) -> torch.Tensor:  # fmt: skip
         batch, channels, height, width = x.shape
         n_maps, n_positions = weight.shape[0], height * width
@@ -210,12 +224,7 @@ class _ConceptMapsCuda(torch.autograd.Function):
         with _cuda_precision(precision):
             z = torch.matmul(weight, xv)  # [B, M, P], possibly a transposed view
         out = z if z.is_contiguous() else torch.empty(z.shape, dtype=z.dtype, device=z.device)
-        _bridge.call(
-            "concept_maps_bias_relu",
-            _bridge.strided_ptr(z), *z.stride(), None if bias is None else _bridge.dense(bias),
-            out, batch, n_maps, n_positions,
-            dtype=x.dtype, device=x.device,
-        )  # fmt: skip
+        epilogue(z, bias, out)
         ctx.save_for_backward(xv, weight, out)
         ctx.x_shape = tuple(x.shape)
         ctx.precision = precision
@@ -225,7 +234,7 @@ class _ConceptMapsCuda(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
         xv, weight, out = ctx.saved_tensors
-        need_x, need_w, need_b, _ = ctx.needs_input_grad
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
         # torch's ReLU backward: zero where the output is <= 0 (a NaN output passes the gradient)
         g = grad_out.reshape(out.shape).masked_fill(out <= 0, 0)
         grad_x = grad_w = None
@@ -235,7 +244,7 @@ class _ConceptMapsCuda(torch.autograd.Function):
             if need_w:
                 grad_w = torch.einsum("bmp,bdp->md", g, xv)
         grad_b = g.sum((0, 2)) if need_b else None
-        return grad_x, grad_w, grad_b, None
+        return grad_x, grad_w, grad_b, None, None
 
 
 # reduce(z [b, M, p], bias, threshold, run_max, run_sum, run_count): folds one chunk of
@@ -335,7 +344,7 @@ def concept_maps(
             return _finite(_reference.concept_maps(x, weight, bias))
     out: torch.Tensor  # the compiled backend of x's device
     if x.is_cuda:
-        out = _ConceptMapsCuda.apply(x, weight, bias, precision)
+        out = _ConceptMapsCuda.apply(x, weight, bias, precision, _cuda_bias_relu)
     else:
         out = _ConceptMaps.apply(x, weight, bias)
     return _finite(out)

@@ -54,3 +54,9 @@ def stats_chunk(
     run_max.copy_(torch.maximum(run_max, torch.where(torch.isnan(v), 0.0, v).amax(2)))
     run_sum.add_(v.sum(2))
     run_count.add_((v > threshold).to(v.dtype).sum(2))
+
+
+def bias_relu(z: torch.Tensor, bias: Optional[torch.Tensor], out: torch.Tensor) -> None:
+    """Twin of the CUDA epilogue: ``out = relu(z + bias)`` for pre-activations ``z [B, M, P]``
+    of any strides, written into the contiguous ``out`` (which may be ``z`` itself)."""
+    out.copy_(torch.relu(z if bias is None else z + bias[:, None]))

@@ -432,6 +432,49 @@ def test_cuda_chunk_planning_with_the_torch_reducer(
     assert_stats_close(stats, x, weight, bias, 0.2)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@given(
+    shape=shapes,
+    layout=st.sampled_from(LAYOUTS),
+    with_bias=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_cuda_path_with_the_torch_epilogue(shape, dtype, layout, with_bias, seed):
+    """The CUDA path's autograd function (GEMM, epilogue into a contiguous output whatever
+    the product's strides, backward through the ReLU mask) with the epilogue's torch twin on
+    the CPU: outputs and all three gradients equal the reference's autograd."""
+    batch, channels, n_maps, height, width = shape
+    gen = torch.Generator().manual_seed(seed)
+    x = make_x(batch, channels, height, width, dtype, layout, gen).requires_grad_(True)
+    weight = torch.randn(n_maps, channels, dtype=dtype, generator=gen).requires_grad_(True)
+    bias = torch.randn(n_maps, dtype=dtype, generator=gen) if with_bias else None
+    if bias is not None:
+        bias.requires_grad_(True)
+    inputs = [t for t in (x, weight, bias) if t is not None]
+    out = cm_module._ConceptMapsCuda.apply(x, weight, bias, "fp32", reference.bias_relu)
+    want = reference.concept_maps(x, weight, bias)
+    tol = tolerances(dtype, channels)
+    torch.testing.assert_close(out, want, **tol)
+    if out.numel() == 0:
+        return
+    grad = torch.randn(out.shape, dtype=dtype, generator=gen)
+    got = torch.autograd.grad(out, inputs, grad)
+    expected = torch.autograd.grad(want, inputs, grad)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, **tol)
+
+
+def test_cuda_path_gradcheck_with_the_torch_epilogue():
+    gen = torch.Generator().manual_seed(5)
+    x = make_x(2, 4, 3, 2, torch.float64, "channels_last", gen).requires_grad_(True)
+    weight = torch.randn(3, 4, dtype=torch.float64, generator=gen, requires_grad=True)
+    bias = torch.randn(3, dtype=torch.float64, generator=gen, requires_grad=True)
+    apply = cm_module._ConceptMapsCuda.apply
+    assert torch.autograd.gradcheck(
+        lambda *a: apply(*a, "fp32", reference.bias_relu), (x, weight, bias)
+    )
+
+
 def test_precision_is_checked():
     x, weight = torch.randn(1, 3, 2, 2), torch.randn(2, 3)
     for fn in (concept_maps, concept_map_stats):
