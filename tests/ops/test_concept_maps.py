@@ -63,20 +63,31 @@ shapes = st.tuples(
 )
 
 
-@needs_cpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@given(
+# a make_problem draw (with dtype parametrised separately)
+problems = given(
     shape=shapes,
     layout=st.sampled_from(LAYOUTS),
     with_bias=st.booleans(),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_forward_matches_conv2d_and_reference(shape, dtype, layout, with_bias, seed):
+
+
+def make_problem(shape, dtype, layout, with_bias, seed):
+    """x (in ``layout``), weight and optional bias of a ``shapes`` draw, and the generator."""
     batch, channels, n_maps, height, width = shape
     gen = torch.Generator().manual_seed(seed)
     x = make_x(batch, channels, height, width, dtype, layout, gen)
     weight = torch.randn(n_maps, channels, dtype=dtype, generator=gen)
     bias = torch.randn(n_maps, dtype=dtype, generator=gen) if with_bias else None
+    return x, weight, bias, gen
+
+
+@needs_cpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@problems
+def test_forward_matches_conv2d_and_reference(shape, dtype, layout, with_bias, seed):
+    batch, channels, n_maps, height, width = shape
+    x, weight, bias, _ = make_problem(shape, dtype, layout, with_bias, seed)
     out = concept_maps(x, weight, bias)
     assert out.shape == (batch, n_maps, height, width)
     assert out.is_contiguous()
@@ -125,11 +136,8 @@ def assert_stats_close(got, x, weight, bias, threshold):
     seed=st.integers(0, 2**31 - 1),
 )
 def test_stats_match_torch_reductions(shape, dtype, layout, with_bias, threshold, seed):
-    batch, channels, n_maps, height, width = shape
-    gen = torch.Generator().manual_seed(seed)
-    x = make_x(batch, channels, height, width, dtype, layout, gen)
-    weight = torch.randn(n_maps, channels, dtype=dtype, generator=gen)
-    bias = torch.randn(n_maps, dtype=dtype, generator=gen) if with_bias else None
+    batch, channels, n_maps = shape[:3]
+    x, weight, bias, _ = make_problem(shape, dtype, layout, with_bias, seed)
     got = concept_map_stats(x, weight, bias, threshold)
     assert all(t.shape == (batch, n_maps) and t.dtype == dtype for t in got)
     assert_stats_close(got, x, weight, bias, threshold)
@@ -414,11 +422,8 @@ def test_cuda_chunk_planning_with_the_torch_reducer(
     several whole images otherwise) with the kernel's torch twin as the reducer, on the CPU:
     equal to the materialised statistics; a NaN in the features makes its maps' max and mean
     NaN, as on the other backends."""
-    batch, channels, n_maps, height, width = shape
-    gen = torch.Generator().manual_seed(seed)
-    x = make_x(batch, channels, height, width, dtype, layout, gen)
-    weight = torch.randn(n_maps, channels, dtype=dtype, generator=gen)
-    bias = torch.randn(n_maps, dtype=dtype, generator=gen) if with_bias else None
+    height = shape[3]
+    x, weight, bias, _ = make_problem(shape, dtype, layout, with_bias, seed)
     if with_nan and x.numel():
         x = x.clone()
         x[0, 0, height - 1, 0] = float("nan")
@@ -433,24 +438,14 @@ def test_cuda_chunk_planning_with_the_torch_reducer(
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@given(
-    shape=shapes,
-    layout=st.sampled_from(LAYOUTS),
-    with_bias=st.booleans(),
-    seed=st.integers(0, 2**31 - 1),
-)
+@problems
 def test_cuda_path_with_the_torch_epilogue(shape, dtype, layout, with_bias, seed):
     """The CUDA path's autograd function (GEMM, epilogue into a contiguous output whatever
     the product's strides, backward through the ReLU mask) with the epilogue's torch twin on
     the CPU: outputs and all three gradients equal the reference's autograd."""
-    batch, channels, n_maps, height, width = shape
-    gen = torch.Generator().manual_seed(seed)
-    x = make_x(batch, channels, height, width, dtype, layout, gen).requires_grad_(True)
-    weight = torch.randn(n_maps, channels, dtype=dtype, generator=gen).requires_grad_(True)
-    bias = torch.randn(n_maps, dtype=dtype, generator=gen) if with_bias else None
-    if bias is not None:
-        bias.requires_grad_(True)
-    inputs = [t for t in (x, weight, bias) if t is not None]
+    x, weight, bias, gen = make_problem(shape, dtype, layout, with_bias, seed)
+    inputs = [t.requires_grad_(True) for t in (x, weight, bias) if t is not None]
+    channels = shape[1]
     out = cm_module._ConceptMapsCuda.apply(x, weight, bias, "fp32", reference.bias_relu)
     want = reference.concept_maps(x, weight, bias)
     tol = tolerances(dtype, channels)
