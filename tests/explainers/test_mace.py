@@ -58,7 +58,14 @@ def test_explain_shapes_and_relevance(tiny):
     # (relevance_reference="mean"), zero elsewhere
     reference = e.explain(images, targets=labels).extras["relevance"].mean(0)  # [K, C]
     assert e.relevance_reference == "mean" and float(reference.abs().sum()) > 0
-    maps = e.concept_maps_of(images[:5])  # [B, K, C, H, W], pruned maps zero
+    # heatmaps = the maps measured from their mean over the fit images and positions
+    # (map_reference="mean"), at the layer's resolution, then resized
+    raw = e.concept_maps_of(images, upsample=False, pruned=False)  # [N, K, C, h, w]
+    assert e.map_reference == "mean"
+    torch.testing.assert_close(e.head_.map_reference, raw.mean((0, 3, 4)), atol=1e-5, rtol=1e-4)
+    low = torch.relu(raw[:5] - raw.mean((0, 3, 4))[None, :, :, None, None])
+    maps = F.interpolate(low.flatten(1, 2), size=(64, 64), mode="bilinear", align_corners=False)
+    maps = maps.view(5, k, c, 64, 64) * e.head_.active[None, :, :, None, None]
     for i, t in enumerate(out.targets.tolist()):
         centred = rel[i, t] - reference[t]
         torch.testing.assert_close(out.concept_scores[i].view(k, c)[t], centred)
@@ -138,23 +145,52 @@ def test_save_load_roundtrip(tiny, tmp_path):
     assert loaded.pruned_ == e.pruned_
 
 
-def test_file_saved_before_the_relevance_reference_explains_with_the_papers_relevance(
+def test_file_saved_before_the_references_explains_with_the_papers_relevance_and_maps(
     tiny, tmp_path, monkeypatch
 ):
     model, images, labels, e = tiny
     tensors, state = e._state()
-    without = {k: v for k, v in tensors.items() if k != "head.rel_reference"}
-    with monkeypatch.context() as m:  # a file as written before the reference existed
+    gone = ("head.rel_reference", "head.map_reference")
+    without = {k: v for k, v in tensors.items() if k not in gone}
+    with monkeypatch.context() as m:  # a file as written before the references existed
         m.setattr(e, "_state", lambda: (without, state))
         path = e.save(tmp_path / "old.pcx")
     old = MACE.load(path, model=model)
-    assert old.relevance_reference == "zero"
+    assert old.relevance_reference == "zero" and old.map_reference == "zero"
     out = old.explain(images[:4], targets=labels[:4])
     rel = out.extras["relevance"]
+    maps = old.concept_maps_of(images[:4])
     for i, t in enumerate(out.targets.tolist()):
         torch.testing.assert_close(out.concept_scores[i].view(4, 3)[t], rel[i, t])
-    with pytest.raises(ValueError, match="relevance_reference: expected 'mean' or 'zero'"):
-        MACE(model, layer="features.relu4", relevance_reference="median").fit(images[:4])
+        torch.testing.assert_close(out.heatmaps[i], maps[i, t], atol=1e-5, rtol=1e-4)
+    for name in ("relevance_reference", "map_reference"):
+        with pytest.raises(ValueError, match=f"{name}: expected 'mean' or 'zero'"):
+            MACE(model, layer="features.relu4", **{name: "median"}).fit(images[:4])
+    with pytest.raises(ValueError, match="map_init: expected 'gradient' or 'random'"):
+        MACE(model, layer="features.relu4", map_init="zeros").fit(images[:4])
+
+
+def test_gradient_start_adds_each_classs_mean_gradcam_direction(tiny):
+    """With lr 0 the maps' weights stay where they start: the random start plus, for every
+    concept of class k, the unit vector of the class's mean Grad-CAM weights, read here from
+    one backward pass per image through a hook."""
+    model, images, labels, _ = tiny
+    kw = dict(layer="features.relu4", n_concepts=3, embedding_sizes=(8,), batch_size=16,
+              lr=0.0, epochs=1, prune=False, seed=3)  # fmt: skip
+    start = MACE(model, map_init="gradient", **kw).fit((images, labels), progress=False)
+    plain = MACE(model, map_init="random", **kw).fit((images, labels), progress=False)
+    acts = {}
+    handle = model.features.relu4.register_forward_hook(lambda _m, _i, o: acts.update(a=o))
+    alpha = []
+    for x, y in zip(images, labels.tolist()):
+        logit = model(x[None].clone().requires_grad_(True))[0, y]
+        (grad,) = torch.autograd.grad(logit, acts["a"])
+        alpha.append(grad[0].mean((1, 2)))
+    handle.remove()
+    alpha = torch.stack(alpha)
+    want = torch.stack([F.normalize(alpha[labels == k].mean(0), dim=0) for k in range(4)])
+    moved = (start.head_.map_weight - plain.head_.map_weight).detach().view(4, 3, -1)
+    torch.testing.assert_close(moved, want[:, None].expand(4, 3, -1), atol=1e-5, rtol=1e-4)
 
 
 def test_export_onnx_matches_torch(tiny, tmp_path):
