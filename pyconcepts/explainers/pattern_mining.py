@@ -146,8 +146,9 @@ def ablated(model: nn.Module, layer: str, keep: torch.Tensor) -> Iterator[None]:
 
 class _PatternScorer(nn.Module):
     """images (, targets) → the pattern outputs (``FilterPatterns.onnx_outputs`` order) for the
-    explained class of each image (default: the prediction): each of its rules' score and map
-    (the mean of the rule's filters, relative to their fit-time mean peak), computed at the
+    explained class of each image (default: the prediction): each of its rules' score (the mean
+    of its filters' peaks, relative to their fit-time mean peak) and map (the mean of its
+    filters' maps in the same units, each measured from its ``offset``), computed at the
     layer's resolution and upsampled only for that class's rules. ``explain`` and the ONNX
     export both run it."""
 
@@ -155,13 +156,14 @@ class _PatternScorer(nn.Module):
 
     def __init__(
         self, model: nn.Module, layer: str, rules: torch.Tensor, scale: torch.Tensor,
-        table: torch.Tensor,
+        offset: torch.Tensor, table: torch.Tensor,
     ) -> None:  # fmt: skip
         super().__init__()
         self.extractor = FeatureExtractor(model, [layer])
         self.model = model
         self.rules = nn.Parameter(rules, requires_grad=False)
         self.scale = nn.Parameter(scale, requires_grad=False)
+        self.offset = nn.Parameter(offset, requires_grad=False)  # [F], in units of scale
         self.register_buffer("table", table)
 
     def forward(
@@ -177,7 +179,7 @@ class _PatternScorer(nn.Module):
         scores = (acts.amax(dim=(2, 3)) @ self.rules.t()) * own.to(acts.dtype)
         # the target's rules only (a −1 column: a zero rule, so a zero map)
         rules = self.rules[columns.clamp_min(0)] * (columns >= 0).to(acts.dtype)[..., None]
-        maps = torch.einsum("bqk,bkhw->bqhw", rules, acts)
+        maps = torch.einsum("bqk,bkhw->bqhw", rules, torch.relu(acts - self.offset[:, None, None]))
         heatmaps = upsample(maps, images.shape[-2:]).clamp_min(0)
         class_maps = combine_maps(heatmaps, scores_of_columns(scores, columns))
         return logits, scores, heatmaps, columns, class_maps
@@ -209,6 +211,13 @@ class FilterPatterns(ConceptExplainer):
         seed: seeds the random candidate windows.
         class_names: names of the model's classes (default: the zoo's, else ``class_i``).
         max_images: use at most this many fit images (None: all of them).
+        map_reference: what each filter's map is measured from in the rule heatmaps (the seed
+            defines no heatmap for new images; ``explain`` is ours). ``"mean"`` (default): its
+            mean activation over the fit images, ``relu(A_f − Ā_f)``, so the level a filter
+            keeps on every image is not summed into the class map; ``"zero"``: ``A_f``.
+            Measured on the concept world (docs/methods.md, 3 seeds, cw-vgg / cw-resnet):
+            energy on the class-defining parts 0.35 → 0.38 / 0.38 → 0.41, ROC-AUC
+            0.79 → 0.80 / 0.895 → 0.899, pointing unchanged. Rule scores do not depend on it.
     """
 
     method = "pattern_mining"
@@ -232,6 +241,7 @@ class FilterPatterns(ConceptExplainer):
         seed: int = 0,
         class_names: Optional[Sequence[str]] = None,
         max_images: Optional[int] = None,
+        map_reference: str = "mean",
     ) -> None:
         self.model = model
         self.layer = layer
@@ -249,6 +259,7 @@ class FilterPatterns(ConceptExplainer):
         self.seed = seed
         self.class_names = class_names
         self.max_images = max_images
+        self.map_reference = map_reference
 
     # ---- configuration checks -------------------------------------------------------------
     def _layer_name(self, example: torch.Tensor) -> str:
@@ -277,6 +288,10 @@ class FilterPatterns(ConceptExplainer):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name}: expected a float in [0, 1], got {value!r}")
+        if self.map_reference not in ("mean", "zero"):
+            raise ValueError(
+                f"map_reference: expected 'mean' or 'zero', got {self.map_reference!r}"
+            )
         if not isinstance(self.tau_support, float) or not 0.0 < self.tau_support <= 1.0:
             raise ValueError(
                 f"tau_support: expected a float fraction in (0, 1], got {self.tau_support!r}"
@@ -343,6 +358,7 @@ class FilterPatterns(ConceptExplainer):
             "classes": cam.targets[:, None].expand_as(keep)[keep],
             "patches": crops,
             "filter_max": cam.activations.amax(dim=(2, 3)),
+            "filter_mean": cam.activations.mean(dim=(2, 3)),
         }
 
     # ---- fit ------------------------------------------------------------------------------
@@ -374,6 +390,7 @@ class FilterPatterns(ConceptExplainer):
         self.n_transactions_ = len(classes)
         self.rules_, self.shared_ = self._mine(filters, classes, n_filters)
         self.filter_scale_ = torch.cat(parts["filter_max"]).mean(0).clamp_min(1e-6)
+        self.filter_mean_ = torch.cat(parts["filter_mean"]).mean(0)
         self.pattern_images_ = self._visual_patterns(
             filters, classes, responses, torch.cat(parts["patches"])
         )
@@ -473,7 +490,8 @@ class FilterPatterns(ConceptExplainer):
         """Per image, the rules of its explained class (default: the prediction):
         ``concept_scores`` (that class's rule columns, 0 elsewhere: each rule's mean over its
         filters of the peak activation, relative to the fit-time mean peak), their maps
-        (``heatmaps [B, q, H, W]``, the mean map of the rule's filters; −1 columns where the
+        (``heatmaps [B, q, H, W]``, the mean map of the rule's filters measured from
+        ``map_reference``; −1 columns where the
         class has fewer rules) and their score-weighted sum (``class_maps``)."""
         self._check_fitted()
         images = self._check_images(images).to(self._model_device())
@@ -572,6 +590,7 @@ class FilterPatterns(ConceptExplainer):
     def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors = {
             "filter_scale": self.filter_scale_,
+            "filter_mean": self.filter_mean_,
             "pattern_images": self.pattern_images_,
         }
         state = {
@@ -595,6 +614,9 @@ class FilterPatterns(ConceptExplainer):
             for s in state["shared"]
         ]
         self.filter_scale_ = tensors["filter_scale"]
+        if "filter_mean" not in tensors:  # saved before map_reference: maps measured from 0
+            self.map_reference = "zero"
+        self.filter_mean_ = tensors.get("filter_mean", torch.zeros_like(self.filter_scale_))
         self.pattern_images_ = tensors["pattern_images"]
         self._set_rule_tensors()
 
@@ -605,8 +627,11 @@ class FilterPatterns(ConceptExplainer):
         groups: list[list[int]] = [[] for _ in self.class_names_]
         for j, rule in enumerate(self.rules_):
             groups[rule.class_id].append(j)
+        offset = self.filter_mean_ / self.filter_scale_
+        if self.map_reference == "zero":
+            offset = torch.zeros_like(offset)
         return _PatternScorer(
-            self.model, self.layer_, self.rule_matrix_, self.filter_scale_,
+            self.model, self.layer_, self.rule_matrix_, self.filter_scale_, offset,
             class_table(groups, self.top_rules),
         ).to(self._model_device())  # fmt: skip
 

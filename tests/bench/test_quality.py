@@ -144,8 +144,10 @@ CLAIMS = [
     ("afi", "cw-vgg", "precision_int", RANDOM_CHANNELS, 0.12),  # +0.24
     ("afi", "cw-resnet", "precision_int", RANDOM_RANKING, 0.1),  # +0.42
     ("afi", "cw-resnet", "precision_int", RANDOM_CHANNELS, 0.1),  # +0.28
-    ("pattern_mining", "cw-vgg", "energy_def", GRADCAM, 0.04),  # +0.07
+    ("pattern_mining", "cw-vgg", "energy_def", GRADCAM, 0.05),  # +0.10
     ("pattern_mining", "cw-resnet", "pointing_def", GRADCAM, 0.02),  # +0.05
+    ("pattern_mining", "cw-resnet", "energy_def", GRADCAM, 0.005),  # +0.015 (spread 0.001)
+    ("pattern_mining", "cw-resnet", "auc_def", GRADCAM, 0.01),  # +0.02
     ("pattern_mining", "cw-vgg", "precision_int", RANDOM_RANKING, 0.1),  # +0.21
     ("pattern_mining", "cw-vgg", "spearman_int", RANDOM_CHANNELS, 0.1),  # +0.19
     ("pattern_mining", "cw-resnet", "precision_int", RANDOM_RANKING, 0.1),  # +0.18

@@ -127,6 +127,54 @@ def test_fitted_state(fitted, tmp_path):
     assert explainer.plot() is not None
 
 
+def test_explain_reads_the_rules_of_the_target_class(fitted, tmp_path, monkeypatch):
+    """Plain per-image reading: each rule of the target class scores the mean over its filters
+    of peak / fit-time mean peak; its map is the mean of its filters' maps in those units, each
+    measured from its fit-time mean (map_reference="mean", relu), resized; the class map sums
+    the maps with the positive scores (all of them when none is positive)."""
+    explainer, images, _ = fitted
+    acts = {}
+    layer = explainer.model.features.relu4
+    handle = layer.register_forward_hook(lambda _m, _i, o: acts.update(a=o.detach()))
+    with torch.no_grad():
+        explainer.model(images)
+    handle.remove()
+    a = acts["a"] / explainer.filter_scale_[None, :, None, None]
+    fit_mean = a.mean((0, 2, 3))  # the fit images are these 16
+    torch.testing.assert_close(explainer.filter_mean_ / explainer.filter_scale_, fit_mean)
+    targets = [r.class_id for r in explainer.rules_][:1] * 4
+    out = explainer.explain(images[:4], targets=targets)
+    for i, t in enumerate(targets):
+        ids = [j for j, r in enumerate(explainer.rules_) if r.class_id == t]
+        scores, maps = [], []
+        for j in ids:
+            f = list(explainer.rules_[j].filters)
+            scores.append(float(a[i, f].amax((1, 2)).mean()))
+            maps.append(torch.relu(a[i, f] - fit_mean[f, None, None]).mean(0))
+        assert out.heatmap_concepts[i, : len(ids)].tolist() == ids
+        torch.testing.assert_close(out.concept_scores[i, ids], torch.tensor(scores))
+        up = F.interpolate(torch.stack(maps)[None], size=(64, 64), mode="bilinear")[0]
+        torch.testing.assert_close(out.heatmaps[i, : len(ids)], up, atol=1e-5, rtol=1e-4)
+        w = torch.tensor(scores).clamp_min(0)
+        w = w if float(w.sum()) > 0 else torch.ones_like(w)
+        want = torch.einsum("q,qhw->hw", w, up)
+        torch.testing.assert_close(out.class_maps[i], want, atol=1e-5, rtol=1e-4)
+    # a file saved before map_reference measures the maps from 0
+    tensors, state = explainer._state()
+    with monkeypatch.context() as m:
+        old_tensors = {k: v for k, v in tensors.items() if k != "filter_mean"}
+        m.setattr(explainer, "_state", lambda: (old_tensors, state))
+        path = explainer.save(tmp_path / "old.pcx")
+    old = FilterPatterns.load(path, model=explainer.model)
+    assert old.map_reference == "zero"
+    first = old.explain(images[:1], targets=targets[:1])
+    f = list(explainer.rules_[0].filters)
+    up = F.interpolate(a[:1, f].mean(1, keepdim=True), size=(64, 64), mode="bilinear")[0, 0]
+    torch.testing.assert_close(first.heatmaps[0, 0], up, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="map_reference: expected 'mean' or 'zero'"):
+        FilterPatterns(explainer.model, "features.relu4", map_reference="max").fit(images[:2])
+
+
 def test_ablation_zeroes_the_chosen_filters(fitted):
     explainer, images, labels = fitted
     keep = torch.ones(128, dtype=torch.bool)
