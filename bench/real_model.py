@@ -16,6 +16,8 @@ not raised by sharpening the map), next to Grad-CAM at the same layer. Writes
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import subprocess
 import sys
@@ -40,9 +42,21 @@ def _status_mib(field: str) -> float:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
+def _release_freed_heap() -> None:
+    """Hand the heap's freed pages back to the OS (glibc ``malloc_trim``), so memory an earlier
+    call freed but kept resident does not hide the next call's peak."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the peak may be understated after big calls
+        pass
+
+
 def peak_extra_mib(call: Callable[[], Any]) -> tuple[Any, float]:
     """``call()`` and its peak resident memory above the resident memory before it (Linux:
-    the peak is reset through /proc/self/clear_refs first)."""
+    freed heap pages are released and the peak is reset through /proc/self/clear_refs
+    first)."""
+    gc.collect()
+    _release_freed_heap()
     Path("/proc/self/clear_refs").write_text("5")
     before = _status_mib("VmRSS")
     out = call()
