@@ -176,7 +176,11 @@ def plain_torch(explainer: ConceptExplainer) -> Optional[Callable[[torch.Tensor]
             acts, logits = _acts_and_logits(model, e["layer_"], images)
             acts = acts / e["filter_scale_"][None, :, None, None]
             rules = e["rule_matrix_"]
-            every = _up(torch.einsum("rk,bkhw->brhw", rules, acts), size).clamp_min(0)
+            offset = e["filter_mean_"] / e["filter_scale_"]  # each filter's fit-time mean
+            if e["map_reference"] == "zero":
+                offset = torch.zeros_like(offset)
+            shown = torch.relu(acts - offset[None, :, None, None])
+            every = _up(torch.einsum("rk,bkhw->brhw", rules, shown), size).clamp_min(0)
             t = logits.argmax(1).tolist()
             own = [[j for j, r in enumerate(e["rules_"]) if r.class_id == c] for c in t]
             width = max(1, *(len(o) for o in own), explainer.top_rules)  # type: ignore[attr-defined]
@@ -199,7 +203,9 @@ def plain_torch(explainer: ConceptExplainer) -> Optional[Callable[[torch.Tensor]
                     for w, bias in zip(head.emb_weights, head.emb_biases):
                         h = torch.tanh(h @ w[k] + bias[k])
                     rel.append((h * head.rel_weight[k]).sum(-1) * head.active[k])
-                every = _up(all_maps, size)
+                # each map measured from its fit-time mean (0 with map_reference="zero")
+                reference = head.map_reference.flatten()[None, :, None, None]
+                every = _up(torch.relu(all_maps - reference), size)
             t = logits.argmax(1).tolist()
             scores = torch.zeros(b, head.k * head.c)
             columns = torch.full((b, head.c), -1)
