@@ -191,6 +191,14 @@ def test_gradient_start_adds_each_classs_mean_gradcam_direction(tiny):
     want = torch.stack([F.normalize(alpha[labels == k].mean(0), dim=0) for k in range(4)])
     moved = (start.head_.map_weight - plain.head_.map_weight).detach().view(4, 3, -1)
     torch.testing.assert_close(moved, want[:, None].expand(4, 3, -1), atol=1e-5, rtol=1e-4)
+    # a class asked for but absent from the fit data has no direction: its maps start random
+    kw["classes"] = [3, 7, 0]
+    start = MACE(model, map_init="gradient", **kw).fit((images, labels), progress=False)
+    plain = MACE(model, map_init="random", **kw).fit((images, labels), progress=False)
+    moved = (start.head_.map_weight - plain.head_.map_weight).detach().view(3, 3, -1)
+    torch.testing.assert_close(moved[0], want[3][None].expand(3, -1), atol=1e-5, rtol=1e-4)
+    assert float(moved[1].abs().max()) == 0.0
+    torch.testing.assert_close(moved[2], want[0][None].expand(3, -1), atol=1e-5, rtol=1e-4)
 
 
 def test_export_onnx_matches_torch(tiny, tmp_path):
