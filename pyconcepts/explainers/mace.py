@@ -476,7 +476,6 @@ class MACE(ConceptExplainer):
         feats: list[torch.Tensor] = []
         zs, logits, labels = [], [], []
         gradients: Optional[torch.Tensor] = None
-        counts: Optional[torch.Tensor] = None
         batches = iter_batches(data, self.batch_size, self._model_device(), self.max_images)
         for images, lab in batches:
             images = self._check_images(images, "data")
@@ -489,19 +488,18 @@ class MACE(ConceptExplainer):
             logits.append(lg)
             labels.append(lg.argmax(1) if lab is None else lab.to(lg.device).long().view(-1))
             if record and self.map_init == "gradient":
-                if gradients is None or counts is None:
+                if gradients is None:
                     gradients = f.new_zeros(lg.shape[1], f.shape[1])
-                    counts = lg.new_zeros(lg.shape[1])
                 for part, ids in zip(images.split(_GRAD_CHUNK), labels[-1].split(_GRAD_CHUNK)):
                     alpha = grad_cam(self.model, self.layer_, part, ids, upsample=False).weights
                     gradients.index_add_(0, ids, alpha.to(gradients))
-                counts.index_add_(0, labels[-1], torch.ones_like(labels[-1], dtype=lg.dtype))
         if not feats:
             raise ValueError("data: expected at least one batch of images, got none")
         cache = torch.cat(feats), torch.cat(zs), torch.cat(logits), torch.cat(labels)
-        if gradients is None or counts is None:
+        if gradients is None:
             return cache, None
-        return cache, gradients / counts.clamp_min(1)[:, None]
+        counts = torch.bincount(cache[3], minlength=gradients.shape[0]).clamp_min(1)
+        return cache, gradients / counts[:, None].to(gradients)
 
     def _losses(
         self, feats: torch.Tensor, z: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor
