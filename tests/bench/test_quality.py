@@ -127,8 +127,10 @@ CLAIMS = [
     ("mace", "cw-resnet", "precision_int", RANDOM_RANKING, 0.12),  # +0.19
     ("mace", "cw-vgg", "precision_int", RANDOM_CHANNELS, 0.03),  # +0.05
     ("mace", "cw-resnet", "precision_int", RANDOM_CHANNELS, 0.03),  # +0.05
-    ("srae", "cw-vgg", "energy_def", GRADCAM, 0.08),  # +0.12
-    ("srae", "cw-resnet", "pointing_def", GRADCAM, 0.03),  # +0.06
+    ("srae", "cw-vgg", "energy_def", GRADCAM, 0.08),  # +0.18
+    ("srae", "cw-vgg", "pointing_def", GRADCAM, 0.1),  # +0.20: the logit's map in its class map
+    ("srae", "cw-vgg", "auc_def", GRADCAM, 0.03),  # +0.06
+    ("srae", "cw-resnet", "pointing_def", GRADCAM, 0.03),  # +0.05
     ("srae", "cw-resnet", "auc_def", GRADCAM, 0.02),  # +0.05 (its maps smoothed)
     ("srae", "cw-vgg", "precision_int", RANDOM_RANKING, 0.06),  # +0.13
     ("srae", "cw-resnet", "precision_int", RANDOM_RANKING, 0.06),  # +0.19

@@ -4,6 +4,7 @@ the explainer contract, exact x-feature heatmap modules, errors."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -232,6 +233,58 @@ def test_heatmaps_are_the_smoothed_c_mwp_maps(fitted, world) -> None:
     for bad in (-0.1, 0.5, "1px", True):
         with pytest.raises(ValueError, match="heatmap_smoothing: expected a fraction"):
             SRAE(fitted.model, heatmap_smoothing=bad, **TINY).fit(world.tensors(), progress=False)
+
+
+def test_class_map_mixes_the_x_feature_map_with_the_logit_map(fitted, world) -> None:
+    """Default: half the x-features' contribution-weighted map, half the logit's c-MWP map,
+    each scaled to peak 1 (read from the explanation's own outputs); 0 gives the x-feature map
+    alone; an unexplained image's map stays 0; files saved before the option load with 0; bad
+    values are refused; the ONNX graph gives the same class maps."""
+    import copy
+
+    images = world.image(slice(0, 4))
+    targets = torch.tensor([0, 1, 3, 2])  # class 2 is not explained
+    assert fitted.logit_map_weight == 0.5
+    with pytest.warns(UserWarning):
+        got = fitted.explain(images, targets=targets)
+    contributions = got.concept_scores.gather(1, got.heatmap_concepts.clamp_min(0))
+    features = torch.einsum("bc,bchw->bhw", contributions.clamp_min(0), got.heatmaps)
+
+    def peak(m: torch.Tensor) -> torch.Tensor:
+        top = m.flatten(1).amax(1)[:, None, None]
+        return m / torch.where(top > 0, top, torch.ones_like(top))
+
+    want = 0.5 * peak(features) + 0.5 * peak(got.extras["logit_heatmap"])
+    want[3] = 0
+    torch.testing.assert_close(got.class_maps, want, atol=1e-6, rtol=1e-5)
+    assert float(got.class_maps[:3].flatten(1).amax(1).min()) > 0
+    alone = copy.copy(fitted)
+    alone.logit_map_weight = 0.0
+    with pytest.warns(UserWarning):
+        plain = alone.explain(images, targets=targets)
+    torch.testing.assert_close(plain.class_maps[:3], features[:3], atol=1e-6, rtol=1e-5)
+    tensors, state = fitted._state()
+    del state["class_map_with_logit"]
+    old = copy.copy(fitted)
+    old._set_state(tensors, state)
+    assert old.logit_map_weight == 0.0
+    for bad in (-0.1, 1.5, "half", True):
+        with pytest.raises(ValueError, match="logit_map_weight: expected a number in"):
+            SRAE(fitted.model, logit_map_weight=bad, **TINY).fit(world.tensors(), progress=False)
+
+
+def test_onnx_class_maps_match_explain(fitted, world, tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+
+    images = world.image(slice(0, 6))
+    path = fitted.export_onnx(tmp_path / "srae.onnx")
+    raw = ort.InferenceSession(str(path)).run(None, {"images": images.numpy()})
+    outputs = dict(zip(fitted.onnx_outputs, raw))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # predictions outside the explained classes
+        want = fitted.explain(images).class_maps
+    np.testing.assert_allclose(outputs["class_maps"], want.numpy(), atol=1e-5)
 
 
 def test_x_feature_module_is_exact(fitted, world) -> None:
