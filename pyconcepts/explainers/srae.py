@@ -693,8 +693,9 @@ class SRAE(ConceptExplainer):
     ) -> Explanation:
         """For the explained class of each image (default: the prediction): the x-feature
         contributions ``v_i E_i`` (``concept_scores``: that class's columns, 0 elsewhere), the
-        x-features' c-MWP heatmaps (``heatmaps [B, n, H, W]``, each summing to 1) and their
-        contribution-weighted sum (``class_maps``). Extras: ``x_features [B, n]``,
+        x-features' c-MWP heatmaps (``heatmaps [B, n, H, W]``, each summing to 1) and the
+        class map (``class_maps``: their contribution-weighted sum mixed with the logit's map,
+        see ``logit_map_weight``). Extras: ``x_features [B, n]``,
         ``approximation [B]`` (ȳ) and ``logit_heatmap [B, H, W]`` (c-MWP of the class logit).
         An image whose target is not an explained class gets zeros, with a warning (as in the
         ONNX graph). ``heatmaps=False`` skips the maps (scores only)."""
