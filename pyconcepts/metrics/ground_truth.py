@@ -171,6 +171,24 @@ def precision_at_k(
     return torch.where(k > 0, out, torch.full_like(out, float("nan"))).float()
 
 
+def precision_ceiling(
+    scores: torch.Tensor, relevant: torch.Tensor, candidates: torch.Tensor
+) -> torch.Tensor:
+    """``[B]`` the best :func:`precision_at_k` any scores with the same zeros as ``scores``
+    could reach: the concepts a ranking can name (non-zero score) that are relevant first, the
+    unnamed ones tied at 0, the named irrelevant ones last. The cap a method's ranking has
+    from *which* concepts it scores (e.g. the concepts its units are matched to), whatever
+    their order."""
+    if scores.shape != relevant.shape:
+        raise ValueError(
+            f"scores and relevant: expected equal shapes, got {tuple(scores.shape)} and "
+            f"{tuple(relevant.shape)}"
+        )
+    named = scores != 0
+    best = torch.where(named & relevant.bool(), 1.0, torch.where(named, -1.0, 0.0))
+    return precision_at_k(best, relevant, candidates)
+
+
 def _average_ranks(values: np.ndarray) -> np.ndarray:
     order = np.argsort(values, kind="stable")
     ranks = np.empty(len(values))

@@ -29,7 +29,7 @@ def test_quick_scoreboard_has_every_method_and_baseline_with_finite_values(tmp_p
         if name not in rankings_only:
             assert {"energy_def", "auc_def", "pointing_int", "auc_int"} <= set(metrics), name
         if name not in ("uniform", "centre", "random_map"):
-            assert "precision_int" in metrics and "spearman_int" in metrics, name
+            assert {"precision_int", "spearman_int", "ceiling_int"} <= set(metrics), name
         for metric, stats in metrics.items():
             assert math.isfinite(stats["mean"]), (name, metric)
     assert (tmp_path / "docs" / "quality.md").read_text().startswith("# Quality")
@@ -60,7 +60,8 @@ def test_targets_read_margins_against_the_larger_seed_spread():
         "layers": {"mace": {"explained": "g", "baselines": "g"}},
         "scores": {
             "mace": {"pointing_def": stats(0.9, 0.05), "energy_def": stats(0.4, 0.01),
-                  "auc_def": stats(0.65, 0.01), "precision_int": stats(0.75, 0.02)},
+                  "auc_def": stats(0.65, 0.01), "precision_int": stats(0.75, 0.02),
+                  "ceiling_int": stats(0.78, 0.01)},
             "gradcam@g": {"pointing_def": stats(0.8, 0.0), "energy_def": stats(0.38, 0.0),
                           "auc_def": stats(0.7, 0.0)},
             "random_channels@g": {"precision_int": stats(0.5, 0.25)},
@@ -71,7 +72,7 @@ def test_targets_read_margins_against_the_larger_seed_spread():
     assert cells["energy vs Grad-CAM"] == (True, "+0.020 (spread 0.010)")
     assert cells["AUC vs Grad-CAM"] == (False, "-0.050 (spread 0.010)")
     assert cells["p@k vs random channels"] == (False, "+0.250 (spread 0.250)")
-    assert cells["p@k ≥ 0.8"] == (False, "0.75")
+    assert cells["p@k ≥ 0.8"] == (False, "0.75 (ceiling 0.78)")
     del entry["scores"]["mace"]["pointing_def"], entry["scores"]["random_channels@g"]
     cells = target_cells(entry, "mace")
     assert cells["pointing vs Grad-CAM"] is None and cells["p@k vs random channels"] is None
@@ -86,7 +87,10 @@ def test_targets_read_margins_against_the_larger_seed_spread():
                                              "flip_rate_other", "used_concepts_per_image",
                                              "used_that_are_defining", "defining_area",
                                              "used_area")}}}})  # fmt: skip
-    row = "| `mace` | cw-x | – | ✓ +0.020 (spread 0.010) | ✗ -0.050 (spread 0.010) | – | ✗ 0.75 |"
+    row = (
+        "| `mace` | cw-x | – | ✓ +0.020 (spread 0.010) | ✗ -0.050 (spread 0.010) | – "
+        "| ✗ 0.75 (ceiling 0.78) |"
+    )
     assert row in page
 
 

@@ -92,6 +92,37 @@ def test_precision_at_k_is_nan_without_relevant_candidates():
     assert math.isnan(p.item())
 
 
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 7), st.integers(0, 2**31 - 1),
+       st.sampled_from([torch.float32, torch.float64]))  # fmt: skip
+def test_precision_ceiling_is_the_best_any_scores_with_the_same_zeros_reach(b, k, seed, dtype):
+    """Plain reading: the a named relevant candidates fill the top, the k − a remaining places
+    go to the u unnamed candidates, tied, r of them relevant (r = k − a); never below what the
+    given scores reach; NaN without a relevant candidate; shapes checked."""
+    gen = torch.Generator().manual_seed(seed)
+    scores = torch.randint(-2, 3, (b, k), generator=gen).to(dtype)
+    relevant = torch.rand(b, k, generator=gen) < 0.4
+    candidates = torch.rand(b, k, generator=gen) < 0.8
+    got = gt.precision_ceiling(scores.t().contiguous().t(), relevant, candidates)
+    given_scores = gt.precision_at_k(scores, relevant, candidates)
+    for i in range(b):
+        rel = (relevant[i] & candidates[i]).tolist()
+        named = (scores[i] != 0).tolist()
+        cand = candidates[i].tolist()
+        n_rel = sum(rel)
+        if n_rel == 0:
+            assert math.isnan(got[i].item())
+            continue
+        a = sum(r and n for r, n in zip(rel, named))
+        unnamed = sum(c and not n for c, n in zip(cand, named))
+        r = n_rel - a
+        want = (a + (r * r / unnamed if unnamed else 0.0)) / n_rel
+        assert got[i].item() == pytest.approx(want, abs=1e-6)
+        assert got[i].item() >= given_scores[i].item() - 1e-6
+    with pytest.raises(ValueError, match="scores and relevant: expected equal shapes"):
+        gt.precision_ceiling(scores, relevant[:, :0], candidates)
+
+
 def test_spearman_matches_scipy_like_definition_with_ties():
     scores = torch.tensor([[1.0, 2.0, 2.0, 4.0, 9.0]])
     truth = torch.tensor([[0.1, 0.5, 0.3, 0.9, 0.0]])
