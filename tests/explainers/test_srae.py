@@ -200,6 +200,23 @@ def test_contract_fit_explain_save_load_onnx(fitted, world, tmp_path) -> None:
         np.testing.assert_allclose(outputs["x_features"][i], want_e.numpy(), atol=1e-4)
 
 
+def check_option_history(
+    fitted: SRAE, world: ConceptWorld, marker: str, option: str, bad: tuple, message: str
+) -> None:
+    """A file saved before ``option`` (its state lacks ``marker``) loads with the option at 0,
+    what it was fitted with; each ``bad`` value is refused at fit, naming the option."""
+    import copy
+
+    tensors, state = fitted._state()
+    del state[marker]
+    old = copy.copy(fitted)
+    old._set_state(tensors, state)
+    assert getattr(old, option) == 0.0
+    for value in bad:
+        with pytest.raises(ValueError, match=f"{option}: {message}"):
+            SRAE(fitted.model, **{option: value}, **TINY).fit(world.tensors(), progress=False)
+
+
 def test_heatmaps_are_the_smoothed_c_mwp_maps(fitted, world) -> None:
     """Default: each x-feature's and the logit's c-MWP blurred by a Gaussian of 1/64 of the
     image side (1 px here), renormalised; 0 keeps the raw c-MWP; files saved before the option
@@ -225,14 +242,8 @@ def test_heatmaps_are_the_smoothed_c_mwp_maps(fitted, world) -> None:
         torch.testing.assert_close(got.extras["logit_heatmap"],
                                    normalise_maps(smooth(logit, sigma))[:, 0], atol=1e-6,
                                    rtol=1e-4)  # fmt: skip
-    tensors, state = fitted._state()
-    del state["heatmaps_smoothed"]
-    old = copy.copy(fitted)
-    old._set_state(tensors, state)
-    assert old.heatmap_smoothing == 0.0
-    for bad in (-0.1, 0.5, "1px", True):
-        with pytest.raises(ValueError, match="heatmap_smoothing: expected a fraction"):
-            SRAE(fitted.model, heatmap_smoothing=bad, **TINY).fit(world.tensors(), progress=False)
+    check_option_history(fitted, world, "heatmaps_smoothed", "heatmap_smoothing",
+                         (-0.1, 0.5, "1px", True), "expected a fraction")  # fmt: skip
 
 
 def test_class_map_mixes_the_x_feature_map_with_the_logit_map(fitted, world) -> None:
@@ -263,14 +274,8 @@ def test_class_map_mixes_the_x_feature_map_with_the_logit_map(fitted, world) -> 
     with pytest.warns(UserWarning):
         plain = alone.explain(images, targets=targets)
     torch.testing.assert_close(plain.class_maps[:3], features[:3], atol=1e-6, rtol=1e-5)
-    tensors, state = fitted._state()
-    del state["class_map_with_logit"]
-    old = copy.copy(fitted)
-    old._set_state(tensors, state)
-    assert old.logit_map_weight == 0.0
-    for bad in (-0.1, 1.5, "half", True):
-        with pytest.raises(ValueError, match="logit_map_weight: expected a number in"):
-            SRAE(fitted.model, logit_map_weight=bad, **TINY).fit(world.tensors(), progress=False)
+    check_option_history(fitted, world, "class_map_with_logit", "logit_map_weight",
+                         (-0.1, 1.5, "half", True), "expected a number in")  # fmt: skip
 
 
 def test_onnx_class_maps_match_explain(fitted, world, tmp_path) -> None:
