@@ -503,7 +503,7 @@ class SRAE(ConceptExplainer):
             five maps miss a part the class map points off it, while the logit's c-MWP map
             holds the model's own evidence but spreads it wider. Measured on the concept
             world (docs/methods.md, 3 seeds, 200 test images, pointing / energy / ROC-AUC on
-            the defining concepts): cw-vgg 0.81 ± 0.05 / 0.44 / 0.83 alone, 0.94 ± 0.01 /
+            the defining concepts): cw-vgg 0.81 ± 0.06 / 0.44 / 0.83 alone, 0.94 ± 0.01 /
             0.50 / 0.89 at 0.5; cw-resnet 0.87 / 0.42 / 0.92 alone, 0.84 / 0.42 / 0.92 at
             0.5 (Grad-CAM 0.78 / 0.28 / 0.84 and 0.82 / 0.39 / 0.88).
         seed: initialisation, sampling and batching.

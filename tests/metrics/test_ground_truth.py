@@ -95,14 +95,15 @@ def test_precision_at_k_is_nan_without_relevant_candidates():
 @settings(max_examples=80, deadline=None)
 @given(st.integers(1, 4), st.integers(1, 7), st.integers(0, 2**31 - 1),
        st.sampled_from([torch.float32, torch.float64]))  # fmt: skip
-def test_precision_ceiling_is_the_best_any_scores_with_the_same_zeros_reach(b, k, seed, dtype):
-    """Plain reading: the a named relevant candidates fill the top, the k − a remaining places
-    go to the u unnamed candidates, tied, r of them relevant (r = k − a); never below what the
-    given scores reach; NaN without a relevant candidate; shapes checked."""
+def test_precision_ceiling_is_the_best_any_scores_with_the_same_zeros_reach(b, n, seed, dtype):
+    """Plain reading, k relevant candidates of n concepts: the a named relevant ones fill the
+    top, the k − a remaining places go to the u unnamed candidates, tied, r = k − a of them
+    relevant; never below what the given scores reach; NaN without a relevant candidate;
+    shapes checked."""
     gen = torch.Generator().manual_seed(seed)
-    scores = torch.randint(-2, 3, (b, k), generator=gen).to(dtype)
-    relevant = torch.rand(b, k, generator=gen) < 0.4
-    candidates = torch.rand(b, k, generator=gen) < 0.8
+    scores = torch.randint(-2, 3, (b, n), generator=gen).to(dtype)
+    relevant = torch.rand(b, n, generator=gen) < 0.4
+    candidates = torch.rand(b, n, generator=gen) < 0.8
     got = gt.precision_ceiling(scores.t().contiguous().t(), relevant, candidates)
     given_scores = gt.precision_at_k(scores, relevant, candidates)
     for i in range(b):
