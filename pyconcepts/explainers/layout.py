@@ -113,6 +113,12 @@ def upsample(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return torch.matmul(rows, torch.matmul(maps, cols.t()))
 
 
+def scaled_to_peak(maps: torch.Tensor) -> torch.Tensor:
+    """``[..., H, W]`` non-negative maps, each divided by its maximum (floored at 1e-12, so an
+    all-zero map stays 0): maps of different kinds on one scale before they are mixed."""
+    return maps / maps.amax((-2, -1), keepdim=True).clamp_min(1e-12)
+
+
 def smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     """``[..., H, W]`` maps blurred by a Gaussian of standard deviation ``sigma`` pixels
     (truncated at 3σ, edges padded by repeating the border pixel), written as two small matrix

@@ -45,6 +45,7 @@ from pyconcepts.explainers.layout import (
     concept_columns,
     explained_classes,
     resolve_targets,
+    scaled_to_peak,
     smooth,
     target_rows,
     warn_unexplained,
@@ -812,8 +813,8 @@ def layout_outputs(
     columns = concept_columns(rows, maps.shape[1], explained[:, None])
     class_maps = combine_maps(maps, scores_of_columns(scores, columns))
     if logit_weight > 0:
-        logit_part = peak_one(logit_heatmap) * explained.to(maps.dtype)[:, None, None]
-        class_maps = (1 - logit_weight) * peak_one(class_maps) + logit_weight * logit_part
+        logit_part = scaled_to_peak(logit_heatmap) * explained.to(maps.dtype)[:, None, None]
+        class_maps = (1 - logit_weight) * scaled_to_peak(class_maps) + logit_weight * logit_part
     return (
         logits, scores, maps, columns, class_maps, x_features, approximation, logit_heatmap,
     )  # fmt: skip
@@ -831,12 +832,6 @@ def _check_logit_weight(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
         raise ValueError(f"logit_map_weight: expected a number in [0, 1], got {value!r}")
     return float(value)
-
-
-def peak_one(maps: torch.Tensor) -> torch.Tensor:
-    """``[B, H, W]`` non-negative maps, each divided by its maximum; all-zero maps stay zero."""
-    peak = maps.flatten(1).amax(1)[:, None, None]
-    return torch.where(peak > 0, maps / peak.clamp_min(1e-30), torch.zeros_like(maps))
 
 
 def normalise_maps(maps: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,7 @@ from pyconcepts.explainers.base import ConceptExplainer, class_names_of
 from pyconcepts.explainers.layout import (
     explained_classes,
     resolve_targets,
+    scaled_to_peak,
     upsample,
     warn_unexplained,
 )
@@ -153,8 +154,7 @@ def agreement_weighted(main: torch.Tensor, layer_maps: Sequence[torch.Tensor]) -
     """``heatmap_fusion="agreement"``: the ``[B, H, W]`` map ``main`` times, pixel by pixel, the
     mean of the non-negative ``layer_maps`` each scaled to a maximum of 1 (an all-zero map
     stays 0)."""
-    scaled = [m / m.amax((1, 2), keepdim=True).clamp_min(1e-12) for m in layer_maps]
-    return main * sum(scaled) / len(scaled)
+    return main * sum(scaled_to_peak(m) for m in layer_maps) / len(layer_maps)
 
 
 class AfI(ConceptExplainer):
