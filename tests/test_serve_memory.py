@@ -87,14 +87,15 @@ class Tiny(torch.nn.Module):
         return self.head(pooled), pooled[:, :3]
 
 
-def png_rgba16(width: int, height: int) -> bytes:
-    """A 16-bit RGBA PNG of zeros, written directly (a few hundred bytes per megapixel)."""
+def png_rgba16(width: int, height: int, level: int = 9) -> bytes:
+    """A 16-bit RGBA PNG of zeros, written directly (at zlib ``level`` 9 a few hundred bytes
+    per megapixel; at 0, stored: 8 bytes a pixel and more)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         crc = zlib.crc32(kind + data) & 0xFFFFFFFF
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
-    compress, row = zlib.compressobj(9), b"\x00" + bytes(8 * width)
+    compress, row = zlib.compressobj(level), b"\x00" + bytes(8 * width)
     idat = b"".join(compress.compress(row) for _ in range(height)) + compress.flush()
     header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 6, 0, 0, 0))
     return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
@@ -157,3 +158,38 @@ def test_concurrent_worst_case_images_stay_under_the_memory_bound(tmp_path: Path
     growth = (result["peak_kib"] - result["base_kib"]) * 1024
     print(f"peak growth {growth / MIB:.1f} MiB, bound {bound / MIB:.1f} MiB")  # shown with -rP
     assert growth <= bound, f"peak grew {growth / MIB:.1f} MiB, bound {bound / MIB:.1f} MiB"
+
+
+def test_the_default_body_limit_admits_the_largest_image_the_pixel_limit_allows(tmp_path):
+    """Without ``max_body_bytes`` the body limit follows the pixel limit: an uncompressed 16-bit
+    RGBA PNG of exactly the pixel limit, base64 in JSON, is explained; one byte past the limit
+    is refused with 413 before it is read."""
+    import base64
+    import http.client
+    import threading
+
+    from pyconcepts.serve import Limits, build_server
+
+    side = 32
+    meta = {"pyconcepts_method": "tiny",
+            "pyconcepts_outputs": json.dumps(["logits", "concept_scores"])}  # fmt: skip
+    model = export_module(Tiny().eval(), tmp_path / "tiny.onnx", torch.rand(1, 3, side, side),
+                          ["logits", "concept_scores"], metadata=meta)  # fmt: skip
+    server = build_server(model, "127.0.0.1", 0, Limits(max_concurrency=1), quiet=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        width = int((PIXELS_PER_INPUT * side * side) ** 0.5)  # 128 × 128: the pixel limit
+        png = png_rgba16(width, width, level=0)
+        assert len(png) > 8 * width * width  # stored, not compressed
+        body = json.dumps({"image": base64.b64encode(png).decode()}).encode()
+        assert len(body) <= server.max_body_bytes
+        statuses = []
+        for data in (body, body + b" " * (server.max_body_bytes + 1 - len(body))):
+            conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=60)
+            conn.request("POST", "/explain", data, {"Content-Type": "application/json"})
+            statuses.append(conn.getresponse().status)
+            conn.close()
+        assert statuses == [200, 413]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -164,7 +164,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _explain(self) -> dict[str, Any]:
         media = content_type(self.headers.get("Content-Type", ""))
-        length = body_length(self.headers, self.server.limits.max_body_bytes)
+        length = body_length(self.headers, self.server.max_body_bytes)
         if self._expects_continue:
             self.send_response_only(HTTPStatus.CONTINUE)
             self.end_headers()
@@ -258,7 +258,7 @@ class Handler(BaseHTTPRequestHandler):
         that it reads the error answer rather than a connection reset."""
         limits = self.server.limits
         deadline = time.monotonic() + min(limits.timeout, 2.0)
-        budget = limits.max_body_bytes
+        budget = self.server.max_body_bytes
         try:
             self.connection.shutdown(socket.SHUT_WR)
             while budget > 0 and (left := deadline - time.monotonic()) > 0:

@@ -13,6 +13,10 @@ MAX_TIMEOUT = 86_400.0  # one day: longer bounds nothing in practice (and inf ov
 MAX_PORT = 65_535
 # The default pixel limit, in input images of the export: 16 × H × W (4× each side).
 PIXELS_PER_INPUT = 16
+# The default body limit, per pixel of the pixel limit: the largest honest image of that size,
+# a 16-bit RGBA PNG stored uncompressed (8 bytes a pixel), in base64 (4/3) inside JSON.
+BODY_BYTES_PER_PIXEL = 8 * 4 / 3
+BODY_SLACK = 64 * 2**10  # PNG/JPEG headers, ancillary chunks, the JSON around the image
 
 
 def _is_int(value: object) -> bool:
@@ -26,6 +30,10 @@ class Limits:
     Attributes:
         max_body_bytes: largest request body accepted (checked against Content-Length before
             reading); the bodies being read at once hold at most ``max_concurrency`` × this.
+            ``None`` (default) = what the largest accepted image can need: 8 × 4/3 bytes per
+            pixel of the pixel limit (a 16-bit RGBA PNG stored uncompressed, in base64) +
+            64 KiB — 8.23 MiB for a 224 × 224 export, 0.73 MiB for 64 × 64 — so that the bodies,
+            which dominate the service's worst-case memory, are bounded by the images.
         max_concurrency: images decoded and explained at once; more are answered 503.
         max_connections: connections open at once (each holds a thread, idle ones for at
             most ``timeout``); one more is answered 503 and closed without a thread.
@@ -36,7 +44,7 @@ class Limits:
         max_json_depth: most ``[``/``{`` in a JSON body, so the deepest nesting accepted.
     """
 
-    max_body_bytes: int = 16 * 2**20
+    max_body_bytes: Optional[int] = None
     max_concurrency: int = 32
     max_connections: int = 256
     timeout: float = 30.0
@@ -54,7 +62,7 @@ class Limits:
                         f"got {value!r}"
                     )
             elif not (_is_int(value) and value > 0):
-                if f.name == "max_pixels" and value is None:
+                if f.name in ("max_pixels", "max_body_bytes") and value is None:
                     continue  # derived from the export's input size
                 raise ValueError(f"{f.name}: expected a positive integer, got {value!r}")
 
@@ -64,21 +72,32 @@ class Limits:
             return self.max_pixels
         return PIXELS_PER_INPUT * input_hw[0] * input_hw[1]
 
+    def body_bytes_for(self, input_hw: tuple[int, int]) -> int:
+        """The body limit for an export whose input is ``input_hw`` = (H, W)."""
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        return math.ceil(BODY_BYTES_PER_PIXEL * self.pixels_for(input_hw)) + BODY_SLACK
+
 
 def cli_limits(
-    port: int, max_body_mib: float, max_concurrency: int, timeout: float, max_connections: int
+    port: int,
+    max_body_mib: Optional[float],
+    max_concurrency: int,
+    timeout: float,
+    max_connections: int,
 ) -> Limits:
-    """The ``serve`` command's numeric options, validated, as :class:`Limits`. Raises
-    ``ValueError`` naming the option (the command prints it on one line and exits 2)."""
+    """The ``serve`` command's numeric options, validated, as :class:`Limits` (``max_body_mib``
+    None: derived from the export's input size). Raises ``ValueError`` naming the option (the
+    command prints it on one line and exits 2)."""
     if not (_is_int(port) and 0 <= port <= MAX_PORT):
         raise ValueError(f"--port: expected an integer in [0, {MAX_PORT}], got {port!r}")
-    if not (math.isfinite(max_body_mib) and max_body_mib * 2**20 >= 1):
+    if max_body_mib is not None and not (math.isfinite(max_body_mib) and max_body_mib * 2**20 >= 1):
         raise ValueError(
             f"--max-body-mib: expected a finite number of MiB, at least one byte, "
             f"got {max_body_mib!r}"
         )
     return Limits(
-        max_body_bytes=int(max_body_mib * 2**20),
+        max_body_bytes=None if max_body_mib is None else int(max_body_mib * 2**20),
         max_concurrency=max_concurrency,
         max_connections=max_connections,
         timeout=timeout,

@@ -21,8 +21,10 @@ class InferenceServer(ThreadingHTTPServer):
     """The service: a ThreadingHTTPServer answering the endpoints for one ONNX export.
 
     Build it with :func:`build_server`; ``serve_forever()`` runs it, ``shutdown()`` stops it.
-    Shared by the connections: ``slots`` (``max_concurrency`` images decoded and explained at
-    once), ``body_budget`` (``max_concurrency × max_body_bytes`` body bytes held at once) and
+    ``max_pixels`` and ``max_body_bytes`` are the limits in force (:class:`Limits`' or derived
+    from the export's input size). Shared by the connections: ``slots`` (``max_concurrency``
+    images decoded and explained at once), ``body_budget`` (``max_concurrency ×
+    max_body_bytes`` body bytes held at once) and
     ``connections`` (``max_connections`` open at once, each with its thread: one more is
     answered 503 by the accepting thread and closed, so idle connections cannot pile up
     threads).
@@ -49,8 +51,9 @@ class InferenceServer(ThreadingHTTPServer):
         self.quiet = quiet
         self.input_chw = (int(dims[0]), int(dims[1]), int(dims[2]))
         self.max_pixels = limits.pixels_for(self.input_chw[1:])
+        self.max_body_bytes = limits.body_bytes_for(self.input_chw[1:])
         self.slots = threading.BoundedSemaphore(limits.max_concurrency)
-        self.body_budget = ByteBudget(limits.max_concurrency * limits.max_body_bytes)
+        self.body_budget = ByteBudget(limits.max_concurrency * self.max_body_bytes)
         self.connections = threading.BoundedSemaphore(limits.max_connections)
         super().__init__(address, Handler)
 
