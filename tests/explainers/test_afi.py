@@ -11,6 +11,7 @@ from torch import nn
 from pyconcepts.errors import NotFittedError
 from pyconcepts.explainers import afi
 from pyconcepts.explainers.afi import AfI
+from pyconcepts.explainers.afi.explainer import spread
 from pyconcepts.explainers.tcav import gradient_feature_importance, tcav_scores, train_cav
 
 CLASSES = [0, 1, 3]
@@ -73,7 +74,9 @@ def test_batched_occluders_equal_per_class_loop(vgg, small_world):
     kw = dict(max_iter=2, lr=0.02, seed=5)
     batched = afi.fit_occluders(vgg, x, y, CLASSES, **kw)
     looped = afi.fit_occluders(vgg, x, y, CLASSES, batched=False, **kw)
-    torch.testing.assert_close(batched.delta, looped.delta, atol=1e-5, rtol=0)
+    # the batch's composition changes the convolutions' rounding, which Adam's first steps
+    # (each about lr per pixel, whatever the gradient's size) can carry: 1 % of a step
+    torch.testing.assert_close(batched.delta, looped.delta, atol=0.01 * kw["lr"], rtol=0)
     assert torch.equal(batched.iterations, looped.iterations)
     assert torch.equal(batched.used, looped.used)
     assert batched.delta.shape == (3, *x.shape[1:]) and bool((batched.iterations <= 2).all())
@@ -85,6 +88,24 @@ class _Tiny(nn.Module):
     def forward(self, x):
         m = x[:, 0].mean((1, 2))
         return torch.stack([m, 1 - m], 1) * 10
+
+
+class _Fragile(nn.Module):
+    """Class 0 only while most pixels of channel 0 are exactly ½: no transformed copy is."""
+
+    def forward(self, x):
+        m = (x[:, 0] == 0.5).float().mean((1, 2))
+        return torch.stack([m, 1 - m], 1) * 10
+
+
+def test_a_class_whose_images_all_fail_the_transform_keeps_them_with_a_warning():
+    x = torch.cat([torch.full((2, 3, 8, 8), 0.5), torch.zeros(2, 3, 8, 8)])
+    y = torch.tensor([0, 0, 1, 1])
+    with pytest.warns(UserWarning, match=r"classes \[0\]: no fit image keeps its prediction"):
+        fit = afi.fit_occluders(_Fragile(), x, y, [0, 1], max_iter=1)
+    assert fit.used.tolist() == [True, True, True, True]  # class 1 is stable under t anyway
+    plain = afi.fit_occluders(_Fragile(), x, y, [0, 1], max_iter=1, use_transform=False)
+    assert plain.used.tolist() == fit.used.tolist()
 
 
 def test_occluders_stop_when_eq4_holds():
@@ -408,3 +429,29 @@ def test_editing_and_distillation(fitted, world):
         epochs=5,
     )
     assert acc["afi"].shape == (3,)
+
+
+@given(st.integers(1, 40), st.integers(1, 12))
+def test_spread_keeps_few_layers_and_spaces_many_evenly(n_layers, n):
+    names = [f"l{i}" for i in range(n_layers)]
+    picked = spread(names, n)
+    if n_layers <= n:
+        assert picked == names
+        return
+    assert len(picked) == n == len(set(picked))
+    assert picked[-1] == names[-1] and (n == 1 or picked[0] == names[0])
+    positions = [names.index(p) for p in picked]
+    assert positions == sorted(positions)
+    gaps = [b - a for a, b in zip(positions, positions[1:])]
+    assert not gaps or max(gaps) - min(gaps) <= 1  # as even as whole positions allow
+
+
+def test_impression_candidates_limit_the_layers_tried(vgg, small_world):
+    ex = AfI(vgg, classes=[0, 1], max_iter=1, impression_steps=1, n_probe=4,
+             impression_candidates=2).fit(small_world)  # fmt: skip
+    assert list(ex.impressions_) == [ex.layers_[0], ex.layers_[-1]]
+    assert set(ex.impression_rates_) == set(ex.impressions_)
+    assert ex.impression_layer_ in ex.impressions_
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="impression_candidates: expected an int >= 1"):
+            AfI(vgg, impression_candidates=bad).fit(small_world)
