@@ -124,11 +124,6 @@ def test_model_from_a_function_with_its_own_preprocessing(tmp_path, factory_modu
     assert saved.settings["model"] == f"{factory_module}:normalising_vgg"
     assert saved.images is not None and float(saved.images.min()) < 0  # normalised inputs
     _one_line_error(capsys, 2, [*argv[:4], f"{factory_module}:not_a_model"], "returned a int")
-    _one_line_error(
-        capsys, 2,
-        ["explain", "--method", "ibd", "--model", f"{factory_module}:normalising_vgg"],
-        "--method ibd fits on the concept world's own pixels",
-    )  # fmt: skip
 
 
 def test_explain_in_batches_matches_one_batch(tmp_path, resnet, capsys):

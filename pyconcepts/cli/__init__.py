@@ -27,6 +27,7 @@ from pyconcepts.cli._common import (
     common_options,
     positive_int,
 )
+from pyconcepts.cli.fitdata import add_fit_options
 from pyconcepts.cli.models import add_model_options
 
 __all__ = ["build_parser", "main"]
@@ -37,9 +38,7 @@ def _add_explainer_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", required=True, choices=sorted(commands.METHODS))
     parser.add_argument("--explainer", help="a saved explainer file (skips fitting)")
     add_model_options(parser, "default: the method's usual zoo model")
-    parser.add_argument(
-        "--n-fit", type=positive_int, default=1000, help="concept-world images to fit on"
-    )
+    add_fit_options(parser)
     parser.add_argument("--options", help="constructor options as JSON, e.g. '{\"n_concepts\": 5}'")
 
 
@@ -62,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
         "explain",
         parents=common,
         help="fit (or load) an explainer and explain images",
-        description="Fit an explainer on the concept world (or load a saved one with "
-        "--explainer), explain images from a folder or the concept world, and write the "
+        description="Fit an explainer (on the concept world for its models, else on --fit-images "
+        "or the --images folder: see --fit-images and --concepts) or load a saved one with "
+        "--explainer, explain images from a folder or the concept world, and write the "
         "explanations (tensors, manifest, plots) and report.html under --out.",
     )
     _add_explainer_options(ex)
@@ -84,8 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
         "export",
         parents=common,
         help="fit (or load) an explainer and write its ONNX export",
-        description="Fit an explainer on the concept world (or load a saved one with "
-        "--explainer) and export model + explainer as one ONNX graph, loadable with "
+        description="Fit an explainer (on the concept world for its models, else on "
+        "--fit-images) or load a saved one with --explainer, and export model + explainer as "
+        "one ONNX graph, loadable with "
         "pyconcepts.export.OnnxExplainer and servable with `pyconcepts serve`.",
     )
     _add_explainer_options(exp)
@@ -134,7 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     srv.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
     srv.add_argument(
-        "--max-body-mib", type=float, default=16, help="largest body (default: %(default)s MiB)"
+        "--max-body-mib",
+        type=float,
+        help="largest body in MiB (default: what the largest accepted image can need: 8.23 MiB "
+        "for a 224x224 export, 0.73 MiB for 64x64)",
     )
     srv.add_argument(
         "--max-concurrency",

@@ -19,15 +19,16 @@ from pyconcepts.cli._common import (
     say,
     show_progress,
 )
+from pyconcepts.cli.fitdata import FIT_OPTIONS, fit_data
 from pyconcepts.cli.models import load_model, normalise, preprocessing, read_images
 
 METHODS = {
-    # method -> (explainer class name, default zoo model, fit data: "world" or "pair")
-    "mace": ("MACE", "cw-vgg", "pair"),
-    "srae": ("SRAE", "cw-vgg", "pair"),
-    "afi": ("AfI", "cw-vgg", "world"),
-    "pattern_mining": ("FilterPatterns", "cw-vgg", "pair"),
-    "ibd": ("IBD", "cw-resnet", "world"),
+    # method -> (explainer class name, default zoo model)
+    "mace": ("MACE", "cw-vgg"),
+    "srae": ("SRAE", "cw-vgg"),
+    "afi": ("AfI", "cw-vgg"),
+    "pattern_mining": ("FilterPatterns", "cw-vgg"),
+    "ibd": ("IBD", "cw-resnet"),
 }
 
 
@@ -71,12 +72,15 @@ def _model(args: argparse.Namespace) -> tuple[Any, str, Any, Any]:
 
 def _fit_or_load(args: argparse.Namespace) -> tuple[Any, str, Any, Any]:
     """(explainer, model name, mean, std): the explainer loaded from ``--explainer`` or fitted
-    on ``--n-fit`` concept-world images (normalised like the model's inputs)."""
+    on what :mod:`pyconcepts.cli.fitdata` chooses (normalised like the model's inputs)."""
     from pyconcepts.errors import LoadError
 
     model, name, mean, std = _model(args)
     cls = _explainer_class(args.method)
     if args.explainer:
+        given = [f"--{o.replace('_', '-')}" for o in FIT_OPTIONS if getattr(args, o) is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)}: not used with --explainer (it is fitted)")
         try:
             return cls.load(args.explainer, model=model), name, mean, std
         except (LoadError, FileNotFoundError) as exc:
@@ -91,36 +95,25 @@ def _fit_or_load(args: argparse.Namespace) -> tuple[Any, str, Any, Any]:
         explainer = cls(model, **options)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"--options: {exc}") from None
-    say(args, f"fitting {explainer!r} on {args.n_fit} concept-world images ...")
-    kwargs = {"progress": show_progress(args)}
-    if "progress" not in inspect.signature(explainer.fit).parameters:
-        kwargs = {}
-    return explainer.fit(_fit_data(args, mean, std), **kwargs), name, mean, std
+    data = fit_data(args, explainer, mean, std, getattr(args, "images", None))
+    say(args, f"fitting {explainer!r} on {data.description} ...")
+    kwargs = dict(data.kwargs)
+    if "progress" in inspect.signature(explainer.fit).parameters:
+        kwargs["progress"] = show_progress(args)
+    return explainer.fit(*data.args, **kwargs), name, mean, std
 
 
-def _fit_data(args: argparse.Namespace, mean: Any, std: Any) -> Any:
-    from pyconcepts.data import ConceptWorld
-
-    world = ConceptWorld(args.n_fit, seed=args.seed)
-    if METHODS[args.method][2] == "pair":
-        x, y = world.tensors()
-        return normalise(x, mean, std), y
-    if mean is not None or std is not None:
-        raise UsageError(
-            f"--method {args.method} fits on the concept world's own pixels and masks, which a "
-            "normalising model cannot take: pass an --explainer fitted in Python"
-        )
-    return world
-
-
-def _images(args: argparse.Namespace, size: tuple[int, int], mean: Any, std: Any) -> Any:
-    """The images to explain, normalised for the model: ``--images`` or concept-world ones."""
+def _images(
+    args: argparse.Namespace, size: tuple[int, int], mean: Any, std: Any, model: Any
+) -> Any:
+    """The images to explain at ``size``, normalised for the model: ``--images`` (read as
+    the model's preprocessing reads photos) or concept-world ones."""
     if args.images:
-        images = read_images(args.images, size)
+        images = read_images(args.images, size, "--images", model)
     else:
         from pyconcepts.data import ConceptWorld
 
-        images = ConceptWorld(args.n_images, seed=args.seed + 1).image(slice(None))
+        images = ConceptWorld(args.n_images, image_size=size, seed=args.seed + 1).image(slice(None))
     return normalise(images, mean, std)
 
 
@@ -158,7 +151,7 @@ def explain(args: argparse.Namespace) -> int:
     explainer, model_name, mean, std = _fit_or_load(args)
     if args.save and not args.explainer:
         say(args, f"saved the fitted explainer to {explainer.save(args.save)}")
-    images = _images(args, tuple(explainer.input_size_), mean, std)
+    images = _images(args, tuple(explainer.input_size_), mean, std, explainer.model)
     result = explain_in_batches(explainer, images, args)
     settings = {"method": args.method, "model": model_name, "config": explainer.get_config()}
     folder = save_explanation(
@@ -175,7 +168,8 @@ def explain(args: argparse.Namespace) -> int:
         })  # fmt: skip
         return OK
     for i in range(min(3, len(result))):
-        top = ", ".join(f"{n} {v:.3g}" for n, v in result.top_concepts(i, 3))
+        found = [(n, v) for n, v in result.top_concepts(i, 3) if v != 0]
+        top = ", ".join(f"{n} {v:.3g}" for n, v in found) or "no concept with a non-zero score"
         print(f"image {i}: {result.class_names[int(result.targets[i])]} <- {top}")
     print(f"explanations of {len(result)} images under {folder.resolve()}")
     if report is not None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pyconcepts.cli._common import OK, UsageError, add_json, positive_int, print_json, say
+from pyconcepts.cli.fitdata import pair
 from pyconcepts.cli.models import add_model_options, load_model, preprocessing
 
 
@@ -41,9 +42,9 @@ def add_parser(sub: Any, common: list[argparse.ArgumentParser]) -> None:
                    help="images per explain call (default: %(default)s)")  # fmt: skip
     p.add_argument("--shard-size", type=positive_int, default=1024,
                    help="images per output file (default: %(default)s)")  # fmt: skip
-    p.add_argument("--image-size", type=_pair, help="H,W to resize images to (default: the "
+    p.add_argument("--image-size", type=pair, help="H,W to resize images to (default: the "
                    "explainer's input size)")  # fmt: skip
-    p.add_argument("--heatmap-size", type=_pair, help="H,W to pool stored maps to "
+    p.add_argument("--heatmap-size", type=pair, help="H,W to pool stored maps to "
                    "(default: input resolution)")  # fmt: skip
     p.add_argument("--float16", action="store_true", help="store maps as float16")
     p.add_argument("--image-column", default="image", help="parquet column of image bytes")
@@ -52,17 +53,6 @@ def add_parser(sub: Any, common: list[argparse.ArgumentParser]) -> None:
                    "local one)")  # fmt: skip
     add_json(p)
     p.set_defaults(func=run)
-
-
-def _pair(text: str) -> tuple[int, int]:
-    parts = text.replace("x", ",").split(",")
-    try:
-        h, w = (int(v) for v in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected H,W (two integers), got {text!r}") from None
-    if h < 1 or w < 1:
-        raise argparse.ArgumentTypeError(f"expected positive H,W, got {text!r}")
-    return h, w
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,9 +2,11 @@
 
 ``--model`` is a name that :func:`pyconcepts.models.load` knows (the zoo, ``cw-vgg`` /
 ``cw-resnet``, and whatever else it loads) or ``module:function`` — a function that returns an
-``nn.Module`` (the current folder is importable). Images are read as RGB in [0, 1] and
-normalised with ``--mean``/``--std``, else with the model's own ``model.preprocess`` (a dict
-or object with ``mean`` and ``std``), else left as they are.
+``nn.Module`` (the current folder is importable). Images are read as RGB in [0, 1] —
+resized on the short side and centre-cropped when the model's ``preprocess`` declares that
+geometry (``resize`` and ``input_size``), else resized — and normalised with
+``--mean``/``--std``, else with the model's own ``model.preprocess`` (a dict or object with
+``mean`` and ``std``), else left as they are.
 """
 
 from __future__ import annotations
@@ -99,17 +101,32 @@ def preprocessing(
     return (None if mean is None else list(mean)), (None if std is None else list(std))
 
 
-def read_images(folder: str, size: tuple[int, int]) -> Any:
-    """The .png/.jpg files of ``folder``, sorted by name, as RGB ``[N, 3, H, W]`` in [0, 1]
-    resized to ``size``."""
+def short_side(model: Any, size: tuple[int, int]) -> Optional[int]:
+    """The short side the model's own ``preprocess`` resizes photos to before centre-cropping
+    them to ``size`` (e.g. 256 for a 224 ImageNet model), when it declares one for that size;
+    else None (images are resized to ``size``)."""
+    own = getattr(model, "preprocess", None)
+    resize, declared = getattr(own, "resize", None), getattr(own, "input_size", None)
+    if isinstance(resize, int) and declared is not None and tuple(declared) == tuple(size):
+        return resize
+    return None
+
+
+def read_images(
+    folder: str, size: tuple[int, int], option: str = "--images", model: Any = None
+) -> Any:
+    """The .png/.jpg files of ``folder`` (given as ``option``), sorted by name, as RGB
+    ``[N, 3, H, W]`` in [0, 1] of ``size``: resized to it, or as ``model``'s own preprocessing
+    does (:func:`short_side`)."""
     from pyconcepts.data.images import decode_image, image_files, to_batch
 
     if not Path(folder).is_dir():
-        raise UsageError(f"--images {folder}: no such folder")
+        raise UsageError(f"{option} {folder}: no such folder")
     files = image_files(folder)
     if not files:
-        raise UsageError(f"--images {folder}: no .png/.jpg files")
+        raise UsageError(f"{option} {folder}: no .png/.jpg files")
     try:
-        return to_batch([decode_image(f, size) for f in files])
+        side = short_side(model, size)
+        return to_batch([decode_image(f, size, side) for f in files])
     except ValueError as exc:
-        raise UsageError(f"--images: {exc}") from None
+        raise UsageError(f"{option}: {exc}") from None

@@ -27,6 +27,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from pyconcepts.data.images import resize_and_crop
+
 __all__ = ["IMAGENET_MODELS", "INSTALL_HINT", "ImagePreprocessing", "load_imagenet"]
 
 IMAGENET_MODELS = ("efficientnet-lite0",)
@@ -78,17 +80,7 @@ class ImagePreprocessing:
                 f"images[{index}]: expected a PIL image or an HxWx3 uint8 array, got "
                 f"{type(image).__name__}"
             )
-        image = image.convert("RGB")
-        width, height = image.size
-        scale = self.resize / min(width, height)
-        new_w, new_h = (
-            max(self.resize, round(width * scale)),
-            max(self.resize, round(height * scale)),
-        )
-        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
-        crop_h, crop_w = self.input_size
-        left, top = round((new_w - crop_w) / 2), round((new_h - crop_h) / 2)
-        image = image.crop((left, top, left + crop_w, top + crop_h))
+        image = resize_and_crop(image.convert("RGB"), self.resize, self.input_size)
         x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
         mean = torch.tensor(self.mean).view(3, 1, 1)
         std = torch.tensor(self.std).view(3, 1, 1)

@@ -85,8 +85,9 @@ def _floats(values: Optional[Sequence[float]]) -> Optional[list[float]]:
     return None if values is None else [float(v) for v in values]
 
 
-def load_explanation(folder: Path) -> SavedExplanation:
+def load_explanation(folder: str | Path) -> SavedExplanation:
     """Read back a folder written by :meth:`Explanation.save` (and :func:`save_explanation`)."""
+    folder = Path(folder)
     tensors, documents = load_file(folder / "explanation.safetensors", "explanation")
     manifest = documents.get("manifest") or json.loads((folder / "manifest.json").read_text())
     explanation = Explanation(
