@@ -49,7 +49,7 @@ from PIL import Image
 
 from pyconcepts.data import ConceptWorld
 from pyconcepts.models import cw_resnet, cw_vgg
-from pyconcepts.serve import build_server
+from pyconcepts.serve import Limits, build_server
 from pyconcepts.testing import quick_explainers
 
 # (method, path, body, headers, expected status)
@@ -164,6 +164,10 @@ def main(argv: Optional[list[str]] = None) -> dict[str, object]:
         help="fail if the resident memory grows more than this fraction over its warm-up value",
     )
     parser.add_argument(
+        "--max-inferences", type=int, default=None,
+        help="model runs at once in the service (default: its own, the CPU count)",
+    )  # fmt: skip
+    parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "serve_load.json"
     )
     args = parser.parse_args(argv)
@@ -182,7 +186,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, object]:
     ]
     with tempfile.TemporaryDirectory() as tmp:
         path = make().fit(data, **fit_kwargs).export_onnx(Path(tmp) / f"{args.method}.onnx")
-        server = build_server(path, "127.0.0.1", 0, quiet=True)  # loads the model: tmp can go
+        limits = Limits(max_inferences=args.max_inferences)
+        server = build_server(path, "127.0.0.1", 0, limits, quiet=True)  # loads the model
     serving = threading.Thread(target=server.serve_forever, daemon=True)
     serving.start()
     port = server.server_address[1]
@@ -253,6 +258,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, object]:
         "requests": args.requests,
         "malformed": sum(1 for r in plan if r[4] != 200),
         "concurrency": args.concurrency,
+        "max_inferences": server.limits.inferences(),
         "stalled_connections": args.stalled,
         "stalled_answers": dict(sorted(stalled_answers.items())),
         "load_average_1min_before_after": load,

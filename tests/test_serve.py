@@ -7,6 +7,7 @@ import gzip
 import http.client
 import io
 import json
+import os
 import socket
 import threading
 import time
@@ -408,6 +409,67 @@ def test_connections_beyond_the_cap_get_503_without_a_thread(fitted, monkeypatch
         srv.server_close()
 
 
+def test_model_runs_queue_beyond_max_inferences(fitted, image, monkeypatch):
+    """max_concurrency=3, max_inferences=2: three requests are admitted, two run the model and
+    the third waits for one of them (no 503), then all are answered."""
+    srv = build_server(
+        fitted[1], "127.0.0.1", 0, Limits(max_concurrency=3, max_inferences=2), quiet=True
+    )
+    running, release, lock = [0, 0], threading.Event(), threading.Lock()  # [now, most]
+    explain = srv.explainer.explain
+
+    def held(images):
+        with lock:
+            running[0] += 1
+            running[1] = max(running)
+        try:
+            assert release.wait(60), "the test never released the model runs"
+            return explain(images)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(srv.explainer, "explain", held)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    png, statuses = png_bytes(image), []
+    clients = [
+        threading.Thread(
+            target=lambda: statuses.append(request(srv, "POST", "/explain", png, PNG)[0])
+        )
+        for _ in range(3)
+    ]
+    try:
+        for client in clients:
+            client.start()
+        deadline = time.monotonic() + 30
+        while running[1] < 2:
+            assert time.monotonic() < deadline, "two model runs never started"
+            time.sleep(0.01)
+        time.sleep(0.3)  # room for a third run to start, were it not held back
+        assert running[1] == 2
+    finally:
+        release.set()
+        for client in clients:
+            client.join(60)
+        srv.shutdown()
+        srv.server_close()
+    assert statuses == [200, 200, 200] and running == [0, 2]
+
+
+def test_threads_reach_the_onnxruntime_session(fitted):
+    srv = build_server(fitted[1], "127.0.0.1", 0, quiet=True, threads=1)
+    try:
+        assert srv.explainer.session.get_session_options().intra_op_num_threads == 1
+        assert (
+            Limits().inferences()
+            == (os.cpu_count() or 1)
+            == Limits(max_inferences=None).inferences()
+        )
+        assert Limits(max_inferences=3).inferences() == 3
+    finally:
+        srv.server_close()
+
+
 def test_keep_alive_serves_several_requests_on_one_connection(server, image):
     conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
     try:
@@ -426,6 +488,7 @@ def test_keep_alive_serves_several_requests_on_one_connection(server, image):
         ("max_concurrency", 0),
         ("max_concurrency", True),
         ("max_connections", 0),
+        ("max_inferences", 0),
         ("max_body_bytes", 2.5),
         ("max_pixels", -1),
         ("max_json_depth", None),
@@ -452,6 +515,8 @@ def test_limits_are_validated(field, value):
         ["--max-body-mib", "0"],
         ["--max-concurrency", "0"],
         ["--max-connections", "0"],
+        ["--max-inferences", "0"],
+        ["--threads", "0"],
     ],
 )
 def test_serve_refuses_bad_numeric_options_in_one_line(option, tmp_path, capsys):

@@ -147,6 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="requests explained at once, more get 503 (default: %(default)s)",
     )
     srv.add_argument(
+        "--max-inferences",
+        type=int,
+        help="of those, model runs at once; the others wait (default: the CPU count)",
+    )
+    srv.add_argument(
+        "--threads",
+        type=int,
+        help="onnxruntime threads per model run (default: one per core)",
+    )
+    srv.add_argument(
         "--max-connections",
         type=int,
         default=256,

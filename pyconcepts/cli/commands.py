@@ -225,12 +225,15 @@ def serve(args: argparse.Namespace) -> int:
 
     try:
         limits = cli_limits(
-            args.port, args.max_body_mib, args.max_concurrency, args.timeout, args.max_connections
-        )
+            args.port, args.max_body_mib, args.max_concurrency, args.timeout,
+            args.max_connections, args.max_inferences,
+        )  # fmt: skip
     except ValueError as exc:  # a usage error, like argparse's own: one line, exit status 2
         raise UsageError(str(exc)) from None
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads: expected an integer >= 1, got {args.threads}")
     try:
-        serve(args.model, args.host, args.port, limits, quiet=args.quiet)
+        serve(args.model, args.host, args.port, limits, quiet=args.quiet, threads=args.threads)
     except (ValueError, OSError) as exc:  # not an export, port taken
         raise SystemExit(f"serve: {exc}") from exc
     return OK

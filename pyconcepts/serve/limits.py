@@ -5,6 +5,7 @@ What the limits bound, per request and in total: docs/serving.md."""
 from __future__ import annotations
 
 import math
+import os
 import threading
 from dataclasses import dataclass, fields
 from typing import Optional
@@ -35,6 +36,10 @@ class Limits:
             64 KiB — 8.23 MiB for a 224 × 224 export, 0.73 MiB for 64 × 64 — so that the bodies,
             which dominate the service's worst-case memory, are bounded by the images.
         max_concurrency: images decoded and explained at once; more are answered 503.
+        max_inferences: of those, how many run the model at once (the others wait for their
+            turn); ``None`` (default) = the machine's CPU count. onnxruntime already spreads
+            one run over every core, so more runs at once only oversubscribe the cores and
+            grow its memory arena with the overlap (docs/serving.md).
         max_connections: connections open at once (each holds a thread, idle ones for at
             most ``timeout``); one more is answered 503 and closed without a thread.
         timeout: seconds for one whole request to arrive (the wait for it on a kept-alive
@@ -46,6 +51,7 @@ class Limits:
 
     max_body_bytes: Optional[int] = None
     max_concurrency: int = 32
+    max_inferences: Optional[int] = None
     max_connections: int = 256
     timeout: float = 30.0
     max_pixels: Optional[int] = None
@@ -62,7 +68,7 @@ class Limits:
                         f"got {value!r}"
                     )
             elif not (_is_int(value) and value > 0):
-                if f.name in ("max_pixels", "max_body_bytes") and value is None:
+                if f.name in ("max_pixels", "max_body_bytes", "max_inferences") and value is None:
                     continue  # derived from the export's input size
                 raise ValueError(f"{f.name}: expected a positive integer, got {value!r}")
 
@@ -71,6 +77,10 @@ class Limits:
         if self.max_pixels is not None:
             return self.max_pixels
         return PIXELS_PER_INPUT * input_hw[0] * input_hw[1]
+
+    def inferences(self) -> int:
+        """The number of model runs at once (``max_inferences``, else the CPU count)."""
+        return self.max_inferences or os.cpu_count() or 1
 
     def body_bytes_for(self, input_hw: tuple[int, int]) -> int:
         """The body limit for an export whose input is ``input_hw`` = (H, W)."""
@@ -85,6 +95,7 @@ def cli_limits(
     max_concurrency: int,
     timeout: float,
     max_connections: int,
+    max_inferences: Optional[int] = None,
 ) -> Limits:
     """The ``serve`` command's numeric options, validated, as :class:`Limits` (``max_body_mib``
     None: derived from the export's input size). Raises ``ValueError`` naming the option (the
@@ -99,6 +110,7 @@ def cli_limits(
     return Limits(
         max_body_bytes=None if max_body_mib is None else int(max_body_mib * 2**20),
         max_concurrency=max_concurrency,
+        max_inferences=max_inferences,
         max_connections=max_connections,
         timeout=timeout,
     )

@@ -23,7 +23,8 @@ class InferenceServer(ThreadingHTTPServer):
     Build it with :func:`build_server`; ``serve_forever()`` runs it, ``shutdown()`` stops it.
     ``max_pixels`` and ``max_body_bytes`` are the limits in force (:class:`Limits`' or derived
     from the export's input size). Shared by the connections: ``slots`` (``max_concurrency``
-    images decoded and explained at once), ``body_budget`` (``max_concurrency ×
+    images decoded and explained at once; of them ``inferences``, :meth:`Limits.inferences`,
+    run the model at once), ``body_budget`` (``max_concurrency ×
     max_body_bytes`` body bytes held at once) and
     ``connections`` (``max_connections`` open at once, each with its thread: one more is
     answered 503 by the accepting thread and closed, so idle connections cannot pile up
@@ -53,6 +54,7 @@ class InferenceServer(ThreadingHTTPServer):
         self.max_pixels = limits.pixels_for(self.input_chw[1:])
         self.max_body_bytes = limits.body_bytes_for(self.input_chw[1:])
         self.slots = threading.BoundedSemaphore(limits.max_concurrency)
+        self.inferences = threading.BoundedSemaphore(limits.inferences())
         self.body_budget = ByteBudget(limits.max_concurrency * self.max_body_bytes)
         self.connections = threading.BoundedSemaphore(limits.max_connections)
         super().__init__(address, Handler)
@@ -119,7 +121,8 @@ class InferenceServer(ThreadingHTTPServer):
         """The answer of ``POST /explain`` for PNG/JPEG bytes ``data``."""
         _, height, width = self.input_chw
         images = decode_image(data, (height, width), self.max_pixels)
-        result = self.explainer.explain(images)
+        with self.inferences:  # decoding overlaps; model runs queue for the cores
+            result = self.explainer.explain(images)
         scores = result.concept_scores[0]
         values, ids = scores.topk(min(top_k, scores.numel()))
         target = int(result.targets[0])
@@ -146,10 +149,15 @@ def build_server(
     port: int = 8000,
     limits: Optional[Limits] = None,
     quiet: bool = False,
+    threads: Optional[int] = None,
 ) -> InferenceServer:
     """The service for ``model`` (an ONNX export's path, or a loaded OnnxExplainer), bound to
-    ``host``:``port`` (0 = any free port: see ``server.server_address``), not yet serving."""
-    explainer = model if isinstance(model, OnnxExplainer) else OnnxExplainer(model)
+    ``host``:``port`` (0 = any free port: see ``server.server_address``), not yet serving.
+    ``threads``: onnxruntime's threads per model run for a path (None: one per core)."""
+    if isinstance(model, OnnxExplainer):
+        explainer = model
+    else:
+        explainer = OnnxExplainer(model, threads=threads)
     return InferenceServer((host, port), explainer, limits or Limits(), quiet)
 
 
@@ -159,9 +167,11 @@ def serve(
     port: int = 8000,
     limits: Optional[Limits] = None,
     quiet: bool = False,
+    threads: Optional[int] = None,
 ) -> None:
-    """Run the service for ``model`` until interrupted (Ctrl-C)."""
-    server = build_server(model, host, port, limits, quiet)
+    """Run the service for ``model`` until interrupted (Ctrl-C); ``threads`` as in
+    :func:`build_server`."""
+    server = build_server(model, host, port, limits, quiet, threads)
     port = server.server_address[1]
     print(f"serving {server.explainer.method} from {model} on http://{host}:{port}", flush=True)
     if host not in ("127.0.0.1", "localhost"):
