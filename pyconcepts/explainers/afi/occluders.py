@@ -127,7 +127,7 @@ def _keep_images(
     """Eq. 4's third constraint: keep images predicted y whose transformed copy is predicted y.
 
     A class none of whose correctly predicted images keeps its prediction under t (a photo
-    whose top classes are nearly tied, e.g. tiger cat / tabby) keeps those images, with a
+    whose top classes are nearly tied, e.g. tiger cat / Egyptian cat) keeps those images, with a
     warning, rather than learn nothing: the seed fits on ImageNet's training set, where some
     images of every class pass; a few photos need not."""
     used = torch.zeros(len(images), dtype=torch.bool, device=images.device)
