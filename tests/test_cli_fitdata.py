@@ -40,10 +40,13 @@ def other_world(tmp_path, monkeypatch):
 
             def _net():
                 torch.manual_seed(0)
-                return nn.Sequential(
+                net = nn.Sequential(
                     nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1),
                     nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5),
                 )
+                with torch.no_grad():  # no class bias: the photos get different predictions
+                    net[-1].bias.zero_()
+                return net
 
             def sized():
                 model = _net()
@@ -87,6 +90,26 @@ def test_a_model_of_another_world_fits_on_the_photos_it_explains(other_world, ca
     assert saved.mean == [0.5] * 3 and saved.std == [0.25] * 3
     # every explained class was fitted, so every image has concept scores
     assert (saved.explanation.concept_scores != 0).any(1).all()
+
+
+def test_afi_fits_on_the_photos_labelled_by_the_model(other_world, capsys):
+    argv = ["explain", "--method", "afi", "--model", "tiny:sized", "--images", "photos",
+            "--n-fit", "60", "--options", '{"max_iter": 1, "impression_steps": 0, "n_probe": 4}',
+            "--save", "afi.pcx", "--out", "o", "--json", "--no-report"]  # fmt: skip
+    assert main(argv) == 0
+    assert (
+        "the 6 images of photos at 40x40, labelled by the model; probe sets: the concept "
+        "world at 40x40" in capsys.readouterr().err
+    )
+    from tiny import sized
+
+    from pyconcepts.explainers import AfI
+
+    model = sized().eval()
+    predicted = model(load_explanation(other_world / "o").images).argmax(1)
+    fitted = AfI.load(other_world / "afi.pcx", model=model)
+    assert len(set(predicted.tolist())) > 1  # so that other labels would show
+    assert list(fitted.classes_) == sorted(set(predicted.tolist()))  # fitted on its predictions
 
 
 def test_fit_images_is_its_own_folder_and_export_takes_it(other_world, capsys):

@@ -88,14 +88,20 @@ def is_concept_world_model(model: Any, size: tuple[int, int]) -> bool:
     return _n_outputs(model, size) == len(DEFAULT_CLASSES)
 
 
+def _device_of(model: Any) -> Any:
+    """The device of the model's parameters (the CPU for a model without any)."""
+    import torch
+
+    return next(iter(model.parameters()), torch.empty(0)).device
+
+
 def _n_outputs(model: Any, size: tuple[int, int]) -> Optional[int]:
     """The model's number of outputs on one blank image of ``size``; None if it fails there."""
     import torch
 
-    device = next(iter(model.parameters()), torch.empty(0)).device
     try:
         with torch.no_grad():
-            out = model(torch.zeros(1, 3, *size, device=device))
+            out = model(torch.zeros(1, 3, *size, device=_device_of(model)))
     except Exception:  # e.g. a flattening model built for another size
         return None
     return int(out.shape[-1]) if isinstance(out, torch.Tensor) and out.dim() == 2 else None
@@ -143,7 +149,10 @@ def fit_data(
         text = f"the {len(images)} images of {folder} at {size[0]}x{size[1]}, labelled by the model"
         if method != "afi":
             return FitData((images,), {}, text)  # the explainer labels them by the model
-        labels = _predictions(explainer.model, images, getattr(args, "batch_size", 64))
+        from pyconcepts.explainers.afi.occluders import predict  # AfI's labels: predictions
+
+        on_device = images.to(_device_of(explainer.model))
+        labels = predict(explainer.model, on_device, getattr(args, "batch_size", 64)).cpu()
     elif world_model:
         world = _world(args, size)
         x, labels = world.tensors()
@@ -213,12 +222,3 @@ def _probes(
         "benchmarks": [normalise(b, mean, std) for b in benchmarks],
         "concept_names": list(world.concepts),
     }, f"the concept world at {size[0]}x{size[1]}"
-
-
-def _predictions(model: Any, images: Any, batch_size: int) -> Any:
-    """The model's predicted class of each image (AfI's labels for a folder of images)."""
-    import torch
-
-    device = next(iter(model.parameters()), torch.empty(0)).device
-    with torch.no_grad():
-        return torch.cat([model(x.to(device)).argmax(1).cpu() for x in images.split(batch_size)])
