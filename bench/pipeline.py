@@ -92,7 +92,7 @@ def explainers(world: ConceptWorld, quick: bool) -> dict[str, Callable[[], Conce
         "mace": lambda: MACE(vgg, epochs=1).fit(pair, progress=False),
         "srae": lambda: SRAE(vgg, epochs=2).fit(pair, progress=False),
         "afi": lambda: AfI(vgg, max_iter=2, impression_steps=2, n_probe=8,
-                           max_images=200).fit(world),
+                           max_images=200).fit(world, progress=False),
         "pattern_mining": lambda: FilterPatterns(vgg, "features.relu4", n_candidates=16,
                                                  n_patches=2).fit((pair[0][:64], pair[1][:64])),
         "ibd": lambda: IBD(resnet, steps=10, mining_rounds=1, max_images=256).fit(world),

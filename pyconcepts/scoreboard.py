@@ -166,7 +166,9 @@ def fit_method(
         )
         probes, benchmarks = probe_sets(world, cfg["n_probe"], seed=seed)
         explainer = AfI(model, **_with_seed(AfI, {**cfg, **names}, seed))
-        return explainer.fit((x[idx], y[idx]), probes, benchmarks, concept_names=world.concepts)
+        return explainer.fit(
+            (x[idx], y[idx]), probes, benchmarks, concept_names=world.concepts, progress=False
+        )
     if name == "pattern_mining":
         cfg = dict(s.pattern_mining)
         n = cfg.pop("n_fit")

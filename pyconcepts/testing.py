@@ -430,7 +430,7 @@ def quick_explainers(
             lambda: AfI(vgg, classes=classes, max_iter=2, impression_steps=1, n_probe=4,
                         holdout_fraction=0.25),
             world,
-            {},
+            {"progress": False},
         ),
         "pattern_mining": (
             lambda: FilterPatterns(vgg, "features.relu4", patch_size=16, n_candidates=8,

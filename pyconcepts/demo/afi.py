@@ -43,7 +43,7 @@ def run(ctx: DemoContext) -> dict[str, Any]:
         model, impression_steps=IMPRESSION_STEPS, n_probe=N_PROBE,
         class_names=world.class_names, **common,
     )  # fmt: skip
-    explainer.fit((x, y), probes, benchmarks, concept_names=world.concepts)
+    explainer.fit((x, y), probes, benchmarks, concept_names=world.concepts, progress=ctx.progress)
     explainer.save(folder / "afi.pcx")
     ctx.save_explanation("afi", explainer, "cw-vgg", test.image(slice(0, 4)))
     classes, layers = explainer.classes_, explainer.layers_
