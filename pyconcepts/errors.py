@@ -1,6 +1,8 @@
-"""Exception types of pyconcepts."""
+"""Exception types of pyconcepts, and the argument check they share."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
@@ -23,3 +25,10 @@ class OutOfMemoryError(MemoryError, torch.OutOfMemoryError):
 class EmptyHeatmapWarning(UserWarning):
     """Every concept heatmap of an image is zero: nothing at the explained layer supports its
     target, so the explanation has no spatial evidence (the maps stay zero, never NaN)."""
+
+
+def check_positive_ints(**values: Any) -> None:
+    """Raise ``ValueError`` naming the first argument that is not an int >= 1 (bools refused)."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: expected an int >= 1, got {value!r}")

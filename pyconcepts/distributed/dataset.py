@@ -47,6 +47,7 @@ from torch.nn import functional as F
 
 from pyconcepts.data.images import decode_image, image_files, normalise, to_batch
 from pyconcepts.distributed._ray import require
+from pyconcepts.errors import check_positive_ints
 from pyconcepts.explainers.base import ConceptExplainer
 from pyconcepts.explanation import Explanation
 from pyconcepts.persistence import atomic_write_bytes, load_file, temp_file
@@ -153,8 +154,8 @@ def explain_dataset(
         progress: show a progress bar of shards.
     """
     ray = require()
-    _check_positive(batch_size=batch_size, shard_size=shard_size, num_workers=num_workers,
-                    cpus_per_worker=cpus_per_worker)  # fmt: skip
+    check_positive_ints(batch_size=batch_size, shard_size=shard_size, num_workers=num_workers,
+                        cpus_per_worker=cpus_per_worker)  # fmt: skip
     if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
         raise ValueError(f"max_retries: expected an int >= 0, got {max_retries!r}")
     if heatmap_dtype not in _HEATMAP_DTYPES:
@@ -647,12 +648,6 @@ def _explainer_digest(path: Path) -> str:
 
 def _floats(values: Optional[Sequence[float]]) -> Optional[list[float]]:
     return None if values is None else [float(v) for v in values]
-
-
-def _check_positive(**values: Any) -> None:
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
 
 
 def _size_or_none(value: Any, name: str) -> Optional[tuple[int, int]]:

@@ -25,6 +25,7 @@ from typing import Any, Optional
 import torch
 
 from pyconcepts.distributed._ray import require
+from pyconcepts.errors import check_positive_ints
 from pyconcepts.explainers.afi.occluders import ClassMap
 from pyconcepts.explainers.ibd import (
     BasisFunction,
@@ -45,7 +46,7 @@ def sharded_basis(n_shards: int = 2, backend: Optional[str] = None) -> BasisFunc
     is bit for bit the single-process one. CUDA tensors and the pure-torch reference backend
     are not sharded: they run :func:`~pyconcepts.ops.greedy_nnls_basis` in this process (one
     GPU decomposes 1000 classes in under a millisecond, docs/benchmarks.md)."""
-    _positive(n_shards, "n_shards")
+    check_positive_ints(n_shards=n_shards)
 
     def basis(targets: torch.Tensor, candidates: torch.Tensor, max_terms: int) -> BasisFit:
         from pyconcepts.ops import greedy_nnls_basis
@@ -76,8 +77,7 @@ def ddp_concept_trainer(
     block of the positions (see :func:`~pyconcepts.explainers.ibd.train_concept_classifiers`
     for what is split and what is gathered). ``timeout_s`` bounds every collective, so a dead
     rank fails the fit instead of hanging it."""
-    _positive(num_workers, "num_workers")
-    _positive(cpus_per_worker, "cpus_per_worker")
+    check_positive_ints(num_workers=num_workers, cpus_per_worker=cpus_per_worker)
 
     def train(
         X: torch.Tensor, Y: torch.Tensor, gen: torch.Generator, settings: ConceptTraining
@@ -147,7 +147,7 @@ def ray_map(cpus_per_task: int = 1) -> ClassMap:
     """A map ``(fn, argument tuples) -> results in order`` that runs each call as a Ray task
     with ``cpus_per_task`` CPUs and torch threads; ``fn`` (and what it binds, such as a model)
     goes to the object store once."""
-    _positive(cpus_per_task, "cpus_per_task")
+    check_positive_ints(cpus_per_task=cpus_per_task)
 
     def run(fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> list[Any]:
         ray = require()
@@ -161,11 +161,6 @@ def ray_map(cpus_per_task: int = 1) -> ClassMap:
 def _call(fn: Callable[..., Any], threads: int, *args: Any) -> Any:
     torch.set_num_threads(threads)
     return fn(*args)
-
-
-def _positive(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
 
 
 __all__ = ["ddp_concept_trainer", "ray_map", "sharded_basis"]

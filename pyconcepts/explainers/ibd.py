@@ -53,6 +53,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pyconcepts.attribution.gradcam import grad_cam, mean_class_weights
+from pyconcepts.errors import check_positive_ints
 from pyconcepts.explainers.base import ConceptExplainer, class_names_of
 from pyconcepts.explainers.layout import resolve_targets, upsample
 from pyconcepts.explanation import Explanation
@@ -165,10 +166,9 @@ class IBD(ConceptExplainer):
             raise ValueError(
                 f"basis_metric: expected one of {list(_METRICS)}, got {self.basis_metric!r}"
             )
-        for name in ("n_terms", "neg_ratio", "steps", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
+        check_positive_ints(
+            **{n: getattr(self, n) for n in ("n_terms", "neg_ratio", "steps", "batch_size")}
+        )
         if not isinstance(self.mining_rounds, int) or self.mining_rounds < 0:
             raise ValueError(f"mining_rounds: expected an int >= 0, got {self.mining_rounds!r}")
         if not 0.0 <= self.hard_fraction <= 1.0:

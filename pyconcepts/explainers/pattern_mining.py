@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from pyconcepts.attribution import grad_cam
 from pyconcepts.data.batches import iter_batches
+from pyconcepts.errors import check_positive_ints
 from pyconcepts.explainers.base import ConceptExplainer, class_names_of
 from pyconcepts.explainers.layout import class_table, resize_matrix, resolve_targets, upsample
 from pyconcepts.explanation import Explanation, combine_maps, scores_of_columns
@@ -268,11 +269,15 @@ class FilterPatterns(ConceptExplainer):
         return resolve_layer(self.model, layer)[0]
 
     def _check_config(self, height: int, width: int) -> None:
-        for name in ("top_filters", "patch_size", "n_candidates", "n_patches", "top_rules",
-                     "batch_size"):  # fmt: skip
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
+        names = (
+            "top_filters",
+            "patch_size",
+            "n_candidates",
+            "n_patches",
+            "top_rules",
+            "batch_size",
+        )
+        check_positive_ints(**{n: getattr(self, n) for n in names})
         for name in ("max_itemset_len", "max_itemsets"):
             value = getattr(self, name)
             if value is not None and (

@@ -98,6 +98,43 @@ class _Fragile(nn.Module):
         return torch.stack([m, 1 - m], 1) * 10
 
 
+@pytest.fixture(scope="module")
+def vgg64(vgg):
+    import copy
+
+    return copy.deepcopy(vgg).double().eval()
+
+
+def test_occluder_passes_sum_to_the_whole_batchs_gradient(vgg64, small_world):
+    """In float64 the summed passes equal one pass over every image (the rounding of a sum in
+    another order is far below Adam's step), and t draws the same copies whatever the split."""
+    x, y = _class_images(small_world, CLASSES, 3)
+    kw = dict(max_iter=3, lr=0.02, seed=5)
+    whole = afi.fit_occluders(vgg64, x.double(), y, CLASSES, batch_size=1000, **kw)
+    for size in (1, 2, 5):
+        split = afi.fit_occluders(vgg64, x.double(), y, CLASSES, batch_size=size, **kw)
+        torch.testing.assert_close(split.delta, whole.delta, atol=1e-9, rtol=0)
+        assert torch.equal(split.iterations, whole.iterations)
+        assert torch.equal(split.used, whole.used)
+    plain = afi.fit_occluders(vgg64, x.double(), y, CLASSES, batch_size=1, use_transform=False,
+                              **kw)  # fmt: skip
+    again = afi.fit_occluders(vgg64, x.double(), y, CLASSES, batch_size=4, use_transform=False,
+                              **kw)  # fmt: skip
+    torch.testing.assert_close(plain.delta, again.delta, atol=1e-9, rtol=0)
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="batch_size: expected an int >= 1"):
+            afi.fit_occluders(vgg64, x.double(), y, CLASSES, batch_size=bad)
+
+
+def test_split_transform_draws_equal_one_draw():
+    gen = lambda: torch.Generator().manual_seed(11)  # noqa: E731
+    x = torch.rand(5, 3, 16, 16)
+    u, angle = afi.draw_transform(x.shape, 5.0, gen())
+    parts = [afi.apply_transform(x[s : s + 2], u[s : s + 2], angle[s : s + 2], 0.02)
+             for s in range(0, 5, 2)]  # fmt: skip
+    torch.testing.assert_close(torch.cat(parts), afi.random_transform(x, 0.02, 5.0, gen()))
+
+
 def test_a_class_whose_images_all_fail_the_transform_keeps_them_with_a_warning():
     x = torch.cat([torch.full((2, 3, 8, 8), 0.5), torch.zeros(2, 3, 8, 8)])
     y = torch.tensor([0, 0, 1, 1])
@@ -134,6 +171,21 @@ def test_fis_is_mean_positive_drop(vgg, small_world):
     )
 
 
+def test_importance_scores_stream_batches_and_drop_fis_unless_kept(vgg, small_world):
+    x, y = _class_images(small_world, [0, 2], 5)
+    delta = 0.1 * torch.rand(3, *x.shape[1:], generator=torch.Generator().manual_seed(0))
+    layers = ["features.relu2", "relu_fc1"]
+    fis = afi.feature_importance(vgg, layers, x, y, [0, 1, 2], delta, batch_size=64)
+    fis_1, cis_1 = afi.importance_scores(vgg, layers, x, y, [0, 1, 2], delta, batch_size=1)
+    none, cis = afi.importance_scores(vgg, layers, x, y, [0, 1, 2], delta, keep_fis=False)
+    assert none == {}
+    for name in layers:
+        torch.testing.assert_close(fis_1[name], fis[name], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(cis[name], afi.channel_importance(fis[name]))
+        torch.testing.assert_close(cis_1[name], cis[name], atol=1e-5, rtol=1e-5)
+        assert bool((fis[name][1] == 0).all()) and bool((cis[name][1] == 0).all())  # no images
+
+
 def test_channel_importance_normalised():
     fis = torch.rand(2, 5, 3, 3)
     fis[1] = 0
@@ -152,6 +204,29 @@ def test_meta_detector_is_weighted_channel_sum():
     with pytest.raises(ValueError, match="activations"):
         afi.meta_detector(torch.rand(4, 5, 2, 2), w)
     assert afi.heatmaps(out, (20, 20)).shape == (4, 3, 20, 20)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 5), st.integers(1, 4), st.booleans())
+def test_own_detector_is_the_diagonal_of_the_meta_detectors(n, c, hw, dense):
+    gen = torch.Generator().manual_seed(n * 100 + c * 10 + hw)
+    a = torch.rand(n, c, *(() if dense else (hw, hw + 1)), generator=gen, dtype=torch.float64)
+    w = torch.rand(n, c, generator=gen, dtype=torch.float64)
+    maps = afi.meta_detector(a, w)  # [N, N, h, w]
+    expected = torch.stack([maps[i, i].mean() for i in range(n)])
+    torch.testing.assert_close(afi.own_detector(a, w), expected)
+
+
+def test_impression_passes_equal_one_pass():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3))
+    model(torch.rand(1, 3, 10, 10))
+    model = model.double()
+    w = torch.rand(3, 4, dtype=torch.float64)
+    kw = dict(steps=4, valid_range=(0.0, 1.0), seed=3)
+    whole = afi.class_impressions(model, "1", w, (3, 10, 10), batch_size=3, **kw)
+    split = afi.class_impressions(model, "1", w, (3, 10, 10), batch_size=1, **kw)
+    torch.testing.assert_close(split, whole, atol=1e-9, rtol=0)
 
 
 def test_class_impressions_valid_and_tv():
@@ -455,3 +530,18 @@ def test_impression_candidates_limit_the_layers_tried(vgg, small_world):
     for bad in (0, 1.5, True):
         with pytest.raises(ValueError, match="impression_candidates: expected an int >= 1"):
             AfI(vgg, impression_candidates=bad).fit(small_world)
+        with pytest.raises(ValueError, match="grad_batch_size: expected an int >= 1"):
+            AfI(vgg, grad_batch_size=bad).fit(small_world)
+
+
+def test_fis_are_kept_only_when_asked(vgg, small_world, tmp_path):
+    kw = dict(classes=[0, 1], max_iter=1, impression_steps=0, n_probe=4)
+    lean = AfI(vgg, **kw).fit(small_world)
+    full = AfI(vgg, keep_fis=True, **kw).fit(small_world)
+    assert lean.fis_ == {} and set(full.fis_) == set(full.layers_)
+    for name in full.layers_:
+        assert torch.equal(lean.cis_[name], full.cis_[name])
+        assert torch.equal(full.cis_[name], afi.channel_importance(full.fis_[name]))
+    again = AfI.load(full.save(tmp_path / "full.pcx"), model=vgg)
+    assert set(again.fis_) == set(full.layers_)
+    assert AfI.load(lean.save(tmp_path / "lean.pcx"), model=vgg).fis_ == {}

@@ -20,6 +20,7 @@ from pyconcepts.explainers.afi.concepts import (
     concept_presence,
     distillation_test,
     editing_curves,
+    own_detector,
     pick_impression_layer,
     probe_sets,
     total_variation,
@@ -33,12 +34,15 @@ from pyconcepts.explainers.afi.explainer import (
 from pyconcepts.explainers.afi.occluders import (
     OccluderFit,
     ValidRange,
+    apply_transform,
     channel_importance,
+    draw_transform,
     feature_importance,
     features,
     features_and_logits,
     fit_occluders,
     heatmaps,
+    importance_scores,
     layer_outputs,
     meta_detector,
     middle_layers,
@@ -47,10 +51,10 @@ from pyconcepts.explainers.afi.occluders import (
 )
 
 __all__ = [
-    "AfI", "OccluderFit", "ValidRange", "agreement_weighted", "channel_importance",
-    "class_impressions", "concept_importance", "concept_presence", "distillation_test",
-    "editing_curves", "feature_importance", "features", "features_and_logits", "fit_occluders",
-    "heatmaps",
-    "layer_outputs", "meta_detector", "middle_layers", "occlude", "pick_impression_layer",
+    "AfI", "OccluderFit", "ValidRange", "agreement_weighted", "apply_transform",
+    "channel_importance", "class_impressions", "concept_importance", "concept_presence",
+    "distillation_test", "draw_transform", "editing_curves", "feature_importance", "features",
+    "features_and_logits", "fit_occluders", "heatmaps", "importance_scores", "layer_outputs",
+    "meta_detector", "middle_layers", "occlude", "own_detector", "pick_impression_layer",
     "plot_editing_curves", "probe_sets", "pyplot", "random_transform", "total_variation",
 ]  # fmt: skip

@@ -4,7 +4,7 @@ on the concept world (editing curves, distillation test)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -17,6 +17,7 @@ from pyconcepts.explainers.afi.occluders import (
     meta_detector,
     predict,
 )
+from pyconcepts.inputs import parameter_dtype
 from pyconcepts.metrics.afi import mmd2
 from pyconcepts.models.features import FeatureExtractor
 
@@ -44,6 +45,7 @@ def class_impressions(
     jitter: int = 2,
     valid_range: ValidRange = (0.0, 1.0),
     seed: int = 0,
+    batch_size: int = 16,
 ) -> torch.Tensor:
     """One image per class maximising the mean activation of its meta-detector in ``layer``.
 
@@ -52,32 +54,43 @@ def class_impressions(
     work). Each objective is normalised by the meta-detector's mean activation on the start
     image's scale-free units: ``mean f'(x) / (1 + mean |f'(x₀)|)``, so ``tv_weight`` means the
     same in every layer. Adam on pixels, clipped to ``valid_range`` after every step; all
-    classes are optimised together. Returns ``[K, *image_shape]``.
+    classes are optimised together, ``batch_size`` images per forward/backward pass (each
+    image's objective is its own, so the passes' gradients add up to the whole batch's).
+    Returns ``[K, *image_shape]``.
     """
     k = weights.shape[0]
     gen = torch.Generator().manual_seed(seed)
     lo, hi = valid_range
     device = weights.device
     x = (lo + hi) / 2 + 0.01 * (hi - lo) * torch.randn(k, *image_shape, generator=gen)
-    x = x.to(device).requires_grad_(True)
+    x = x.to(device, parameter_dtype(model)).requires_grad_(True)
     opt = torch.optim.Adam([x], lr=lr * (hi - lo))
     model.eval()
     fx = FeatureExtractor(model, [layer], detach=False)
-    scale: Optional[torch.Tensor] = None
-    for _ in range(steps):
+    scale = torch.zeros(k, device=device, dtype=x.dtype)
+    for step in range(steps):
         dx, dy = (int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=gen))
-        acts = features(fx, torch.roll(x, shifts=(dy, dx), dims=(2, 3)))[layer]
-        maps = meta_detector(acts, weights)  # [K, K, h, w]: image k scored by detector k
-        own = maps[torch.arange(k), torch.arange(k)].flatten(1).mean(1)
-        if scale is None:
-            scale = 1.0 + own.detach().abs()
-        loss = (-own / scale + tv_weight * total_variation(x)).sum()
         opt.zero_grad()
-        loss.backward()
+        for s in range(0, k, batch_size):
+            part = x[s : s + batch_size]
+            acts = features(fx, torch.roll(part, shifts=(dy, dx), dims=(2, 3)))[layer]
+            own = own_detector(acts, weights[s : s + batch_size])  # image i by detector i
+            if step == 0:
+                scale[s : s + batch_size] = 1.0 + own.detach().abs()
+            loss = (-own / scale[s : s + batch_size] + tv_weight * total_variation(part)).sum()
+            loss.backward()
         opt.step()
         with torch.no_grad():
             x.clamp_(lo, hi)
     return x.detach()
+
+
+def own_detector(activations: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Mean output of image i's own meta-detector i (eq. 9 with the weights of row i): the
+    diagonal of :func:`meta_detector`'s ``[N, K, h, w]`` averaged over positions, without
+    the N×K maps. ``[N, C, h, w]`` or ``[N, C]`` activations, ``[N, C]`` weights → ``[N]``."""
+    a = activations if activations.dim() == 4 else activations[:, :, None, None]
+    return torch.einsum("nchw,nc->n", a, weights.to(a.dtype)) / (a.shape[2] * a.shape[3])
 
 
 def pick_impression_layer(
@@ -85,16 +98,16 @@ def pick_impression_layer(
     layers: Sequence[str],
     impressions: dict[str, torch.Tensor],
     classes: Sequence[int],
+    batch_size: int = 64,
 ) -> tuple[str, dict[str, float]]:
     """The seed picks, by eye, the first layer where the class concept emerges. We automate it:
     the model classifies each layer's impressions, and the shallowest layer with the highest
     fraction recognised as their class wins. Returns (layer, fraction per layer)."""
     target = torch.tensor([int(c) for c in classes])
     rates: dict[str, float] = {}
-    with torch.no_grad():
-        for name in layers:
-            pred = model(impressions[name]).argmax(1).cpu()
-            rates[name] = float((pred == target).double().mean())
+    for name in layers:
+        pred = predict(model, impressions[name], batch_size).cpu()
+        rates[name] = float((pred == target).double().mean())
     best = max(rates.values())
     return next(n for n in layers if rates[n] == best), rates
 

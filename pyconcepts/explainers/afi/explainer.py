@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from pyconcepts.data.batches import iter_batches
 from pyconcepts.data.concept_world import ConceptWorld
+from pyconcepts.errors import check_positive_ints
 from pyconcepts.explainers.afi.concepts import (
     class_impressions,
     concept_importance,
@@ -23,10 +24,9 @@ from pyconcepts.explainers.afi.concepts import (
 from pyconcepts.explainers.afi.occluders import (
     ClassMap,
     ValidRange,
-    channel_importance,
-    feature_importance,
     features_and_logits,
     fit_occluders,
+    importance_scores,
     layer_outputs,
     middle_layers,
     occlude,
@@ -233,6 +233,16 @@ class AfI(ConceptExplainer):
             0.78 / 0.33 / 0.87, fused 0.94 / 0.42 / 0.88 and 0.85 / 0.47 / 0.90 (Grad-CAM
             fused the same way 0.74 / 0.40 / 0.83 and 0.89 / 0.60 / 0.90).
         seed, batch_size: randomness and evaluation batch size.
+        grad_batch_size: images per forward/backward pass of the occluder and impression
+            optimisations (an image and its transformed copy count as two). The passes'
+            gradients are summed, so it bounds the fit's memory, not its result. Before it
+            (2026-12-07) every used image went through at once: on EfficientNet-Lite0 at
+            224 px that cost about 89 MiB of peak memory per image and copy (23 used photos:
+            4.1 GiB), so the fit grew with the data until it ran out of memory.
+        keep_fis: keep eq. 7's per-neuron scores as ``fis_`` (and in saved files). Off by
+            default: only their channel sums (the CIS, eq. 8) are used, and they take K times
+            the model's activation size — 23.5 MiB a class on EfficientNet-Lite0 at 224 px,
+            23 GiB for 1,000 classes — where the CIS take K times its channel count.
         class_names: names of the model's classes (default: the data's, the model's, or
             ``class_i``).
         max_images: use at most this many fit images (None: all of them).
@@ -243,10 +253,11 @@ class AfI(ConceptExplainer):
 
     Fitted state: ``delta_`` ``[K,C,H,W]``, ``attack_success_`` (held-out) and
     ``train_success_`` ``[K]``, ``occluder_iterations_``/``occluder_converged_`` ``[K]``,
-    ``fis_``/``cis_`` (layer → ``[K, ...]``/``[K, C]``), ``impressions_`` (layer → ``[K,C,H,W]``),
-    ``impression_layer_``, ``impression_rates_``, ``heatmap_layer_``, ``fusion_layers_`` (the
-    spatial middle layers), ``concept_importance_`` ``[K, M]`` (``concept_direction_``) and
-    ``concept_mmd_`` ``[L, K, M]`` (when probe sets are given or the data is a concept world).
+    ``cis_`` (layer → ``[K, C]``), ``fis_`` (layer → ``[K, ...]``; ``{}`` unless ``keep_fis``),
+    ``impressions_`` (layer → ``[K,C,H,W]``), ``impression_layer_``, ``impression_rates_``,
+    ``heatmap_layer_``, ``fusion_layers_`` (the spatial middle layers), ``concept_importance_``
+    ``[K, M]`` (``concept_direction_``) and ``concept_mmd_`` ``[L, K, M]`` (when probe sets are
+    given or the data is a concept world).
 
     ``explain`` returns global concept importance of each image's target class as
     ``concept_scores``, the target class's meta-detector map in ``heatmap_layer_`` (eq. 9, or
@@ -287,6 +298,8 @@ class AfI(ConceptExplainer):
         heatmap_fusion: str = "agreement",
         seed: int = 0,
         batch_size: int = 64,
+        grad_batch_size: int = 16,
+        keep_fis: bool = False,
         class_names: Optional[Sequence[str]] = None,
         max_images: Optional[int] = None,
     ) -> None:
@@ -314,6 +327,8 @@ class AfI(ConceptExplainer):
         self.heatmap_fusion = heatmap_fusion
         self.seed = seed
         self.batch_size = batch_size
+        self.grad_batch_size = grad_batch_size
+        self.keep_fis = keep_fis
         self.class_names = class_names
         self.max_images = max_images
 
@@ -369,9 +384,9 @@ class AfI(ConceptExplainer):
         """
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ValueError(f"holdout_fraction: expected in [0, 1), got {self.holdout_fraction}")
-        n = self.impression_candidates
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"impression_candidates: expected an int >= 1, got {n!r}")
+        check_positive_ints(
+            impression_candidates=self.impression_candidates, grad_batch_size=self.grad_batch_size
+        )
         _check_heatmap_weights(self.heatmap_weights)
         _check_heatmap_fusion(self.heatmap_fusion)
         if self.concept_direction not in ("raises", "any"):
@@ -401,7 +416,7 @@ class AfI(ConceptExplainer):
             self.model, images[train], labels[train], classes,
             l1_weight=self.l1_weight, lr=self.lr, max_iter=self.max_iter, noise=self.noise,
             max_degrees=self.max_degrees, use_transform=self.use_transform, valid_range=vr,
-            seed=self.seed, map_classes=map_classes,
+            seed=self.seed, map_classes=map_classes, batch_size=self.grad_batch_size,
         )  # fmt: skip
         self.classes_, self.layers_, self.n_classes_ = classes, layers, n_classes
         self.delta_ = fit.delta
@@ -415,11 +430,10 @@ class AfI(ConceptExplainer):
                 f"data: the model classifies no training image of classes {classes} correctly "
                 "(also under the transform t): the occluders have nothing to learn from"
             )
-        self.fis_ = feature_importance(
+        self.fis_, self.cis_ = importance_scores(
             self.model, layers, images[used], labels[used], classes, self.delta_, vr,
-            self.batch_size,
+            self.batch_size, keep_fis=self.keep_fis,
         )  # fmt: skip
-        self.cis_ = {name: channel_importance(s) for name, s in self.fis_.items()}
         self._fit_impressions(images[:1], progress)
         self.class_names_ = class_names
         if probes is None and isinstance(data, ConceptWorld):
@@ -474,9 +488,10 @@ class AfI(ConceptExplainer):
                     self.model, name, self.cis_[name], example.shape[1:],
                     steps=self.impression_steps, lr=self.impression_lr, tv_weight=self.tv_weight,
                     jitter=self.jitter, valid_range=self._range, seed=self.seed,
+                    batch_size=self.grad_batch_size,
                 )  # fmt: skip
             chosen, self.impression_rates_ = pick_impression_layer(
-                self.model, layers, self.impressions_, self.classes_
+                self.model, layers, self.impressions_, self.classes_, self.batch_size
             )
         else:
             chosen = self.impression_layer or self.layers_[-1]

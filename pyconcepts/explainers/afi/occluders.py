@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyconcepts.errors import check_positive_ints
 from pyconcepts.models.features import FeatureExtractor
 from pyconcepts.models.layers import describe
 
@@ -25,6 +26,34 @@ ValidRange = tuple[float, float]
 
 
 # ---- the transformation t ---------------------------------------------------------------------
+def draw_transform(
+    shape: Sequence[int],
+    max_degrees: float,
+    generator: Optional[torch.Generator] = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The random draws of :func:`random_transform` for a batch of ``shape`` (on the CPU): the
+    uniform noise in [0, 1) ``shape`` and one angle in radians per image. Drawn once per batch
+    and applied in slices, a batch gets the same transform however it is split."""
+    u = torch.rand(tuple(shape), generator=generator, dtype=dtype)
+    angle = torch.rand(shape[0], generator=generator, dtype=dtype)
+    return u, (angle * 2 - 1) * math.radians(max_degrees)
+
+
+def apply_transform(
+    x: torch.Tensor, u: torch.Tensor, angle: torch.Tensor, noise: float
+) -> torch.Tensor:
+    """t with the draws of :func:`draw_transform`: ``x + (2u − 1)·noise``, rotated by ``angle``
+    about the image centre (bilinear, border padding)."""
+    u, angle = u.to(x.device), angle.to(x.device)
+    cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(
+        x + (u * 2 - 1) * noise, grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
+
+
 def random_transform(
     x: torch.Tensor,
     noise: float = 0.04,
@@ -37,16 +66,8 @@ def random_transform(
     t must not change clean predictions (eq. 4, third condition). Random draws come from
     ``generator`` (CPU) so results are reproducible.
     """
-    n = x.shape[0]
-    u = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-    angle = torch.rand(n, generator=generator, dtype=x.dtype).to(x.device)
-    angle = (angle * 2 - 1) * math.radians(max_degrees)
-    cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
-    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(
-        x + (u * 2 - 1) * noise, grid, mode="bilinear", padding_mode="border", align_corners=False
-    )
+    u, angle = draw_transform(x.shape, max_degrees, generator, x.dtype)
+    return apply_transform(x, u, angle, noise)
 
 
 def occlude(x: torch.Tensor, delta: torch.Tensor, valid_range: ValidRange) -> torch.Tensor:
@@ -123,6 +144,7 @@ def _keep_images(
     noise: float,
     max_degrees: float,
     use_transform: bool,
+    batch_size: int,
 ) -> torch.Tensor:
     """Eq. 4's third constraint: keep images predicted y whose transformed copy is predicted y.
 
@@ -138,9 +160,14 @@ def _keep_images(
             if not len(idx):
                 continue
             x = images[idx]
-            ok = model(x).argmax(1) == c
+            ok = predict(model, x, batch_size) == c
             if use_transform:
-                stable = ok & (model(random_transform(x, noise, max_degrees, gen)).argmax(1) == c)
+                u, angle = draw_transform(x.shape, max_degrees, gen, x.dtype)
+                moved = [
+                    model(apply_transform(x[s], u[s], angle[s], noise)).argmax(1)
+                    for s in _slices(len(x), batch_size)
+                ]
+                stable = ok & (torch.cat(moved) == c)
                 if ok.any() and not stable.any():
                     relaxed.append(int(c))
                 else:
@@ -157,6 +184,10 @@ def _keep_images(
     return used
 
 
+def _slices(n: int, size: int) -> list[slice]:
+    return [slice(s, min(n, s + size)) for s in range(0, n, size)]
+
+
 def _optimise(
     model: nn.Module,
     groups: list[torch.Tensor],
@@ -170,10 +201,13 @@ def _optimise(
     max_degrees: float,
     use_transform: bool,
     valid_range: ValidRange,
+    batch_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Minimise eq. 5 for all groups at once: one forward/backward per iteration over the images
-    of the classes still running. Adam (β = 0.9, 0.999, ε = 1e-8) is applied per class with its
-    own step count, so a class that meets eq. 4 is frozen exactly where it met it."""
+    """Minimise eq. 5 for all groups at once: per iteration, the images of the classes still
+    running go through the model ``batch_size`` at a time (t's copies counted), their gradients
+    summed, so memory is bounded by the batch, not the data. Adam (β = 0.9, 0.999, ε = 1e-8) is
+    applied per class with its own step count, so a class that meets eq. 4 is frozen exactly
+    where it met it."""
     k, ref = len(groups), groups[0]
     delta = torch.zeros(k, *ref.shape[1:], dtype=ref.dtype, device=ref.device)
     m, v = torch.zeros_like(delta), torch.zeros_like(delta)
@@ -181,6 +215,7 @@ def _optimise(
     running = torch.tensor([len(g) > 0 for g in groups])
     converged = torch.zeros(k, dtype=torch.bool)
     target = torch.tensor([int(c) for c in classes], device=ref.device)
+    per_pass = max(1, batch_size // 2) if use_transform else batch_size
     b1, b2, eps = 0.9, 0.999, 1e-8
     for _ in range(max_iter):
         active = running.nonzero().flatten().tolist()
@@ -190,28 +225,30 @@ def _optimise(
         owner = torch.cat([torch.full((len(groups[a]),), a, dtype=torch.long) for a in active]).to(
             ref.device
         )
+        if use_transform:  # one draw per class and iteration, whatever the batches
+            draws = [
+                draw_transform(groups[a].shape, max_degrees, gens[a], ref.dtype) for a in active
+            ]
+            u, angle = torch.cat([d[0] for d in draws]), torch.cat([d[1] for d in draws])
+        counts = torch.bincount(owner, minlength=k).clamp_min(1).to(ref.dtype)
         d = delta.detach().requires_grad_(True)
-        occluded = occlude(xs, d[owner], valid_range)
-        batch = [occluded]
-        if use_transform:
-            batch.append(
-                torch.cat(
-                    [
-                        random_transform(chunk, noise, max_degrees, gens[a])
-                        for a, chunk in zip(
-                            active, occluded.split([len(groups[a]) for a in active])
-                        )
-                    ]
-                )
-            )
-        logits = model(torch.cat(batch)).view(len(batch), len(xs), -1)
-        y = target[owner]
-        zy = logits.gather(2, y.view(1, -1, 1).expand(len(batch), -1, 1)).squeeze(2)
-        flipped = (logits.argmax(2) != y).all(0)
-        counts = torch.bincount(owner, minlength=k).clamp_min(1).to(zy.dtype)
-        per_class = torch.zeros(k, dtype=zy.dtype, device=zy.device).index_add(0, owner, zy.sum(0))
-        loss = (per_class / counts).sum() + l1_weight * d[active].abs().flatten(1).mean(1).sum()
-        (grad,) = torch.autograd.grad(loss, d)
+        l1 = l1_weight * d[active].abs().flatten(1).mean(1).sum()
+        (grad,) = torch.autograd.grad(l1, d)
+        flipped = torch.zeros(len(xs), dtype=torch.bool, device=ref.device)
+        for s in _slices(len(xs), per_pass):
+            rows = owner[s]
+            part = delta[rows].requires_grad_(True)
+            occluded = occlude(xs[s], part, valid_range)
+            batch = [occluded]
+            if use_transform:
+                batch.append(apply_transform(occluded, u[s], angle[s], noise))
+            logits = model(torch.cat(batch)).view(len(batch), len(occluded), -1)
+            y = target[rows]
+            zy = logits.gather(2, y.view(1, -1, 1).expand(len(batch), -1, 1)).squeeze(2)
+            flipped[s] = (logits.argmax(2) != y).all(0)
+            if zy.requires_grad:  # a model that is flat in its input gives no gradient
+                (g,) = torch.autograd.grad((zy.sum(0) / counts[rows]).sum(), part)
+                grad.index_add_(0, rows, g)
         # eq. 4 per class: done when no image of it keeps its label under x−δ (and t(x−δ))
         unflipped = torch.zeros(k, dtype=torch.long, device=ref.device).index_add(
             0, owner, (~flipped).long()
@@ -258,6 +295,7 @@ def fit_occluders(
     seed: int = 0,
     batched: bool = True,
     map_classes: Optional[ClassMap] = None,
+    batch_size: int = 16,
 ) -> OccluderFit:
     """Learn one global feature occluder per class in ``classes`` (seed eqs. 4–5).
 
@@ -269,16 +307,19 @@ def fit_occluders(
     ``map_classes`` runs those per-class optimisations: a function ``(fn, argument tuples) ->
     results in order`` (default: one after another here;
     :func:`pyconcepts.distributed.ray_map` spreads them over Ray tasks, bit for bit the same).
+    ``batch_size``: images per forward/backward pass, t's copies counted (at least one image
+    and its copy); the passes' gradients are summed, so it bounds memory, not the result.
     """
     if max_iter < 0:
         raise ValueError(f"max_iter: expected >= 0, got {max_iter}")
+    check_positive_ints(batch_size=batch_size)
     if valid_range[0] >= valid_range[1]:
         raise ValueError(f"valid_range: expected lo < hi, got {valid_range}")
     model.eval()
     scaled_noise = noise * (valid_range[1] - valid_range[0]) / 2
     gens = _generators(classes, seed)
     used = _keep_images(
-        model, images, labels, classes, gens, scaled_noise, max_degrees, use_transform
+        model, images, labels, classes, gens, scaled_noise, max_degrees, use_transform, batch_size
     )
     groups = [images[(labels == c) & used] for c in classes]
     opts: dict[str, Any] = dict(
@@ -289,6 +330,7 @@ def fit_occluders(
         max_degrees=max_degrees,
         use_transform=use_transform,
         valid_range=valid_range,
+        batch_size=batch_size,
     )
     if batched and map_classes is None:
         delta, steps, conv = _optimise(model, groups, classes, gens, **opts)
@@ -317,29 +359,64 @@ def feature_importance(
     """FIS of every neuron of every layer (eqs. 6–7): layer → ``[K, *neuron_shape]``.
 
     ``s = mean_i f_l(x_i) − f_l(x_i − δ*)`` over the class's images, negatives set to 0. A class
-    without images gets all-zero scores.
+    without images gets all-zero scores. See :func:`importance_scores`.
     """
-    out: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
-    shapes: dict[str, tuple[int, ...]] = {}
+    return importance_scores(
+        model, layers, images, labels, classes, delta, valid_range, batch_size, keep_fis=True
+    )[0]
+
+
+def importance_scores(
+    model: nn.Module,
+    layers: Sequence[str],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    classes: Sequence[int],
+    delta: torch.Tensor,
+    valid_range: ValidRange = (0.0, 1.0),
+    batch_size: int = 64,
+    keep_fis: bool = True,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(FIS, CIS) of every class (eqs. 6–8): layer → ``[K, *neuron_shape]`` and ``[K, C]``.
+
+    One class at a time, its activation differences summed batch by batch: only one batch's
+    activations and one class's FIS are held at once. ``keep_fis=False`` returns ``{}`` for the
+    FIS, which take K times the model's activation size (23.5 MiB a class on
+    EfficientNet-Lite0's 33 ReLU6 outputs at 224 px).
+    """
+    fx = FeatureExtractor(model, list(layers))
+    fis: dict[str, list[Optional[torch.Tensor]]] = {name: [] for name in layers}
+    cis: dict[str, list[Optional[torch.Tensor]]] = {name: [] for name in layers}
+    like: dict[str, torch.Tensor] = {}
     for k, c in enumerate(classes):
         x = images[labels == c]
         if not len(x):
             for name in layers:
-                out[name].append(torch.empty(0))
+                fis[name].append(None)
+                cis[name].append(None)
             continue
-        clean = layer_outputs(model, layers, x, batch_size)
-        occl = layer_outputs(model, layers, occlude(x, delta[k], valid_range), batch_size)
+        sums: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            for chunk in x.split(batch_size):
+                clean = features(fx, chunk)
+                occl = features(fx, occlude(chunk, delta[k], valid_range))
+                for name in layers:
+                    diff = (clean[name] - occl[name]).sum(0)
+                    sums[name] = sums[name] + diff if name in sums else diff
         for name in layers:
-            shapes[name] = tuple(clean[name].shape[1:])
-            out[name].append((clean[name] - occl[name]).mean(0).clamp_min(0))
-    if not shapes:
+            scores = like[name] = (sums[name] / len(x)).clamp_min(0)
+            cis[name].append(channel_importance(scores[None])[0])
+            fis[name].append(scores if keep_fis else None)
+    if not like:
         raise ValueError("images: no image of any requested class")
-    return {
-        name: torch.stack(
-            [s if s.numel() else torch.zeros(shapes[name], device=delta.device) for s in v]
-        )
-        for name, v in out.items()
-    }
+
+    def stack(rows: list[Optional[torch.Tensor]], shape: torch.Size) -> torch.Tensor:
+        zero = torch.zeros(shape, device=delta.device)
+        return torch.stack([zero if r is None else r for r in rows])
+
+    cis_out = {name: stack(cis[name], like[name].shape[:1]) for name in layers}
+    fis_out = {name: stack(fis[name], like[name].shape) for name in layers} if keep_fis else {}
+    return fis_out, cis_out
 
 
 def channel_importance(fis: torch.Tensor) -> torch.Tensor:
