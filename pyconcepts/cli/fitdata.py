@@ -209,6 +209,7 @@ def _probes(
     """(AfI's ``probes``, ``benchmarks`` and ``concept_names``, a line saying what they are):
     from ``--concepts``, else drawn from the concept world (``world``, or one rendered at
     ``size``) as AfI draws them from a world it is given, normalised."""
+    from pyconcepts.data.image_sets import ImageSets
     from pyconcepts.explainers.afi.concepts import probe_sets
 
     if args.concepts:
@@ -217,8 +218,9 @@ def _probes(
         return {"probes": probes, "benchmarks": benchmarks, "concept_names": data.names}, text
     world = world if world is not None else _world(args, size)
     probes, benchmarks = probe_sets(world, explainer.n_probe, explainer.seed)
+    images = normalise(probes.images, mean, std)  # probes and benchmarks draw on the same
     return {
-        "probes": [normalise(p, mean, std) for p in probes],
-        "benchmarks": [normalise(b, mean, std) for b in benchmarks],
+        "probes": ImageSets(images, probes.indices),
+        "benchmarks": ImageSets(images, benchmarks.indices),
         "concept_names": list(world.concepts),
     }, f"the concept world at {size[0]}x{size[1]}"

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pyconcepts.data.image_sets import ImageSets
 from pyconcepts.data.images import IMAGE_SUFFIXES
 from pyconcepts.errors import LoadError
 
@@ -45,13 +46,14 @@ class ConceptData:
     masks: torch.Tensor
     names: list[str]
 
-    def probe_sets(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def probe_sets(self) -> tuple[ImageSets, ImageSets]:
         """Per concept, the images showing it and those that do not (AfI's probes and
-        benchmarks)."""
+        benchmarks), as index sets over ``images`` (no copies)."""
         shown = self.masks.flatten(2).any(2)  # [N, C]
+        columns = range(len(self.names))
         return (
-            [self.images[shown[:, c]] for c in range(len(self.names))],
-            [self.images[~shown[:, c]] for c in range(len(self.names))],
+            ImageSets(self.images, [shown[:, c].nonzero().flatten() for c in columns]),
+            ImageSets(self.images, [(~shown[:, c]).nonzero().flatten() for c in columns]),
         )
 
 

@@ -292,6 +292,13 @@ def test_concept_importance_counts_the_layers_where_the_concept_raises_the_detec
     assert not torch.equal(every, raises)  # some layer lowers some class's detector here
     with pytest.raises(ValueError, match="direction: expected 'raises' or 'any'"):
         afi.concept_importance(model, layers, cis, probes, benches, direction="lowers")
+    # one class per pass (a 1-byte budget) and two per pass give the same scores
+    for budget in (1, 2 * 12 * afi.concepts._positions(model, layers, probes[0][:1]) * 4):
+        grouped = afi.concept_importance(model, layers, cis, probes, benches, max_map_bytes=budget)
+        torch.testing.assert_close(grouped[0], raises)
+        torch.testing.assert_close(grouped[1], raw)
+    with pytest.raises(ValueError, match="max_map_bytes: expected an int >= 1"):
+        afi.concept_importance(model, layers, cis, probes, benches, max_map_bytes=0)
 
 
 def test_explain_save_load_onnx(fitted, world, tmp_path):

@@ -447,8 +447,8 @@ class AfI(ConceptExplainer):
             if benchmarks is None:
                 raise ValueError("benchmarks: expected one benchmark set per probe set, got None")
             self.concept_importance_, self.concept_mmd_ = concept_importance(
-                self.model, layers, self.cis_, [p.to(device) for p in probes],
-                [b.to(device) for b in benchmarks], self.batch_size, self.concept_direction,
+                self.model, layers, self.cis_, probes, benchmarks, self.batch_size,
+                self.concept_direction,
             )  # fmt: skip
             names = concept_names or [f"concept_{m}" for m in range(len(probes))]
             if len(names) != len(probes):
