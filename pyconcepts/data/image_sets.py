@@ -1,10 +1,11 @@
 """Image sets drawn by index from one tensor: AfI's probe and benchmark sets without copies.
 
 A concept's probe set (images showing it) and benchmark set (images without it) overlap with
-every other concept's: 16 concepts of 100 + 100 images drawn from the same few hundred. Held as
-separate tensors they cost 16 × 200 images (1.9 GB at 224 px, 3.9 GB with the normalised copies
-the command line made); held as indices into one tensor, only the source images and the one set
-in use.
+every other concept's. The command line's default for a 224 px model draws the 16 concepts'
+sets from a concept world of 100 images: as separate tensors they held 1,270 images, 0.71 GiB
+(twice that while it normalised them); as indices, the 100 images (57 MiB) and the one set in
+use. ``pyconcepts explain --method afi --model efficientnet-lite0`` on 8 photos peaked at
+4.81 GiB resident before and 4.22 GiB after (2026-12-07, the same scores).
 """
 
 from __future__ import annotations

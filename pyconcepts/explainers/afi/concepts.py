@@ -197,7 +197,7 @@ def _detector_outputs(
     Batch by batch, so only one batch's activations are held at once (before 2026-12-07 every
     layer's activations of the whole set were: ``pyconcepts explain --method afi`` on
     EfficientNet-Lite0's 33 layers, 8 photos and 16 probe sets of 100 + 100 images at 224 px
-    peaked at 6.97 GiB resident, 5.10 GiB now, with the same importance)."""
+    peaked at 6.97 GiB resident, 5.10 GiB after, with the same importance)."""
     fx = FeatureExtractor(model, list(layers))
     maps: dict[str, list[torch.Tensor]] = {name: [] for name in fx.names}
     sums: dict[str, torch.Tensor] = {}
