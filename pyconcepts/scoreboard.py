@@ -20,7 +20,8 @@ images with ``targets`` = their true labels. Scores (``pyconcepts.metrics.ground
 
 Baselines: uniform, centre and random maps and a random concept ranking (chance level);
 Grad-CAM and the channel-summed activation at each method's layer (for AfI's multi-layer
-maps also Grad-CAM fused over the same layers the same way, ``gradcam_agreement``); random
+maps also Grad-CAM fused over the same layers the same way, ``gradcam_agreement_afi``: named
+by the method, not its layer, because a seed's fit may choose another layer); random
 channels of that layer (maps: their contribution-weighted sum; ranking: matched like units,
 scored by their Grad-CAM contribution α_k·mean A_k; per-image scores averaged over
 ``n_random_draws`` draws); Grad-CAM's channels all matched that way
@@ -515,7 +516,12 @@ def run(
                 layer = _baseline_layer(
                     model, cand.layer, sorted(layers), feature_layer, truth.images[:4]
                 )
-                entry["layers"][method] = {"explained": cand.layer, "baselines": layer}
+                seeds_layers = entry["layers"].get(method, {}).get("per_seed", [])
+                entry["layers"][method] = {
+                    "explained": cand.layer,  # the last seed's
+                    "baselines": layer,
+                    "per_seed": [*seeds_layers, cand.layer],  # a seed's fit may choose another
+                }
                 if cand.matched_iou is not None:
                     entry.setdefault("unit_match_iou", {}).setdefault(method, []).append(
                         cand.matched_iou
@@ -526,7 +532,8 @@ def run(
                     key = (cand.layer, *explainer.fusion_layers_)
                     if key not in fused:
                         fused[key] = agreement_baseline(model, key[0], key[1:], truth)
-                    candidates[f"gradcam_agreement@{cand.layer}"] = fused[key]
+                    candidates[f"gradcam_agreement_{method}"] = fused[key]
+                    entry["layers"][f"gradcam_agreement_{method}"] = entry["layers"][method]
                 log(f"[quality] {model_name} {method} seed {seed}: fit {fitted:.1f}s, "
                     f"total {time.perf_counter() - t0:.1f}s")  # fmt: skip
             for layer in sorted(layers):
@@ -620,10 +627,10 @@ def _cell(s: Optional[dict[str, float]]) -> str:
 
 def _order(names: Sequence[str]) -> list[str]:
     methods = [m for m in METHODS if m in names]
-    layer_based = sorted(n for n in names if "@" in n)
     reference = ("class_definition", "class_usage")
     blind = ("uniform", "centre", "random_map", "random_ranking")
-    return methods + layer_based + [n for n in (*reference, *blind) if n in names]
+    baselines = sorted(n for n in names if n not in (*methods, *reference, *blind))
+    return methods + baselines + [n for n in (*reference, *blind) if n in names]
 
 
 # The targets of the quality work: (metric, baseline name with {layer} = the method's baseline
@@ -710,9 +717,11 @@ def markdown(result: dict[str, Any]) -> str:
         + ".",
         "",
         "Cells: mean over seeds ± their standard deviation (95 % bootstrap intervals over images "
-        "are in bench/results/quality.json). *def*: the definition ground truth (masks / concepts "
-        "that define the class); *int*: the intervention ground truth (concepts whose change flips "
-        "the prediction or drops the class logit by ≥ half the image's largest drop). Pointing, "
+        "are in bench/results/quality.json); *layer*: the layer explained, one per seed (a / b / "
+        "c) where the seeds' fits chose different ones. *def*: the definition ground truth "
+        "(masks / concepts that define the class); *int*: the intervention ground truth "
+        "(concepts whose change flips the prediction or drops the class logit by ≥ half the "
+        "image's largest drop). Pointing, "
         "energy and AUC (ROC-AUC of the map at telling the region's pixels from the rest, 0.5 "
         "for a flat map; unlike energy, unchanged by sharpening the map) score the combined "
         "class map; precision@k (k = number of true concepts) and "
@@ -747,7 +756,11 @@ def markdown(result: dict[str, Any]) -> str:
         scores = entry["scores"]
         for name in _order(list(scores)):
             default = name.split("@")[-1] if "@" in name else "–"
-            layer = entry["layers"].get(name, {}).get("explained", default)
+            info = entry["layers"].get(name, {})
+            per_seed = info.get("per_seed", [])
+            layer = (
+                " / ".join(per_seed) if len(set(per_seed)) > 1 else info.get("explained", default)
+            )
             row = [f"`{name}`", f"`{layer}`"] + [_cell(scores[name].get(m)) for m in cols[1:]]
             lines.append("| " + " | ".join(row) + " |")
         for method, reason in entry["skipped"].items():

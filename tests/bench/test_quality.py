@@ -21,7 +21,7 @@ def test_quick_scoreboard_has_every_method_and_baseline_with_finite_values(tmp_p
     layer = entry["feature_layer"]
     expected = ["mace", "srae", "afi", "pattern_mining", "ibd", "uniform", "centre", "random_map"]
     baselines = ("gradcam", "channel_sum", "random_channels", "best_channel")
-    expected += [f"{b}@{layer}" for b in baselines]
+    expected += [f"{b}@{layer}" for b in baselines] + ["gradcam_agreement_afi"]
     rankings_only = ("random_ranking", "class_definition", "class_usage")
     for name in [*expected, *rankings_only]:
         assert name in entry["scores"], name
@@ -50,7 +50,7 @@ def test_quick_scoreboard_has_every_method_and_baseline_with_finite_values(tmp_p
 def test_targets_read_margins_against_the_larger_seed_spread():
     """Plain reading of a made-up entry: beats = margin above max(spreads), not at it; a
     missing output or baseline is no verdict."""
-    from pyconcepts.scoreboard import markdown, target_cells
+    from pyconcepts.scoreboard import target_cells
 
     def stats(mean: float, sd: float) -> dict:
         return {"mean": mean, "sd_seeds": sd, "ci_low": mean, "ci_high": mean}
@@ -76,7 +76,26 @@ def test_targets_read_margins_against_the_larger_seed_spread():
     del entry["scores"]["mace"]["pointing_def"], entry["scores"]["random_channels@g"]
     cells = target_cells(entry, "mace")
     assert cells["pointing vs Grad-CAM"] is None and cells["p@k vs random channels"] is None
-    page = markdown({"meta": {"date_utc": "d", "machine": "x", "load_average_1_5_15_at_end": [0],
+    page = page_of(entry)
+    row = (
+        "| `mace` | cw-x | – | ✓ +0.020 (spread 0.010) | ✗ -0.050 (spread 0.010) | – "
+        "| ✗ 0.75 (ceiling 0.78) |"
+    )
+    assert row in page
+    assert "| `mace` | `g` |" in page  # one layer for every seed
+    entry["layers"]["mace"]["per_seed"] = ["g", "h", "g"]  # the seeds' fits differ
+    entry["layers"]["gradcam_agreement_mace"] = entry["layers"]["mace"]
+    entry["scores"]["gradcam_agreement_mace"] = {"pointing_def": stats(0.7, 0.0)}
+    page = page_of(entry)
+    assert "| `mace` | `g / h / g` |" in page
+    assert "| `gradcam_agreement_mace` | `g / h / g` | 0.70 ± 0.00 |" in page
+
+
+def page_of(entry: dict) -> str:
+    """The scoreboard page of one made-up model entry."""
+    from pyconcepts.scoreboard import markdown
+
+    return markdown({"meta": {"date_utc": "d", "machine": "x", "load_average_1_5_15_at_end": [0],
                               "seconds": 60, "test_world_seed": 1, "fit_world_seed": 2,
                               "settings": {"seeds": [0], "n_test": 1, "n_fit": 1, "n_probe": 1,
                                            "n_random_channels": 1}},
@@ -87,11 +106,6 @@ def test_targets_read_margins_against_the_larger_seed_spread():
                                              "flip_rate_other", "used_concepts_per_image",
                                              "used_that_are_defining", "defining_area",
                                              "used_area")}}}})  # fmt: skip
-    row = (
-        "| `mace` | cw-x | – | ✓ +0.020 (spread 0.010) | ✗ -0.050 (spread 0.010) | – "
-        "| ✗ 0.75 (ceiling 0.78) |"
-    )
-    assert row in page
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +129,7 @@ def margin(result: dict, model: str, method: str, metric: str, baseline: str) ->
 
 
 GRADCAM = "gradcam@{layer}"
-AGREEMENT = "gradcam_agreement@{layer}"  # Grad-CAM fused over AfI's layers as AfI fuses
+AGREEMENT = "gradcam_agreement_afi"  # Grad-CAM fused over AfI's layers as AfI fuses
 RANDOM_CHANNELS = "random_channels@{layer}"
 RANDOM_RANKING = "random_ranking"
 

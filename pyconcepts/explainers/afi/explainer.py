@@ -217,7 +217,8 @@ class AfI(ConceptExplainer):
             0.78 / 0.28 / 0.84 and 0.82 / 0.39 / 0.88): the contrast's extra energy is
             sharpness, and it orders the pixels worse. (Measured before the fallback of
             :func:`fit_occluders`' transform check; with it eq. 9 scores 0.97 / 0.44 / 0.90
-            and 0.94 / 0.53 / 0.94.) On EfficientNet-Lite0's cat|espresso
+            and 0.94 / 0.53 / 0.94, and 0.97 / 0.44 / 0.90 and 0.93 / 0.53 / 0.94 since the
+            fit's batched passes, docs/methods.md.) On EfficientNet-Lite0's cat|espresso
             picture the contrast did better (mass on the cat half 0.96 against 0.86; Grad-CAM
             0.87). With one fitted class the contrast is 0, so the map is eq. 9's.
         heatmap_fusion: ``"agreement"`` (default) weights the heatmap layer's class map, pixel
