@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from pyconcepts.attribution.excitation import excitation_backprop
 from pyconcepts.data.batches import iter_batches
+from pyconcepts.errors import check_positive_ints
 from pyconcepts.explainers.base import ConceptExplainer, class_names_of
 from pyconcepts.explainers.layout import (
     concept_columns,
@@ -481,7 +482,11 @@ class SRAE(ConceptExplainer):
         positive_weight: faithfulness weight of positives; None = n_neg/n_pos per class.
         n_positive, n_negative: per-class sample caps (None = all available).
         epochs, batch_size, lr, patience: Adam training with early stopping on the validation
-            faithfulness of a held-out ``val_fraction`` of the fit data.
+            faithfulness of a held-out ``val_fraction`` of the fit data (``batch_size``: feature
+            vectors per training step).
+        image_batch_size: images per forward pass of the model when its features are read.
+            The activations of that pass at input size are the fit's peak memory; until
+            2026-12-07 the features were read ``batch_size`` (256) images at a time.
         heatmap_layer: where c-MWP maps are read (a layer name after a ReLU, upsampled to the
             image). None: the input pixels when the fit images are non-negative (the paper),
             else the model's last feature map (c-MWP needs non-negative inputs; normalised
@@ -536,6 +541,7 @@ class SRAE(ConceptExplainer):
         n_negative: Optional[int] = None,
         epochs: int = 100,
         batch_size: int = 256,
+        image_batch_size: int = 32,
         lr: float = 1e-3,
         patience: int = 10,
         val_fraction: float = 0.1,
@@ -558,6 +564,7 @@ class SRAE(ConceptExplainer):
         self.positive_weight = positive_weight
         self.n_positive, self.n_negative = n_positive, n_negative
         self.epochs, self.batch_size, self.lr, self.patience = epochs, batch_size, lr, patience
+        self.image_batch_size = image_batch_size
         self.val_fraction = val_fraction
         self.heatmap_layer = heatmap_layer
         self.heatmap_smoothing = heatmap_smoothing
@@ -568,10 +575,12 @@ class SRAE(ConceptExplainer):
 
     # ---- features ------------------------------------------------------------------------
     def features(
-        self, data: Any, batch_size: int = 256, max_images: Optional[int] = None
+        self, data: Any, batch_size: Optional[int] = None, max_images: Optional[int] = None
     ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
         """Z ``[N, D]`` (flattened ``layer`` output), logits ``[N, C]``, labels (or None) and
-        the first image batch (for the input layout) of any data ``iter_batches`` accepts."""
+        the first image batch (for the input layout) of any data ``iter_batches`` accepts,
+        ``batch_size`` images per forward pass (None: ``image_batch_size``)."""
+        batch_size = self.image_batch_size if batch_size is None else batch_size
         zs, logits, labels, first = [], [], [], None
         fx: Optional[FeatureExtractor] = None
         with torch.no_grad():
@@ -618,7 +627,8 @@ class SRAE(ConceptExplainer):
         _check_logit_weight(self.logit_map_weight)
         for name in ("layer_", "heatmap_layer_"):  # resolved again on this fit's data
             vars(self).pop(name, None)
-        z, logits, labels, first = self.features(data, self.batch_size, self.max_images)
+        check_positive_ints(batch_size=self.batch_size, image_batch_size=self.image_batch_size)
+        z, logits, labels, first = self.features(data, max_images=self.max_images)
         n_classes = logits.shape[1]
         if labels is None:
             labels = logits.argmax(1)

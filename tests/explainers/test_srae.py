@@ -320,6 +320,23 @@ def test_errors(vgg, fitted, world) -> None:
         SRAE(vgg, **TINY).fit(world.tensors(), epochs=3)
     with pytest.raises(ValueError, match="layer"):
         SRAE(vgg, layer="fc9", **TINY).fit(world.tensors(), progress=False)
+    for name in ("batch_size", "image_batch_size"):
+        with pytest.raises(ValueError, match=f"{name}: expected an int >= 1, got 0"):
+            SRAE(vgg, **{**TINY, name: 0}).fit(world.tensors(), progress=False)
+
+
+def test_features_are_read_image_batch_size_images_at_a_time(fitted, world) -> None:
+    images = world.image(slice(0, 7))
+    seen: list[int] = []
+    hook = fitted.model.register_forward_pre_hook(lambda _, args: seen.append(len(args[0])))
+    try:
+        z, logits, _, _ = fitted.features(images)
+        z3, logits3, _, _ = fitted.features(images, batch_size=3)
+    finally:
+        hook.remove()
+    assert seen == [min(7, fitted.image_batch_size), 3, 3, 1]
+    torch.testing.assert_close(z3, z)
+    torch.testing.assert_close(logits3, logits)
 
 
 def test_check_explainer_contract(vgg, world) -> None:
