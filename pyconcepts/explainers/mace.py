@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from pyconcepts.attribution.gradcam import grad_cam
 from pyconcepts.data.batches import iter_batches
+from pyconcepts.errors import check_positive_ints
 from pyconcepts.explainers.base import ConceptExplainer, class_names_of
 from pyconcepts.explainers.layout import (
     concept_columns,
@@ -224,7 +225,10 @@ class MACE(ConceptExplainer):
             ``"paper"`` — eq. 2 literally, −f_k log σ(·) only.
         w_embedding, w_relevance, w_dense, w_output: loss weights of L^E, L^R, L^D, L^O.
         lr: Adam learning rate (paper: 1e-4 on VGG16/AWA2).
-        batch_size: mini-batch size.
+        batch_size: cached feature maps per training step.
+        image_batch_size: images per forward pass of the model when its activations are
+            cached (that pass at input size is the fit's peak memory; until 2026-12-07 it was
+            ``batch_size``).
         prune: apply the S2 pruning rules and fine-tune after ``fit``.
         prune_top_t, prune_top_s: rule 1 (paper: T = 10, S = 5).
         prune_max_positive: rule 2 (paper: 0.5).
@@ -305,6 +309,7 @@ class MACE(ConceptExplainer):
         w_output: float = 1.0,
         lr: float = 1e-4,
         batch_size: int = 64,
+        image_batch_size: int = 32,
         prune: bool = True,
         prune_top_t: int = 10,
         prune_top_s: int = 5,
@@ -337,6 +342,7 @@ class MACE(ConceptExplainer):
         self.w_output = w_output
         self.lr = lr
         self.batch_size = batch_size
+        self.image_batch_size = image_batch_size
         self.prune = prune
         self.prune_top_t = prune_top_t
         self.prune_top_s = prune_top_s
@@ -476,7 +482,8 @@ class MACE(ConceptExplainer):
         feats: list[torch.Tensor] = []
         zs, logits, labels = [], [], []
         gradients: Optional[torch.Tensor] = None
-        batches = iter_batches(data, self.batch_size, self._model_device(), self.max_images)
+        check_positive_ints(batch_size=self.batch_size, image_batch_size=self.image_batch_size)
+        batches = iter_batches(data, self.image_batch_size, self._model_device(), self.max_images)
         for images, lab in batches:
             images = self._check_images(images, "data")
             if record and not feats:

@@ -109,6 +109,23 @@ def test_unknown_fit_arguments_are_refused(tiny):
         MACE(model, layer="features.relu4").fit((images, labels), epochs=3)
 
 
+def test_activations_are_cached_image_batch_size_images_at_a_time(tiny):
+    model, images, labels, _ = tiny
+    seen: list[int] = []
+    hook = model.register_forward_pre_hook(lambda _, args: seen.append(len(args[0])))
+    try:
+        MACE(model, layer="features.relu4", n_concepts=2, embedding_sizes=(8, 4), epochs=1,
+             image_batch_size=16, map_init="random", prune=False).fit(
+            (images[:35], labels[:35]), progress=False
+        )  # fmt: skip
+    finally:
+        hook.remove()
+    assert [n for n in seen if n > 1] == [16, 16, 3]  # the cache (1-image calls: layer probes)
+    for name in ("batch_size", "image_batch_size"):
+        with pytest.raises(ValueError, match=f"{name}: expected an int >= 1, got 0"):
+            MACE(model, layer="features.relu4", **{name: 0}).fit((images, labels))
+
+
 def test_pruned_concepts_are_reported_and_masked(tiny):
     _, images, labels, _ = tiny
     e = MACE(cw_vgg().eval(), layer="features.relu4", n_concepts=2, embedding_sizes=(8,),
