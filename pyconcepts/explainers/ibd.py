@@ -105,7 +105,9 @@ class IBD(ConceptExplainer):
         lr: Adam learning rate.
         weight_decay: L2 penalty on the concept classifiers' weights.
         heldout: fraction of the images kept out of training to measure concept AP.
-        batch_size: images per forward pass.
+        batch_size: images per forward pass (32; 128 until 2026-12-07: on EfficientNet-Lite0
+            with 160 concept images at 224 px the fit peaked at 2,340 MiB and took 10.5 s,
+            985 MiB and 8.0 s with 32, the same basis).
         seed: seeds the split and the sampling of negatives.
         class_names: names of the classes (default: the zoo's, else ``class_i``).
         max_images: use at most this many fit images (None: all of them).
@@ -134,7 +136,7 @@ class IBD(ConceptExplainer):
         lr: float = 0.05,
         weight_decay: float = 1e-4,
         heldout: float = 0.2,
-        batch_size: int = 128,
+        batch_size: int = 32,
         seed: int = 0,
         class_names: Optional[list[str]] = None,
         max_images: Optional[int] = None,
