@@ -537,8 +537,8 @@ def test_impression_candidates_limit_the_layers_tried(vgg, small_world):
     for bad in (0, 1.5, True):
         with pytest.raises(ValueError, match="impression_candidates: expected an int >= 1"):
             AfI(vgg, impression_candidates=bad).fit(small_world)
-        with pytest.raises(ValueError, match="grad_batch_size: expected an int >= 1"):
-            AfI(vgg, grad_batch_size=bad).fit(small_world)
+        with pytest.raises(ValueError, match="batch_size: expected an int >= 1"):
+            AfI(vgg, batch_size=bad).fit(small_world)
 
 
 def test_fis_are_kept_only_when_asked(vgg, small_world, tmp_path):
