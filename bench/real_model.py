@@ -116,9 +116,9 @@ def factories(model: nn.Module, images: torch.Tensor) -> dict[str, tuple[Callabl
     return {
         "mace": (lambda: MACE(model, epochs=8), images),
         "srae": (lambda: SRAE(model, epochs=20), images),
-        "afi": (lambda: AfI(model, max_iter=3, impression_steps=0, batch_size=8), (images, labels)),
-        "pattern_mining": (lambda: FilterPatterns(model, batch_size=8), images),
-        "ibd": (lambda: IBD(model, steps=20, mining_rounds=1, batch_size=16), concepts),
+        "afi": (lambda: AfI(model, max_iter=3, impression_steps=0), (images, labels)),
+        "pattern_mining": (lambda: FilterPatterns(model), images),
+        "ibd": (lambda: IBD(model, steps=20, mining_rounds=1), concepts),
     }
 
 

@@ -35,10 +35,34 @@ def test_candidate_patches_follow_the_heatmap_and_do_not_repeat():
     cam = torch.zeros(2, 32, 32)
     cam[0, 4:12, 20:28] = 1.0  # one hot square per image
     cam[1, 16:24, 0:8] = 1.0
-    corners = explainer._candidate_patches(cam, torch.Generator().manual_seed(0))
+    corners = explainer._candidate_patches(cam, 0)
     assert corners[:, 0].tolist() == [[4, 20], [16, 0]]
     # the second patch avoids the zeroed first region
     assert all(abs(a - b) >= 1 for a, b in zip(corners[:, 1].flatten(), corners[:, 0].flatten()))
+    # image i of the fit data draws its windows from its own stream, whatever its batch
+    wide = FilterPatterns(cw_vgg(), "features.relu4", patch_size=8, n_candidates=3, n_patches=2)
+    heat = torch.rand(5, 32, 32, generator=torch.Generator().manual_seed(1))
+    whole = wide._candidate_patches(heat, 0)
+    parts = torch.cat([wide._candidate_patches(heat[:2], 0), wide._candidate_patches(heat[2:], 2)])
+    assert torch.equal(parts, whole)
+    assert not torch.equal(wide._candidate_patches(heat, 1), whole)
+
+
+def test_the_mined_patterns_do_not_depend_on_the_batch_size(small_world):
+    torch.manual_seed(0)
+    model = cw_vgg().eval()
+    images, labels = small_world.tensors()
+    fits = [
+        FilterPatterns(model, "features.relu4", tau_support=0.3, **{**FAST, "batch_size": b}).fit(
+            (images[:12], labels[:12])
+        )
+        for b in (4, 12)
+    ]
+    assert fits[0].n_transactions_ == fits[1].n_transactions_
+    assert [(r.filters, r.class_id) for r in fits[0].rules_] == [
+        (r.filters, r.class_id) for r in fits[1].rules_
+    ]
+    torch.testing.assert_close(fits[0].filter_scale_, fits[1].filter_scale_)
 
 
 def test_relevant_patches_are_a_prefix_stopping_below_tau():
