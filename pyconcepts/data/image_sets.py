@@ -5,7 +5,8 @@ every other concept's. The command line's default for a 224 px model draws the 1
 sets from a concept world of 100 images: as separate tensors they held 1,270 images, 0.71 GiB
 (twice that while it normalised them); as indices, the 100 images (57 MiB) and the one set in
 use. ``pyconcepts explain --method afi --model efficientnet-lite0`` on 8 photos peaked at
-4.81 GiB resident before and 4.22 GiB after (2026-12-07, the same scores).
+4.81 GiB resident before and 4.22 GiB after (2026-12-07, the same scores; 2.58 GiB since AfI's
+passes take 16 images).
 """
 
 from __future__ import annotations
