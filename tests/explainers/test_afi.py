@@ -171,7 +171,7 @@ def test_fis_is_mean_positive_drop(vgg, small_world):
     )
 
 
-def test_importance_scores_stream_batches_and_drop_fis_unless_kept(vgg, small_world):
+def test_importance_scores_stream_batches_and_drop_fis_unless_kept(vgg, vgg64, small_world):
     x, y = _class_images(small_world, [0, 2], 5)
     delta = 0.1 * torch.rand(3, *x.shape[1:], generator=torch.Generator().manual_seed(0))
     layers = ["features.relu2", "relu_fc1"]
@@ -184,6 +184,10 @@ def test_importance_scores_stream_batches_and_drop_fis_unless_kept(vgg, small_wo
         torch.testing.assert_close(cis[name], afi.channel_importance(fis[name]))
         torch.testing.assert_close(cis_1[name], cis[name], atol=1e-5, rtol=1e-5)
         assert bool((fis[name][1] == 0).all()) and bool((cis[name][1] == 0).all())  # no images
+    fis64, cis64 = afi.importance_scores(vgg64, layers, x.double(), y, [0, 1, 2], delta.double())
+    for name in layers:  # float64 throughout, the class without images included
+        assert fis64[name].dtype == cis64[name].dtype == torch.float64
+        torch.testing.assert_close(cis64[name].float(), cis[name], atol=1e-4, rtol=1e-4)
 
 
 def test_channel_importance_normalised():

@@ -387,7 +387,6 @@ def importance_scores(
     fx = FeatureExtractor(model, list(layers))
     fis: dict[str, list[Optional[torch.Tensor]]] = {name: [] for name in layers}
     cis: dict[str, list[Optional[torch.Tensor]]] = {name: [] for name in layers}
-    like: dict[str, torch.Tensor] = {}
     for k, c in enumerate(classes):
         x = images[labels == c]
         if not len(x):
@@ -404,19 +403,18 @@ def importance_scores(
                     diff = (clean[name] - occl[name]).sum(0)
                     sums[name] = sums[name] + diff if name in sums else diff
         for name in layers:
-            scores = like[name] = (sums[name] / len(x)).clamp_min(0)
+            scores = (sums[name] / len(x)).clamp_min(0)
             cis[name].append(channel_importance(scores[None])[0])
             fis[name].append(scores if keep_fis else None)
-    if not like:
+    if all(r is None for r in next(iter(cis.values()), [None])):
         raise ValueError("images: no image of any requested class")
 
-    def stack(rows: list[Optional[torch.Tensor]], shape: torch.Size) -> torch.Tensor:
-        zero = torch.zeros(shape, device=delta.device)
+    def stack(rows: list[Optional[torch.Tensor]]) -> torch.Tensor:
+        zero = torch.zeros_like(next(r for r in rows if r is not None))  # a class without images
         return torch.stack([zero if r is None else r for r in rows])
 
-    cis_out = {name: stack(cis[name], like[name].shape[:1]) for name in layers}
-    fis_out = {name: stack(fis[name], like[name].shape) for name in layers} if keep_fis else {}
-    return fis_out, cis_out
+    fis_out = {name: stack(fis[name]) for name in layers} if keep_fis else {}
+    return fis_out, {name: stack(cis[name]) for name in layers}
 
 
 def channel_importance(fis: torch.Tensor) -> torch.Tensor:
