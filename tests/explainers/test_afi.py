@@ -160,7 +160,7 @@ def test_occluders_stop_when_eq4_holds():
 def test_fis_is_mean_positive_drop(vgg, small_world):
     x, y = _class_images(small_world, [0], 3)
     delta = 0.1 * torch.rand(1, *x.shape[1:])
-    fis = afi.feature_importance(vgg, ["features.relu2", "relu_fc1"], x, y, [0], delta)
+    fis = afi.importance_scores(vgg, ["features.relu2", "relu_fc1"], x, y, [0], delta)[0]
     with torch.no_grad():
         a = vgg.relu_fc1(vgg.fc1(vgg.flatten(vgg.features(x))))
         b_in = afi.occlude(x, delta[0], (0.0, 1.0))
@@ -175,7 +175,7 @@ def test_importance_scores_stream_batches_and_drop_fis_unless_kept(vgg, vgg64, s
     x, y = _class_images(small_world, [0, 2], 5)
     delta = 0.1 * torch.rand(3, *x.shape[1:], generator=torch.Generator().manual_seed(0))
     layers = ["features.relu2", "relu_fc1"]
-    fis = afi.feature_importance(vgg, layers, x, y, [0, 1, 2], delta, batch_size=64)
+    fis = afi.importance_scores(vgg, layers, x, y, [0, 1, 2], delta, batch_size=64)[0]
     fis_1, cis_1 = afi.importance_scores(vgg, layers, x, y, [0, 1, 2], delta, batch_size=1)
     none, cis = afi.importance_scores(vgg, layers, x, y, [0, 1, 2], delta, keep_fis=False)
     assert none == {}

@@ -37,7 +37,6 @@ from pyconcepts.explainers.afi.occluders import (
     apply_transform,
     channel_importance,
     draw_transform,
-    feature_importance,
     features,
     features_and_logits,
     fit_occluders,
@@ -53,7 +52,7 @@ from pyconcepts.explainers.afi.occluders import (
 __all__ = [
     "AfI", "OccluderFit", "ValidRange", "agreement_weighted", "apply_transform",
     "channel_importance", "class_impressions", "concept_importance", "concept_presence",
-    "distillation_test", "draw_transform", "editing_curves", "feature_importance", "features",
+    "distillation_test", "draw_transform", "editing_curves", "features",
     "features_and_logits", "fit_occluders", "heatmaps", "importance_scores", "layer_outputs",
     "meta_detector", "middle_layers", "occlude", "own_detector", "pick_impression_layer",
     "plot_editing_curves", "probe_sets", "pyplot", "random_transform", "total_variation",

@@ -346,26 +346,6 @@ def fit_occluders(
 
 
 # ---- stage 1: feature and channel importance ------------------------------------------------
-def feature_importance(
-    model: nn.Module,
-    layers: Sequence[str],
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    classes: Sequence[int],
-    delta: torch.Tensor,
-    valid_range: ValidRange = (0.0, 1.0),
-    batch_size: int = 64,
-) -> dict[str, torch.Tensor]:
-    """FIS of every neuron of every layer (eqs. 6–7): layer → ``[K, *neuron_shape]``.
-
-    ``s = mean_i f_l(x_i) − f_l(x_i − δ*)`` over the class's images, negatives set to 0. A class
-    without images gets all-zero scores. See :func:`importance_scores`.
-    """
-    return importance_scores(
-        model, layers, images, labels, classes, delta, valid_range, batch_size, keep_fis=True
-    )[0]
-
-
 def importance_scores(
     model: nn.Module,
     layers: Sequence[str],
@@ -379,6 +359,8 @@ def importance_scores(
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(FIS, CIS) of every class (eqs. 6–8): layer → ``[K, *neuron_shape]`` and ``[K, C]``.
 
+    FIS: ``s = mean_i f_l(x_i) − f_l(x_i − δ*)`` over the class's images, negatives set to 0; a
+    class without images gets all-zero scores. CIS: :func:`channel_importance` of them.
     One class at a time, its activation differences summed batch by batch: only one batch's
     activations and one class's FIS are held at once. ``keep_fis=False`` returns ``{}`` for the
     FIS, which take K times the model's activation size (23.5 MiB a class on
