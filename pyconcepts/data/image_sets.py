@@ -23,10 +23,10 @@ class ImageSets(Sequence[torch.Tensor]):
     holds one at a time."""
 
     def __init__(self, images: torch.Tensor, indices: Sequence[torch.Tensor]) -> None:
-        if not isinstance(images, torch.Tensor) or images.dim() != 4:
-            raise ValueError(
-                f"images: expected a [N, C, H, W] tensor, got {getattr(images, 'shape', images)!r}"
-            )
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"images: expected a torch.Tensor, got {type(images).__name__}")
+        if images.dim() != 4:
+            raise ValueError(f"images: expected a [N, C, H, W] tensor, got {tuple(images.shape)}")
         self.images = images
         self.indices = [torch.as_tensor(i, dtype=torch.long).flatten() for i in indices]
         for m, idx in enumerate(self.indices):

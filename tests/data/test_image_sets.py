@@ -27,8 +27,10 @@ def test_sets_are_the_indexed_images(n, index_lists):
 
 
 def test_bad_sets_say_what_is_wrong():
-    with pytest.raises(ValueError, match=r"images: expected a \[N, C, H, W\] tensor"):
+    with pytest.raises(ValueError, match=r"images: expected a \[N, C, H, W\] tensor, got \(3, 4\)"):
         ImageSets(torch.rand(3, 4), [torch.tensor([0])])
+    with pytest.raises(TypeError, match=r"images: expected a torch\.Tensor, got list"):
+        ImageSets([[0.0]], [torch.tensor([0])])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"indices\[1\]: expected indices in \[0, 3\), got 1..3"):
         ImageSets(torch.rand(3, 1, 2, 2), [torch.tensor([0]), torch.tensor([1, 3])])
     with pytest.raises(ValueError, match=r"indices\[0\]: expected indices in \[0, 3\), got -1"):
