@@ -402,8 +402,9 @@ class MACE(ConceptExplainer):
         class's triplet loss an image feeds (the model's prediction when labels are absent).
         """
         epochs = self.epochs
-        if not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"epochs: expected an int >= 1, got {epochs!r}")
+        check_positive_ints(
+            epochs=epochs, batch_size=self.batch_size, image_batch_size=self.image_batch_size
+        )
         floor = self.min_kept
         if (
             isinstance(floor, bool)
@@ -482,7 +483,6 @@ class MACE(ConceptExplainer):
         feats: list[torch.Tensor] = []
         zs, logits, labels = [], [], []
         gradients: Optional[torch.Tensor] = None
-        check_positive_ints(batch_size=self.batch_size, image_batch_size=self.image_batch_size)
         batches = iter_batches(data, self.image_batch_size, self._model_device(), self.max_images)
         for images, lab in batches:
             images = self._check_images(images, "data")

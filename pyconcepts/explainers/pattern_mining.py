@@ -44,6 +44,7 @@ from pyconcepts.data.batches import iter_batches
 from pyconcepts.errors import check_positive_ints
 from pyconcepts.explainers.base import ConceptExplainer, class_names_of
 from pyconcepts.explainers.layout import class_table, resize_matrix, resolve_targets, upsample
+from pyconcepts.explainers.streams import item_streams
 from pyconcepts.explanation import Explanation, combine_maps, scores_of_columns
 from pyconcepts.models.features import FeatureExtractor, resolve_layer
 from pyconcepts.models.layers import discover_layers
@@ -313,7 +314,7 @@ class FilterPatterns(ConceptExplainer):
         one stream per fit, a batch of 32 drew other windows than batches of 8)."""
         b, h, w = cam.shape
         size = self.patch_size
-        gens = [torch.Generator().manual_seed(self.seed * 1_000_003 + first + i) for i in range(b)]
+        gens = item_streams(self.seed, range(first, first + b))
         heat = cam.clone()
         corners = []
         for _ in range(self.n_patches):

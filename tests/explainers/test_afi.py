@@ -184,6 +184,8 @@ def test_importance_scores_stream_batches_and_drop_fis_unless_kept(vgg, vgg64, s
         torch.testing.assert_close(cis[name], afi.channel_importance(fis[name]))
         torch.testing.assert_close(cis_1[name], cis[name], atol=1e-5, rtol=1e-5)
         assert bool((fis[name][1] == 0).all()) and bool((cis[name][1] == 0).all())  # no images
+    with pytest.raises(ValueError, match="images: no image of any requested class"):
+        afi.importance_scores(vgg, layers, x, y, [1, 7], delta[:2])
     fis64, cis64 = afi.importance_scores(vgg64, layers, x.double(), y, [0, 1, 2], delta.double())
     for name in layers:  # float64 throughout, the class without images included
         assert fis64[name].dtype == cis64[name].dtype == torch.float64

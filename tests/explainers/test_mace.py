@@ -121,7 +121,7 @@ def test_activations_are_cached_image_batch_size_images_at_a_time(tiny):
     finally:
         hook.remove()
     assert [n for n in seen if n > 1] == [16, 16, 3]  # the cache (1-image calls: layer probes)
-    for name in ("batch_size", "image_batch_size"):
+    for name in ("epochs", "batch_size", "image_batch_size"):
         with pytest.raises(ValueError, match=f"{name}: expected an int >= 1, got 0"):
             MACE(model, layer="features.relu4", **{name: 0}).fit((images, labels))
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyconcepts.errors import check_positive_ints
+from pyconcepts.explainers.streams import item_streams
 from pyconcepts.models.features import FeatureExtractor
 from pyconcepts.models.layers import describe
 
@@ -128,11 +129,6 @@ class OccluderFit:
     iterations: torch.Tensor
     converged: torch.Tensor
     used: torch.Tensor
-
-
-def _generators(classes: Sequence[int], seed: int) -> list[torch.Generator]:
-    # one stream per class: results do not depend on which classes are optimised together
-    return [torch.Generator().manual_seed(seed * 1_000_003 + int(c)) for c in classes]
 
 
 def _keep_images(
@@ -317,7 +313,7 @@ def fit_occluders(
         raise ValueError(f"valid_range: expected lo < hi, got {valid_range}")
     model.eval()
     scaled_noise = noise * (valid_range[1] - valid_range[0]) / 2
-    gens = _generators(classes, seed)
+    gens = item_streams(seed, classes)  # results do not depend on which classes share a batch
     used = _keep_images(
         model, images, labels, classes, gens, scaled_noise, max_degrees, use_transform, batch_size
     )
@@ -366,6 +362,8 @@ def importance_scores(
     FIS, which take K times the model's activation size (23.5 MiB a class on
     EfficientNet-Lite0's 33 ReLU6 outputs at 224 px).
     """
+    if not any(bool((labels == c).any()) for c in classes):
+        raise ValueError("images: no image of any requested class")
     fx = FeatureExtractor(model, list(layers))
     fis: dict[str, list[Optional[torch.Tensor]]] = {name: [] for name in layers}
     cis: dict[str, list[Optional[torch.Tensor]]] = {name: [] for name in layers}
@@ -388,8 +386,6 @@ def importance_scores(
             scores = (sums[name] / len(x)).clamp_min(0)
             cis[name].append(channel_importance(scores[None])[0])
             fis[name].append(scores if keep_fis else None)
-    if all(r is None for r in next(iter(cis.values()), [None])):
-        raise ValueError("images: no image of any requested class")
 
     def stack(rows: list[Optional[torch.Tensor]]) -> torch.Tensor:
         zero = torch.zeros_like(next(r for r in rows if r is not None))  # a class without images
