@@ -218,3 +218,20 @@ def test_size_limit_and_junk(exports: dict[str, Path], tmp_path: Path) -> None:
         (tmp_path / "junk.onnx").write_bytes(junk)
         with pytest.raises(LoadError):
             OnnxExplainer(tmp_path / "junk.onnx")
+
+
+def test_export_refuses_weights_beyond_protobuf_and_warns_above_max_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Limits shrunk to the test module's 1,960 bytes of weights (a real one needs 2 GiB)."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 10)).eval()
+    assert export.weight_bytes(model) == (48 * 10 + 10) * 4
+    monkeypatch.setattr(export, "PROTOBUF_LIMIT_BYTES", 1000)
+    with pytest.raises(ValueError, match=r"1,960 bytes.*classes="):
+        export.export_module(model, tmp_path / "m.onnx", torch.rand(1, 3, 4, 4), ["x"])
+    assert os.listdir(tmp_path) == []  # refused before any file was written
+    monkeypatch.setattr(export, "PROTOBUF_LIMIT_BYTES", 2**31 - 1)
+    monkeypatch.setattr(export, "MAX_ONNX_BYTES", 1000)
+    with pytest.warns(UserWarning, match=r"max_bytes=\d+"):
+        path = export.export_module(model, tmp_path / "m.onnx", torch.rand(1, 3, 4, 4), ["x"])
+    assert path.exists()

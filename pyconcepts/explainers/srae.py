@@ -147,12 +147,23 @@ class GroupedAutoencoder(nn.Module):
 
     def group(self, k: int) -> GroupedAutoencoder:
         """A one-group copy holding group k's weights (for per-class loops and export)."""
+        return self.part(k, k + 1)
+
+    def part(self, start: int, stop: int) -> GroupedAutoencoder:
+        """A copy holding groups ``start:stop`` (trained apart, then written back by
+        :meth:`put`)."""
         dims = [int(w.shape[1]) for w in self.encoder_weights] + [int(self.readout_weight.shape[1])]
-        single = GroupedAutoencoder(1, dims[0], dims[1:-1], dims[-1], self.x_activation)
+        copy = GroupedAutoencoder(stop - start, dims[0], dims[1:-1], dims[-1], self.x_activation)
         with torch.no_grad():
-            for (_, dst), (_, src) in zip(single.named_parameters(), self.named_parameters()):
-                dst.copy_(src[k : k + 1])
-        return single.to(self.readout_bias.device, self.readout_bias.dtype)
+            for (_, dst), (_, src) in zip(copy.named_parameters(), self.named_parameters()):
+                dst.copy_(src[start:stop])
+        return copy.to(self.readout_bias.device, self.readout_bias.dtype)
+
+    def put(self, start: int, part: GroupedAutoencoder) -> None:
+        """Write ``part``'s weights into groups ``start:start + part.n_groups``."""
+        with torch.no_grad():
+            for (_, dst), (_, src) in zip(self.named_parameters(), part.named_parameters()):
+                dst[start : start + part.n_groups].copy_(src)
 
 
 def pull_away(e: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -239,7 +250,7 @@ def validation_faithfulness(
 
 @dataclass
 class TrainResult:
-    """Per-epoch history of a grouped training run."""
+    """Per-epoch history of a grouped training run (NaN for a group after its early stop)."""
 
     train_loss: list[list[float]]  # [epoch][group]
     val_faithfulness: list[list[float]]
@@ -261,9 +272,59 @@ def train_grouped(
     patience: int = 10,
     generator: Optional[torch.Generator] = None,
     progress: bool = True,
+    class_batch_size: Optional[int] = None,
 ) -> TrainResult:
     """Adam on the summed per-group losses; mini-batches of shared rows; early stopping per
-    group on validation faithfulness (the best weights of each group are restored)."""
+    group on validation faithfulness (the best weights of each group are restored).
+
+    The groups are trained ``class_batch_size`` at a time (None: all at once), each part
+    from the same generator state, so every part sees the same mini-batches. Groups share no
+    parameter, Adam is element-wise and each group stops at its own early stop (a group
+    ``patience`` epochs without improvement keeps its best weights even while others train
+    on), so the split changes no result beyond rounding; it bounds the optimiser state and
+    activations to one part's (about 30 MiB per class at D = 1280 and the default sizes)."""
+    k = module.n_groups
+    if generator is None:  # a private stream, so that every part can replay it
+        generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
+    step = k if class_batch_size is None else class_batch_size
+    check_positive_ints(class_batch_size=step)
+    state = generator.get_state()
+    bar = tqdm(total=epochs * math.ceil(k / step), desc=f"SRAE[{config.variant}] x{k}",
+               disable=not progress)  # fmt: skip
+    results = []
+    for start in range(0, k, step):
+        stop = min(start + step, k)
+        part = module if (start, stop) == (0, k) else module.part(start, stop)
+        generator.set_state(state)
+        rows = slice(start, stop)
+        part_val = None if val is None else (val[0], val[1][rows], val[2][rows], val[3][rows])
+        result = _train_part(
+            part, z, target[rows], mask[rows], weight[rows], part_val, config, epochs,
+            batch_size, lr, patience, generator, bar,
+        )  # fmt: skip
+        if part is not module:
+            module.put(start, part)
+        results.append(result)
+    bar.close()
+    return _joined(results)
+
+
+def _train_part(
+    module: GroupedAutoencoder,
+    z: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    weight: torch.Tensor,
+    val: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
+    config: LossConfig,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    patience: int,
+    generator: torch.Generator,
+    bar: Any,
+) -> TrainResult:
+    """:func:`train_grouped` on one part of the groups, all at once."""
     opt = torch.optim.Adam(module.parameters(), lr=lr)
     n = z.shape[0]
     k = module.n_groups
@@ -271,11 +332,11 @@ def train_grouped(
     best_epoch = [0] * k
     best_state = {name: p.detach().clone() for name, p in module.named_parameters()}
     stale = torch.zeros(k, dtype=torch.long)
+    done = torch.zeros(k, dtype=torch.bool)  # stopped early: later epochs count for nothing
     history: list[list[float]] = []
     val_history: list[list[float]] = []
-    bar = tqdm(range(epochs), desc=f"SRAE[{config.variant}] x{k}", disable=not progress)
     epoch = 0
-    for epoch in bar:
+    for epoch in range(epochs):
         order = torch.randperm(n, generator=generator).to(z.device)
         running = torch.zeros(k)
         for s in range(0, n, batch_size):
@@ -287,14 +348,16 @@ def train_grouped(
             losses["total"].backward()
             opt.step()
             running += losses["per_group"].detach().cpu() * idx.numel() / n
-        history.append(running.tolist())
+        history.append(running.masked_fill(done, math.nan).tolist())
+        bar.update(1)
         if val is None:
             continue
-        score = validation_faithfulness(module, *val).cpu()
-        val_history.append(score.tolist())
-        improved = score < best
+        score = validation_faithfulness(module, *val, batch_size=batch_size).cpu()
+        val_history.append(score.masked_fill(done, math.nan).tolist())
+        improved = (score < best) & ~done
         best = torch.where(improved, score, best)
         stale = torch.where(improved, torch.zeros_like(stale), stale + 1)
+        done |= stale >= patience
         for g in improved.nonzero().flatten().tolist():
             best_epoch[g] = epoch
         with torch.no_grad():
@@ -303,13 +366,34 @@ def train_grouped(
                 shape = (-1,) + (1,) * (p.dim() - 1)
                 best_state[name] = torch.where(sel.reshape(shape), p.detach(), best_state[name])
         bar.set_postfix(val_faith=f"{float(score.mean()):.4f}")
-        if bool((stale >= patience).all()):
+        if bool(done.all()):
+            bar.update(epochs - epoch - 1)
             break
     if val is not None:
         with torch.no_grad():
             for name, p in module.named_parameters():
                 p.copy_(best_state[name])
     return TrainResult(history, val_history, best_epoch, epoch + 1)
+
+
+def _joined(parts: Sequence[TrainResult]) -> TrainResult:
+    """The parts' histories side by side (NaN after a part's last epoch)."""
+
+    def rows(tables: list[list[list[float]]], n_epochs: int) -> list[list[float]]:
+        width = [len(t[0]) if t else 0 for t in tables]
+        return [
+            [x for t, w in zip(tables, width) for x in (t[e] if e < len(t) else [math.nan] * w)]
+            for e in range(n_epochs)
+        ]
+
+    n_epochs = max(p.epochs_run for p in parts)
+    n_val = max(len(p.val_faithfulness) for p in parts)
+    return TrainResult(
+        rows([p.train_loss for p in parts], n_epochs),
+        rows([p.val_faithfulness for p in parts], n_val),
+        [e for p in parts for e in p.best_epoch],
+        n_epochs,
+    )
 
 
 def class_samples(
@@ -487,6 +571,12 @@ class SRAE(ConceptExplainer):
         image_batch_size: images per forward pass of the model when its features are read.
             The activations of that pass at input size are the fit's peak memory; until
             2026-12-07 the features were read ``batch_size`` (256) images at a time.
+        class_batch_size: classes whose autoencoders are trained together (32). Each class has
+            its own ~1.1 M weights at D = 1280 (EfficientNet-Lite0's Z), and training them
+            with Adam held about 34 MiB per class at once: 3.6 GiB for 100 classes, more
+            than this machine's 24 GiB for 1,000. Trained in parts, only one part's optimiser
+            state and activations are held beside the weights; the result is the same
+            (:func:`train_grouped`).
         heatmap_layer: where c-MWP maps are read (a layer name after a ReLU, upsampled to the
             image). None: the input pixels when the fit images are non-negative (the paper),
             else the model's last feature map (c-MWP needs non-negative inputs; normalised
@@ -542,6 +632,7 @@ class SRAE(ConceptExplainer):
         epochs: int = 100,
         batch_size: int = 256,
         image_batch_size: int = 32,
+        class_batch_size: int = 32,
         lr: float = 1e-3,
         patience: int = 10,
         val_fraction: float = 0.1,
@@ -565,6 +656,7 @@ class SRAE(ConceptExplainer):
         self.n_positive, self.n_negative = n_positive, n_negative
         self.epochs, self.batch_size, self.lr, self.patience = epochs, batch_size, lr, patience
         self.image_batch_size = image_batch_size
+        self.class_batch_size = class_batch_size
         self.val_fraction = val_fraction
         self.heatmap_layer = heatmap_layer
         self.heatmap_smoothing = heatmap_smoothing
@@ -627,7 +719,11 @@ class SRAE(ConceptExplainer):
         _check_logit_weight(self.logit_map_weight)
         for name in ("layer_", "heatmap_layer_"):  # resolved again on this fit's data
             vars(self).pop(name, None)
-        check_positive_ints(batch_size=self.batch_size, image_batch_size=self.image_batch_size)
+        check_positive_ints(
+            batch_size=self.batch_size,
+            image_batch_size=self.image_batch_size,
+            class_batch_size=self.class_batch_size,
+        )
         z, logits, labels, first = self.features(data, max_images=self.max_images)
         n_classes = logits.shape[1]
         if labels is None:
@@ -656,6 +752,7 @@ class SRAE(ConceptExplainer):
         self.history_ = train_grouped(
             ae, zs[tr_idx], target[:, tr_idx], mask[:, tr_idx], weight[:, tr_idx], val, config,
             self.epochs, self.batch_size, self.lr, self.patience, gen, progress,
+            self.class_batch_size,
         )  # fmt: skip
         self.autoencoder_ = ae.eval()
         self.classes_ = classes

@@ -55,6 +55,8 @@ BACKBONE_OPS = frozenset({
 ALLOWED_OPS = EXPORTED_OPS | BACKBONE_OPS
 DEFAULT_DOMAINS = ("", "ai.onnx")
 MAX_ONNX_BYTES = 512 * 2**20
+# protobuf's limit on one serialised message: the most an ONNX file without external data holds
+PROTOBUF_LIMIT_BYTES = 2**31 - 1
 _METHOD = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
@@ -79,10 +81,15 @@ def export_module(
     metadata: Optional[dict[str, str]] = None,
     exporter: str = "torchscript",
 ) -> Path:
-    """Export ``module`` (images → tuple of tensors) to ``path`` atomically, with metadata."""
+    """Export ``module`` (images → tuple of tensors) to ``path`` atomically, with metadata.
+
+    A module whose weights pass protobuf's 2 GiB is refused before tracing (every tensor stays
+    inside the file, so it could not be written); one above :data:`MAX_ONNX_BYTES` is exported
+    with a warning, since :class:`OnnxExplainer` loads it only with a larger ``max_bytes``."""
     onnx = _require("onnx")
     if exporter not in ("torchscript", "dynamo"):
         raise ValueError(f"exporter: expected 'torchscript' or 'dynamo', got {exporter!r}")
+    _check_weight_bytes(module)
     target = Path(path)
     module = module.eval()
     example = example_input.float().cpu()
@@ -125,6 +132,32 @@ def export_module(
         tmp.unlink(missing_ok=True)
         raise
     return target
+
+
+def weight_bytes(module: nn.Module) -> int:
+    """Bytes of ``module``'s parameters and buffers, each storage counted once."""
+    seen: dict[int, int] = {}
+    for t in [*module.parameters(), *module.buffers()]:
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return sum(seen.values())
+
+
+def _check_weight_bytes(module: nn.Module) -> None:
+    size = weight_bytes(module)
+    gib = size / 2**30
+    if size > PROTOBUF_LIMIT_BYTES:
+        raise ValueError(
+            f"module: its weights take {gib:.2f} GiB ({size:,} bytes), more than the 2 GiB an "
+            "ONNX file can hold "
+            "with every tensor inside it; explain fewer classes (the explainer's classes=) or "
+            "read a smaller layer"
+        )
+    if size > MAX_ONNX_BYTES:
+        warnings.warn(
+            f"the export's weights take {gib:.2f} GiB, above OnnxExplainer's default max_bytes "
+            f"({MAX_ONNX_BYTES // 2**20} MiB): load it with max_bytes={size + 2**26}",
+            stacklevel=3,
+        )
 
 
 def _fix_output_dims(graph: Any, shapes: Sequence[tuple[int, ...]]) -> None:
