@@ -153,11 +153,15 @@ class GroupedAutoencoder(nn.Module):
         """A copy holding groups ``start:stop`` (trained apart, then written back by
         :meth:`put`)."""
         dims = [int(w.shape[1]) for w in self.encoder_weights] + [int(self.readout_weight.shape[1])]
-        copy = GroupedAutoencoder(stop - start, dims[0], dims[1:-1], dims[-1], self.x_activation)
+        n = stop - start
+        with torch.device("meta"):  # no initial draw: the global random state stays untouched
+            copy = GroupedAutoencoder(n, dims[0], dims[1:-1], dims[-1], self.x_activation)
+        like = self.readout_bias
+        copy = copy.to_empty(device=like.device).to(like.dtype)
         with torch.no_grad():
             for (_, dst), (_, src) in zip(copy.named_parameters(), self.named_parameters()):
                 dst.copy_(src[start:stop])
-        return copy.to(self.readout_bias.device, self.readout_bias.dtype)
+        return copy
 
     def put(self, start: int, part: GroupedAutoencoder) -> None:
         """Write ``part``'s weights into groups ``start:start + part.n_groups``."""
@@ -282,7 +286,7 @@ def train_grouped(
     parameter, Adam is element-wise and each group stops at its own early stop (a group
     ``patience`` epochs without improvement keeps its best weights even while others train
     on), so the split changes no result beyond rounding; it bounds the optimiser state and
-    activations to one part's (about 30 MiB per class at D = 1280 and the default sizes)."""
+    activations to one part's (about 34 MiB per class at D = 1280 and the default sizes)."""
     k = module.n_groups
     if generator is None:  # a private stream, so that every part can replay it
         generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
@@ -572,11 +576,11 @@ class SRAE(ConceptExplainer):
             The activations of that pass at input size are the fit's peak memory; until
             2026-12-07 the features were read ``batch_size`` (256) images at a time.
         class_batch_size: classes whose autoencoders are trained together (32). Each class has
-            its own ~1.1 M weights at D = 1280 (EfficientNet-Lite0's Z), and training them
-            with Adam held about 34 MiB per class at once: 3.6 GiB for 100 classes, more
-            than this machine's 24 GiB for 1,000. Trained in parts, only one part's optimiser
-            state and activations are held beside the weights; the result is the same
-            (:func:`train_grouped`).
+            its own ~1.1 M weights at D = 1280 (EfficientNet-Lite0's Z), and training all
+            of them in one Adam run held about 34 MiB per class (3.6 GiB for 100 classes,
+            about 34 GiB for 1,000). In parts, one part's optimiser state and activations
+            sit beside the weights: 1,000 classes peaked at 8.1 GiB, 4.4 GB of it the
+            weights (docs/methods.md). The result is the same (:func:`train_grouped`).
         heatmap_layer: where c-MWP maps are read (a layer name after a ReLU, upsampled to the
             image). None: the input pixels when the fit images are non-negative (the paper),
             else the model's last feature map (c-MWP needs non-negative inputs; normalised

@@ -191,6 +191,11 @@ def test_training_in_class_parts_equals_training_all_at_once() -> None:
         results.append(res)
         models.append(ae)
     assert len(set(results[0].best_epoch)) > 1  # the groups stopped at different epochs
+    rng = torch.random.get_rng_state()
+    part = start.part(1, 3)
+    assert torch.equal(torch.random.get_rng_state(), rng)  # copying draws nothing
+    assert part.encoder_weights[0].dtype == torch.float64
+    torch.testing.assert_close(part.encoder_weights[0], start.encoder_weights[0][1:3])
     torch.testing.assert_close(validation_faithfulness(models[0], *val), _own_best(results[0], 2))
     for res, ae in zip(results[1:], models[1:]):
         for (_, a), (_, b) in zip(models[0].named_parameters(), ae.named_parameters()):
@@ -368,7 +373,7 @@ def test_errors(vgg, fitted, world) -> None:
         SRAE(vgg, **TINY).fit(world.tensors(), epochs=3)
     with pytest.raises(ValueError, match="layer"):
         SRAE(vgg, layer="fc9", **TINY).fit(world.tensors(), progress=False)
-    for name in ("batch_size", "image_batch_size"):
+    for name in ("batch_size", "image_batch_size", "class_batch_size"):
         with pytest.raises(ValueError, match=f"{name}: expected an int >= 1, got 0"):
             SRAE(vgg, **{**TINY, name: 0}).fit(world.tensors(), progress=False)
 
@@ -397,3 +402,13 @@ def test_check_explainer_contract(vgg, world) -> None:
         world.image(slice(0, 4)),
     )
     assert "onnx_batch_1_heatmaps" in report.passed
+
+
+def test_fit_in_class_parts_learns_what_one_part_learns(fitted, vgg, world) -> None:
+    parts = SRAE(vgg, classes=[0, 1, 3], class_batch_size=2, **TINY)
+    parts.fit(world.tensors(), progress=False)
+    assert parts.history_.best_epoch == fitted.history_.best_epoch
+    for (name, a), (_, b) in zip(
+        parts.autoencoder_.named_parameters(), fitted.autoencoder_.named_parameters()
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
