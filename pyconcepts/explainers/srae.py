@@ -11,9 +11,10 @@ is the seed's Eq. (5)::
   + λ1‖θ‖² + λ2‖θ̃‖² + λ3‖v‖²                                        (encoder, decoder, read-out)
 
 All classes are one grouped model: every weight has a leading class axis and the forward pass is
-batched matmuls, so one Adam run trains every class (the per-class losses are summed; parameters
-are disjoint and Adam is element-wise, so each class follows exactly the trajectory it would have
-alone). Each class sees its own positives/negatives through a ``[K, N]`` sample mask.
+batched matmuls, so one Adam run trains ``class_batch_size`` classes at once (the per-class losses
+are summed; parameters are disjoint and Adam is element-wise, so each class follows exactly the
+trajectory it would have alone, and each stops at its own early stop). Each class sees its own
+positives/negatives through a ``[K, N]`` sample mask.
 
 Choices where the paper is silent (all parameters, see docs/methods.md): Z is standardised per
 dimension (folded into the first layer for excitation backprop, so heatmaps are exact); hidden
@@ -107,7 +108,10 @@ class GroupedAutoencoder(nn.Module):
 
         def uniform(*shape: int, fan_in: int) -> nn.Parameter:
             bound = 1.0 / math.sqrt(fan_in)
-            return nn.Parameter((torch.rand(*shape, generator=generator) * 2 - 1) * bound)
+            # in place: at 1,000 classes the first layer alone is 4.1 GB, and every
+            # out-of-place step held a second copy (the fit's peak, 8.1 GiB)
+            w = torch.rand(*shape, generator=generator).mul_(2).sub_(1).mul_(bound)
+            return nn.Parameter(w)
 
         self.encoder_weights = nn.ParameterList(
             [uniform(n_groups, a, b, fan_in=a) for a, b in zip(dims[:-1], dims[1:])]
@@ -575,12 +579,15 @@ class SRAE(ConceptExplainer):
         image_batch_size: images per forward pass of the model when its features are read.
             The activations of that pass at input size are the fit's peak memory; until
             2026-12-07 the features were read ``batch_size`` (256) images at a time.
-        class_batch_size: classes whose autoencoders are trained together (32). Each class has
+        class_batch_size: classes whose autoencoders are trained together (8). Each class has
             its own ~1.1 M weights at D = 1280 (EfficientNet-Lite0's Z), and training all
             of them in one Adam run held about 34 MiB per class (3.6 GiB for 100 classes,
             about 34 GiB for 1,000). In parts, one part's optimiser state and activations
-            sit beside the weights: 1,000 classes peaked at 8.1 GiB, 4.4 GB of it the
-            weights (docs/methods.md). The result is the same (:func:`train_grouped`).
+            sit beside the weights, and the result is the same (:func:`train_grouped`).
+            Why 8: on this 2-core CPU (``python -m bench.srae``) one epoch of 64 classes at
+            D = 1280 took 13.3 s all at once, 9.2 s in parts of 32 and 5.2 s in parts of 8;
+            10 classes at D = 256, 0.55 s and 0.48 s. On a GPU larger parts may pay; it is
+            not measured.
         heatmap_layer: where c-MWP maps are read (a layer name after a ReLU, upsampled to the
             image). None: the input pixels when the fit images are non-negative (the paper),
             else the model's last feature map (c-MWP needs non-negative inputs; normalised
@@ -636,7 +643,7 @@ class SRAE(ConceptExplainer):
         epochs: int = 100,
         batch_size: int = 256,
         image_batch_size: int = 32,
-        class_batch_size: int = 32,
+        class_batch_size: int = 8,
         lr: float = 1e-3,
         patience: int = 10,
         val_fraction: float = 0.1,
