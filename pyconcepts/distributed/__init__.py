@@ -7,7 +7,8 @@ Ray Data, SON frequent-itemset mining over shards, and distributed fitting of IB
   single-machine mining (:mod:`pyconcepts.distributed.itemsets`);
 - :func:`sharded_basis`, :func:`ddp_concept_trainer`, :func:`ray_map` — IBD's class bases
   sharded over targets, its concept classifiers under torch DDP, AfI's occluders one class per
-  Ray task (:mod:`pyconcepts.distributed.fitting`).
+  Ray task and SRAE's class autoencoders one part of classes per task
+  (:mod:`pyconcepts.distributed.fitting`).
 
 Importing this package does not import Ray; each function imports it when called and says how
 to install it when it is missing. Each uses the Ray cluster ``ray.init`` connected to, starting

@@ -1,6 +1,6 @@
 """Distributed fitting on Ray: IBD's class bases sharded over targets, IBD's concept
 classifiers trained with torch DDP (gloo) across Ray workers, AfI's occluders one class per Ray
-task.
+task, SRAE's class autoencoders one part of classes per task.
 
 - :func:`sharded_basis` — :func:`pyconcepts.ops.greedy_nnls_basis` with the target rows split
   over Ray tasks. Each row's basis depends on that row's part of the Gram form alone, so the
@@ -12,7 +12,9 @@ task.
   tolerance the tests state). Pass it as ``IBD.fit(..., trainer=ddp_concept_trainer(n))``.
 - :func:`ray_map` — runs independent calls as Ray tasks: AfI's occluders are optimised per
   class with per-class random streams, so ``AfI.fit(..., map_classes=ray_map())`` gives the
-  per-class (``batched=False``) occluders bit for bit, spread over the cluster.
+  per-class (``batched=False``) occluders bit for bit, spread over the cluster; SRAE trains
+  its classes in parts that replay the same mini-batches, so ``SRAE.fit(...,
+  map_parts=ray_map())`` gives its weights bit for bit with one part per task.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 
 from pyconcepts.distributed._ray import require
 from pyconcepts.errors import check_positive_ints
-from pyconcepts.explainers.afi.occluders import ClassMap
+from pyconcepts.explainers.calls import CallMap
 from pyconcepts.explainers.ibd import (
     BasisFunction,
     ConceptTrainer,
@@ -143,7 +145,7 @@ class _Rank:
             dist.destroy_process_group()
 
 
-def ray_map(cpus_per_task: int = 1) -> ClassMap:
+def ray_map(cpus_per_task: int = 1) -> CallMap:
     """A map ``(fn, argument tuples) -> results in order`` that runs each call as a Ray task
     with ``cpus_per_task`` CPUs and torch threads; ``fn`` (and what it binds, such as a model)
     goes to the object store once."""

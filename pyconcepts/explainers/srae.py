@@ -29,6 +29,7 @@ reconstruction only (its read-out is fitted on the frozen x-features so F_reg is
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from pyconcepts.attribution.excitation import excitation_backprop
 from pyconcepts.data.batches import iter_batches
 from pyconcepts.errors import check_positive_ints
 from pyconcepts.explainers.base import ConceptExplainer, class_names_of
+from pyconcepts.explainers.calls import CallMap
 from pyconcepts.explainers.layout import (
     concept_columns,
     explained_classes,
@@ -281,6 +283,7 @@ def train_grouped(
     generator: Optional[torch.Generator] = None,
     progress: bool = True,
     class_batch_size: Optional[int] = None,
+    map_parts: Optional[CallMap] = None,
 ) -> TrainResult:
     """Adam on the summed per-group losses; mini-batches of shared rows; early stopping per
     group on validation faithfulness (the best weights of each group are restored).
@@ -290,98 +293,126 @@ def train_grouped(
     parameter, Adam is element-wise and each group stops at its own early stop (a group
     ``patience`` epochs without improvement keeps its best weights even while others train
     on), so the split changes no result beyond rounding; it bounds the optimiser state and
-    activations to one part's (about 34 MiB per class at D = 1280 and the default sizes)."""
+    activations to one part's (about 34 MiB per class at D = 1280 and the default sizes).
+    ``map_parts``: runs the parts through this map (``(fn, argument tuples) -> results``, e.g.
+    :func:`pyconcepts.distributed.ray_map`, one Ray task per part) instead of one after
+    another here; each part's result depends on its own arguments alone. ``generator`` is
+    read, not advanced: every part replays its state (None: a stream drawn from torch's
+    global generator)."""
     k = module.n_groups
-    if generator is None:  # a private stream, so that every part can replay it
+    if generator is None:
         generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
     step = k if class_batch_size is None else class_batch_size
     check_positive_ints(class_batch_size=step)
-    state = generator.get_state()
-    bar = tqdm(total=epochs * math.ceil(k / step), desc=f"SRAE[{config.variant}] x{k}",
+    bounds = [(start, min(start + step, k)) for start in range(0, k, step)]
+    bar = tqdm(total=epochs * len(bounds), desc=f"SRAE[{config.variant}] x{k}",
                disable=not progress)  # fmt: skip
+    training = _Training(z, target, mask, weight, val, config, epochs, batch_size, lr, patience)
+    state = generator.get_state()
     results = []
-    for start in range(0, k, step):
-        stop = min(start + step, k)
-        part = module if (start, stop) == (0, k) else module.part(start, stop)
-        generator.set_state(state)
-        rows = slice(start, stop)
-        part_val = None if val is None else (val[0], val[1][rows], val[2][rows], val[3][rows])
-        result = _train_part(
-            part, z, target[rows], mask[rows], weight[rows], part_val, config, epochs,
-            batch_size, lr, patience, generator, bar,
-        )  # fmt: skip
-        if part is not module:
-            module.put(start, part)
-        results.append(result)
+    if map_parts is None:  # one part at a time, each written back before the next is copied
+        for start, stop in bounds:
+            part = module if (start, stop) == (0, k) else module.part(start, stop)
+            trained, result = training.fit_part(state, start, stop, part, bar)
+            module.put(start, trained)
+            results.append(result)
+    else:
+        one_part = functools.partial(training.fit_part, state)
+        calls = [(start, stop, module.part(start, stop)) for start, stop in bounds]
+        for (start, _), (trained, result) in zip(bounds, map_parts(one_part, calls)):
+            module.put(start, trained)
+            results.append(result)
+        bar.update(epochs * len(bounds))
     bar.close()
     return _joined(results)
 
 
-def _train_part(
-    module: GroupedAutoencoder,
-    z: torch.Tensor,
-    target: torch.Tensor,
-    mask: torch.Tensor,
-    weight: torch.Tensor,
-    val: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
-    config: LossConfig,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    patience: int,
-    generator: torch.Generator,
-    bar: Any,
-) -> TrainResult:
-    """:func:`train_grouped` on one part of the groups, all at once."""
-    opt = torch.optim.Adam(module.parameters(), lr=lr)
-    n = z.shape[0]
-    k = module.n_groups
-    best = torch.full((k,), math.inf)
-    best_epoch = [0] * k
-    best_state = {name: p.detach().clone() for name, p in module.named_parameters()}
-    stale = torch.zeros(k, dtype=torch.long)
-    done = torch.zeros(k, dtype=torch.bool)  # stopped early: later epochs count for nothing
-    history: list[list[float]] = []
-    val_history: list[list[float]] = []
-    epoch = 0
-    for epoch in range(epochs):
-        order = torch.randperm(n, generator=generator).to(z.device)
-        running = torch.zeros(k)
-        for s in range(0, n, batch_size):
-            idx = order[s : s + batch_size]
-            losses = srae_losses(
-                module, z[idx], target[:, idx], mask[:, idx], weight[:, idx], config
-            )
-            opt.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            opt.step()
-            running += losses["per_group"].detach().cpu() * idx.numel() / n
-        history.append(running.masked_fill(done, math.nan).tolist())
-        bar.update(1)
-        if val is None:
-            continue
-        score = validation_faithfulness(module, *val, batch_size=batch_size).cpu()
-        val_history.append(score.masked_fill(done, math.nan).tolist())
-        improved = (score < best) & ~done
-        best = torch.where(improved, score, best)
-        stale = torch.where(improved, torch.zeros_like(stale), stale + 1)
-        done |= stale >= patience
-        for g in improved.nonzero().flatten().tolist():
-            best_epoch[g] = epoch
-        with torch.no_grad():
-            sel = improved.to(z.device)
-            for name, p in module.named_parameters():
-                shape = (-1,) + (1,) * (p.dim() - 1)
-                best_state[name] = torch.where(sel.reshape(shape), p.detach(), best_state[name])
-        bar.set_postfix(val_faith=f"{float(score.mean()):.4f}")
-        if bool(done.all()):
-            bar.update(epochs - epoch - 1)
-            break
-    if val is not None:
-        with torch.no_grad():
-            for name, p in module.named_parameters():
-                p.copy_(best_state[name])
-    return TrainResult(history, val_history, best_epoch, epoch + 1)
+@dataclass(frozen=True)
+class _Training:
+    """What every part of a :func:`train_grouped` run shares: the rows, all groups' targets,
+    masks and weights, the validation set and the settings (one object, so a map such as
+    Ray's ships it once)."""
+
+    z: torch.Tensor
+    target: torch.Tensor
+    mask: torch.Tensor
+    weight: torch.Tensor
+    val: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+    config: LossConfig
+    epochs: int
+    batch_size: int
+    lr: float
+    patience: int
+
+    def fit_part(
+        self,
+        state: torch.Tensor,
+        start: int,
+        stop: int,
+        part: GroupedAutoencoder,
+        bar: Any = None,
+    ) -> tuple[GroupedAutoencoder, TrainResult]:
+        """Groups ``start:stop`` (``part``, their weights) trained from the generator
+        ``state``; returns the trained part and its history (a Ray task runs it with no
+        ``bar``)."""
+        generator = torch.Generator()
+        generator.set_state(state)
+        rows = slice(start, stop)
+        z, batch_size, epochs = self.z, self.batch_size, self.epochs
+        target, mask, weight = self.target[rows], self.mask[rows], self.weight[rows]
+        val = self.val
+        if val is not None:
+            val = (val[0], val[1][rows], val[2][rows], val[3][rows])
+        bar = tqdm(disable=True) if bar is None else bar
+        opt = torch.optim.Adam(part.parameters(), lr=self.lr)
+        n = z.shape[0]
+        k = part.n_groups
+        best = torch.full((k,), math.inf)
+        best_epoch = [0] * k
+        best_state = {name: p.detach().clone() for name, p in part.named_parameters()}
+        stale = torch.zeros(k, dtype=torch.long)
+        done = torch.zeros(k, dtype=torch.bool)  # stopped early: later epochs count for nothing
+        history: list[list[float]] = []
+        val_history: list[list[float]] = []
+        epoch = 0
+        for epoch in range(epochs):
+            order = torch.randperm(n, generator=generator).to(z.device)
+            running = torch.zeros(k)
+            for s in range(0, n, batch_size):
+                idx = order[s : s + batch_size]
+                losses = srae_losses(
+                    part, z[idx], target[:, idx], mask[:, idx], weight[:, idx], self.config
+                )
+                opt.zero_grad(set_to_none=True)
+                losses["total"].backward()
+                opt.step()
+                running += losses["per_group"].detach().cpu() * idx.numel() / n
+            history.append(running.masked_fill(done, math.nan).tolist())
+            bar.update(1)
+            if val is None:
+                continue
+            score = validation_faithfulness(part, *val, batch_size=batch_size).cpu()
+            val_history.append(score.masked_fill(done, math.nan).tolist())
+            improved = (score < best) & ~done
+            best = torch.where(improved, score, best)
+            stale = torch.where(improved, torch.zeros_like(stale), stale + 1)
+            done |= stale >= self.patience
+            for g in improved.nonzero().flatten().tolist():
+                best_epoch[g] = epoch
+            with torch.no_grad():
+                sel = improved.to(z.device)
+                for name, p in part.named_parameters():
+                    shape = (-1,) + (1,) * (p.dim() - 1)
+                    best_state[name] = torch.where(sel.reshape(shape), p.detach(), best_state[name])
+            bar.set_postfix(val_faith=f"{float(score.mean()):.4f}")
+            if bool(done.all()):
+                bar.update(epochs - epoch - 1)
+                break
+        if val is not None:
+            with torch.no_grad():
+                for name, p in part.named_parameters():
+                    p.copy_(best_state[name])
+        return part, TrainResult(history, val_history, best_epoch, epoch + 1)
 
 
 def _joined(parts: Sequence[TrainResult]) -> TrainResult:
@@ -720,9 +751,12 @@ class SRAE(ConceptExplainer):
         )
 
     # ---- fit -----------------------------------------------------------------------------
-    def fit(self, data: Any, progress: bool = True) -> SRAE:
+    def fit(self, data: Any, progress: bool = True, map_parts: Optional[CallMap] = None) -> SRAE:
         """Train all classes' modules as one grouped model on ``data`` (images with labels; the
-        model's predictions stand in for missing labels)."""
+        model's predictions stand in for missing labels), ``class_batch_size`` classes at a
+        time. ``map_parts`` runs those parts through a map instead of one after another, e.g.
+        ``map_parts=pyconcepts.distributed.ray_map()``: one Ray task per part, the same
+        weights (:func:`train_grouped`)."""
         config = self._loss_config()
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction: expected a value in [0, 1), got {self.val_fraction}")
@@ -763,7 +797,7 @@ class SRAE(ConceptExplainer):
         self.history_ = train_grouped(
             ae, zs[tr_idx], target[:, tr_idx], mask[:, tr_idx], weight[:, tr_idx], val, config,
             self.epochs, self.batch_size, self.lr, self.patience, gen, progress,
-            self.class_batch_size,
+            self.class_batch_size, map_parts,
         )  # fmt: skip
         self.autoencoder_ = ae.eval()
         self.classes_ = classes

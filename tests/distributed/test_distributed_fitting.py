@@ -103,3 +103,25 @@ def test_afi_fit_with_ray_map(ray_cluster: Any, quick_fitted: dict) -> None:
     # per-class against batched optimisation: the tolerance of tests/explainers/test_afi.py
     assert torch.allclose(again.delta_, fitted.delta_, atol=1e-5, rtol=0)
     assert torch.equal(again.occluder_iterations_, fitted.occluder_iterations_)
+
+
+def test_srae_parts_one_per_ray_task(
+    ray_cluster: Any, vgg: torch.nn.Module, small_world: Any
+) -> None:
+    from pyconcepts.distributed import ray_map
+    from pyconcepts.explainers import SRAE
+
+    kw = {"classes": [0, 1, 3], "hidden": (16, 8), "n_features": 3, "epochs": 3,
+          "class_batch_size": 2}  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in each task
+    try:
+        here = SRAE(vgg, **kw).fit(small_world.tensors(), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    spread = SRAE(vgg, **kw).fit(small_world.tensors(), progress=False, map_parts=ray_map())
+    for (name, a), (_, b) in zip(
+        here.autoencoder_.named_parameters(), spread.autoencoder_.named_parameters()
+    ):
+        assert torch.equal(a, b), name
+    assert spread.history_.best_epoch == here.history_.best_epoch

@@ -173,21 +173,25 @@ def _own_best(res: TrainResult, patience: int) -> torch.Tensor:
 
 
 def test_training_in_class_parts_equals_training_all_at_once() -> None:
-    """Parts of 1, 2 and all groups: the same weights, best epochs and histories (float64),
-    with groups stopping early at different epochs."""
+    """Parts of 1, 2 and all groups, here or through a map: the same weights, best epochs and
+    histories (float64), with groups stopping early at different epochs."""
     gen = torch.Generator().manual_seed(6)
     z = torch.randn(60, 5, generator=gen, dtype=torch.float64)
     target = torch.randn(3, 60, generator=gen, dtype=torch.float64)
     mask = torch.ones(3, 60, dtype=torch.float64)
     val = (z[:12], target[:, :12], mask[:, :12], mask[:, :12])
     start = GroupedAutoencoder(3, 5, (6,), 2, generator=gen).double()
+
+    def backwards(fn, calls):  # a map that runs the parts last first
+        return [fn(*args) for args in reversed(calls)][::-1]
+
     results, models = [], []
-    for parts in (None, 1, 2):
+    for parts, map_parts in ((None, None), (1, None), (2, None), (1, backwards)):
         ae = start.part(0, 3)
         res = train_grouped(ae, z[12:], target[:, 12:], mask[:, 12:], mask[:, 12:], val,
                             LossConfig(), epochs=25, batch_size=8, lr=0.05, patience=2,
                             generator=torch.Generator().manual_seed(7), progress=False,
-                            class_batch_size=parts)  # fmt: skip
+                            class_batch_size=parts, map_parts=map_parts)  # fmt: skip
         results.append(res)
         models.append(ae)
     assert len(set(results[0].best_epoch)) > 1  # the groups stopped at different epochs

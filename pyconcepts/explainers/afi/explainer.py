@@ -22,7 +22,6 @@ from pyconcepts.explainers.afi.concepts import (
     probe_sets,
 )
 from pyconcepts.explainers.afi.occluders import (
-    ClassMap,
     ValidRange,
     features_and_logits,
     fit_occluders,
@@ -33,6 +32,7 @@ from pyconcepts.explainers.afi.occluders import (
     predict,
 )
 from pyconcepts.explainers.base import ConceptExplainer, class_names_of
+from pyconcepts.explainers.calls import CallMap
 from pyconcepts.explainers.layout import (
     explained_classes,
     resolve_targets,
@@ -372,7 +372,7 @@ class AfI(ConceptExplainer):
         benchmarks: Optional[Sequence[torch.Tensor]] = None,
         concept_names: Optional[Sequence[str]] = None,
         *,
-        map_classes: Optional[ClassMap] = None,
+        map_classes: Optional[CallMap] = None,
         progress: bool = True,
     ) -> AfI:
         """Learn occluders, importance scores, impressions and (given probes) concept importance.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional, cast
 
@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyconcepts.errors import check_positive_ints
+from pyconcepts.explainers.calls import CallMap, in_order
 from pyconcepts.explainers.streams import item_streams
 from pyconcepts.models.features import FeatureExtractor
 from pyconcepts.models.layers import describe
@@ -268,13 +269,6 @@ def _optimise(
     return delta, steps, converged
 
 
-ClassMap = Callable[[Callable[..., Any], Sequence[tuple[Any, ...]]], list[Any]]
-
-
-def _in_order(fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> list[Any]:
-    return [fn(*args) for args in calls]
-
-
 def fit_occluders(
     model: nn.Module,
     images: torch.Tensor,
@@ -290,7 +284,7 @@ def fit_occluders(
     valid_range: ValidRange = (0.0, 1.0),
     seed: int = 0,
     batched: bool = True,
-    map_classes: Optional[ClassMap] = None,
+    map_classes: Optional[CallMap] = None,
     batch_size: int = 16,
 ) -> OccluderFit:
     """Learn one global feature occluder per class in ``classes`` (seed eqs. 4–5).
@@ -332,7 +326,7 @@ def fit_occluders(
         delta, steps, conv = _optimise(model, groups, classes, gens, **opts)
     else:
         one_class = functools.partial(_optimise, model, **opts)
-        fits = (map_classes or _in_order)(
+        fits = (map_classes or in_order)(
             one_class, [([g], [c], [gen]) for g, c, gen in zip(groups, classes, gens)]
         )
         delta = torch.cat([f[0] for f in fits])
