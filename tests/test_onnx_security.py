@@ -235,3 +235,27 @@ def test_export_refuses_weights_beyond_protobuf_and_warns_above_max_bytes(
     with pytest.warns(UserWarning, match=r"max_bytes=\d+"):
         path = export.export_module(model, tmp_path / "m.onnx", torch.rand(1, 3, 4, 4), ["x"])
     assert path.exists()
+
+
+def test_export_counts_only_the_weights_the_forward_pass_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trained-but-unused part (MACE's dense-layer decoder) is not exported, so it does not
+    count towards the limits; a view of a parameter counts as the parameter."""
+
+    class Partly(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.used = torch.nn.Linear(48, 10)
+            self.scale = torch.nn.Parameter(torch.ones(10))
+            self.unused = torch.nn.Linear(100, 100)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.used(x.flatten(1)) * self.scale[None, :]
+
+    model, example = Partly().eval(), torch.rand(1, 3, 4, 4)
+    assert export.weight_bytes(model) == (490 + 10 + 10100) * 4
+    assert export.weight_bytes(model, example) == (490 + 10) * 4
+    monkeypatch.setattr(export, "PROTOBUF_LIMIT_BYTES", 4000)
+    path = export.export_module(model, tmp_path / "m.onnx", example, ["x"])
+    assert path.stat().st_size < 4000

@@ -83,16 +83,17 @@ def export_module(
 ) -> Path:
     """Export ``module`` (images → tuple of tensors) to ``path`` atomically, with metadata.
 
-    A module whose weights pass protobuf's 2 GiB is refused before tracing (every tensor stays
-    inside the file, so it could not be written); one above :data:`MAX_ONNX_BYTES` is exported
-    with a warning, since :class:`OnnxExplainer` loads it only with a larger ``max_bytes``."""
+    A module whose weights (those a forward pass on the example reads) pass protobuf's 2 GiB is
+    refused before tracing (every tensor stays inside the file, so it could not be written);
+    one above :data:`MAX_ONNX_BYTES` is exported with a warning, since :class:`OnnxExplainer`
+    loads it only with a larger ``max_bytes``."""
     onnx = _require("onnx")
     if exporter not in ("torchscript", "dynamo"):
         raise ValueError(f"exporter: expected 'torchscript' or 'dynamo', got {exporter!r}")
-    _check_weight_bytes(module)
     target = Path(path)
     module = module.eval()
     example = example_input.float().cpu()
+    _check_weight_bytes(module, example)
     tmp = temp_file(target, ".onnx")
     try:
         kwargs: dict[str, Any] = {}
@@ -134,23 +135,47 @@ def export_module(
     return target
 
 
-def weight_bytes(module: nn.Module) -> int:
-    """Bytes of ``module``'s parameters and buffers, each storage counted once."""
-    seen: dict[int, int] = {}
-    for t in [*module.parameters(), *module.buffers()]:
-        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-    return sum(seen.values())
+def weight_bytes(module: nn.Module, example: Optional[torch.Tensor] = None) -> int:
+    """Bytes of ``module``'s parameters and buffers, each storage counted once: all of them,
+    or with ``example`` only those its forward pass on ``example`` reads (an export keeps only
+    those: MACE's dense-layer decoder, for one, is trained but never explains)."""
+    tensors = {id(t): t for t in [*module.parameters(), *module.buffers()]}
+    if example is not None:
+        reads = _Reads(tensors)
+        with reads, torch.no_grad():
+            module(example)
+        tensors = {i: tensors[i] for i in reads.seen}
+    storages = {
+        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors.values()
+    }
+    return sum(storages.values())
 
 
-def _check_weight_bytes(module: nn.Module) -> None:
-    size = weight_bytes(module)
+class _Reads(torch.overrides.TorchFunctionMode):
+    """Records which of ``tensors`` (by id) a forward pass hands to torch functions."""
+
+    def __init__(self, tensors: dict[int, torch.Tensor]) -> None:
+        super().__init__()
+        self.tensors, self.seen = tensors, set[int]()
+
+    def __torch_function__(
+        self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: Optional[dict] = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        for value in torch.utils._pytree.tree_leaves((args, kwargs)):
+            if isinstance(value, torch.Tensor) and id(value) in self.tensors:
+                self.seen.add(id(value))
+        return func(*args, **kwargs)
+
+
+def _check_weight_bytes(module: nn.Module, example: torch.Tensor) -> None:
+    size = weight_bytes(module, example)
     gib = size / 2**30
     if size > PROTOBUF_LIMIT_BYTES:
         raise ValueError(
-            f"module: its weights take {gib:.2f} GiB ({size:,} bytes), more than the 2 GiB an "
-            "ONNX file can hold "
-            "with every tensor inside it; explain fewer classes (the explainer's classes=) or "
-            "read a smaller layer"
+            f"module: the weights it explains with take {gib:.2f} GiB ({size:,} bytes), more "
+            "than the 2 GiB an ONNX file can hold with every tensor inside it; explain fewer "
+            "classes (the explainer's classes=) or read a smaller layer"
         )
     if size > MAX_ONNX_BYTES:
         warnings.warn(
