@@ -3,6 +3,8 @@ import os
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pyconcepts import persistence
 from pyconcepts.errors import LoadError
@@ -87,3 +89,55 @@ def test_saved_files_have_the_mode_of_a_normal_write(tmp_path, umask, mode):
     for name in ("a.bin", "b.safetensors"):
         assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "b.safetensors"]
+
+
+_DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32,
+           torch.int16, torch.int8, torch.uint8, torch.bool]  # fmt: skip
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(_DTYPES),
+            st.lists(st.integers(0, 4), min_size=0, max_size=3),
+            st.booleans(),
+        ),
+        min_size=0,
+        max_size=4,
+    )
+)
+def test_files_are_standard_safetensors_both_ways(tmp_path, specs) -> None:
+    """Our streamed writer and reader against safetensors' own (an independent oracle): every
+    dtype we save, empty and 0-d tensors, non-contiguous inputs."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(len(specs))
+    tensors = {}
+    for i, (dtype, shape, transposed) in enumerate(specs):
+        t = (torch.rand(tuple(shape), generator=gen) * 100).to(dtype)
+        tensors[f"t{i}"] = t.t() if transposed and t.dim() == 2 else t
+    ours = tmp_path / "ours.safetensors"
+    persistence.save_file(ours, tensors, "thing", {"n": 1})
+    with safe_open(str(ours), framework="pt") as f:
+        assert set(f.keys()) == set(tensors)
+        for name, t in tensors.items():
+            assert torch.equal(f.get_tensor(name), t)
+        assert f.metadata()["kind"] == "thing"
+    theirs = tmp_path / "theirs.safetensors"
+    meta = {"format": "pyconcepts", "format_version": "1", "kind": "thing", "json:n": "1"}
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(theirs), metadata=meta)
+    for path in (ours, theirs):
+        loaded, docs = persistence.load_file(path, "thing")
+        assert docs == {"n": 1} and set(loaded) == set(tensors)
+        for name, t in tensors.items():
+            assert loaded[name].dtype == t.dtype and torch.equal(loaded[name], t)
+
+
+def test_a_dtype_the_format_cannot_hold_is_refused_before_writing(tmp_path) -> None:
+    with pytest.raises(TypeError, match=r"tensors\['z'\]: dtype torch.complex64"):
+        persistence.save_file(tmp_path / "x", {"z": torch.zeros(2, dtype=torch.complex64)}, "t", {})
+    assert list(tmp_path.iterdir()) == []
