@@ -27,7 +27,7 @@ import math
 import os
 import secrets
 from pathlib import Path
-from typing import Any, BinaryIO, Union
+from typing import Any, BinaryIO, Callable, Union
 
 import torch
 
@@ -69,19 +69,25 @@ def temp_file(target: Path, suffix: str) -> Path:
     raise FileExistsError(f"{target.parent}: no free temporary name for {target.name}")
 
 
-def atomic_write_bytes(path: PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file + fsync + rename."""
+def atomic_write(path: PathLike, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write`` on a temporary file next to ``path``, fsync it and rename it over
+    ``path``: an interrupted write leaves the old file (or none) and removes the temporary."""
     target = Path(path)
     tmp = temp_file(target, ".tmp")
     try:
         with tmp.open("wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` with :func:`atomic_write`."""
+    atomic_write(path, lambda f: f.write(data))
 
 
 def save_file(
@@ -106,17 +112,7 @@ def save_file(
                 f"(one of {sorted(map(str, TAGS))})"
             )
     metadata[DIGEST_KEY] = _digest(dense, metadata)
-    target = Path(path)
-    tmp = temp_file(target, ".tmp")
-    try:
-        with tmp.open("wb") as f:
-            _write_safetensors(f, dense, metadata)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: _write_safetensors(f, dense, metadata))
 
 
 def _write_safetensors(

@@ -162,10 +162,15 @@ class _Reads(torch.overrides.TorchFunctionMode):
         self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: Optional[dict] = None
     ) -> Any:
         kwargs = kwargs or {}
-        for value in torch.utils._pytree.tree_leaves((args, kwargs)):
-            if isinstance(value, torch.Tensor) and id(value) in self.tensors:
-                self.seen.add(id(value))
+        self._note([args, list(kwargs.values())])
         return func(*args, **kwargs)
+
+    def _note(self, value: Any) -> None:
+        if isinstance(value, (list, tuple)):
+            for item in value:
+                self._note(item)
+        elif isinstance(value, torch.Tensor) and id(value) in self.tensors:
+            self.seen.add(id(value))
 
 
 def _check_weight_bytes(module: nn.Module, example: torch.Tensor) -> None:
