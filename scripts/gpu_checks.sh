@@ -52,7 +52,10 @@ torch.version.cuda, torch.cuda.is_available() and torch.cuda.get_device_name())'
       --target-processes all --error-exitcode 1 "$PY" -m pytest "${SELECT[@]}" "${SANITIZED[@]}" ;;
     bench)
       step bench_cuda_kernels "$LIMIT" "$PY" -m bench.cuda_kernels
-      step bench_concept_maps "$LIMIT" "$PY" -m bench.concept_maps --device cuda ;;
+      step bench_concept_maps "$LIMIT" "$PY" -m bench.concept_maps --device cuda
+      # SRAE's class parts: is one grouped model faster than parts of 8 on a GPU? (CPU: no)
+      step bench_srae "$LIMIT" "$PY" -m bench.srae --classes 64 --n 2000 --dim 1280 \
+        --epochs 1 --repeats 2 --class-batch 8 --device cuda ;;
     *) echo "unknown step '$1' (expected: info build test memcheck racecheck bench)" >&2
        return 2 ;;
   esac
