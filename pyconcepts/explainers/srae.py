@@ -302,8 +302,10 @@ def train_grouped(
     k = module.n_groups
     if generator is None:
         generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
-    step = k if class_batch_size is None else class_batch_size
+    step = max(k, 1) if class_batch_size is None else class_batch_size
     check_positive_ints(class_batch_size=step)
+    if k == 0:
+        return TrainResult([], [], [], 0)
     bounds = [(start, min(start + step, k)) for start in range(0, k, step)]
     bar = tqdm(total=epochs * len(bounds), desc=f"SRAE[{config.variant}] x{k}",
                disable=not progress)  # fmt: skip
@@ -314,7 +316,8 @@ def train_grouped(
         for start, stop in bounds:
             part = module if (start, stop) == (0, k) else module.part(start, stop)
             trained, result = training.fit_part(state, start, stop, part, bar)
-            module.put(start, trained)
+            if trained is not module:
+                module.put(start, trained)
             results.append(result)
     else:
         one_part = functools.partial(training.fit_part, state)

@@ -207,6 +207,10 @@ def test_training_in_class_parts_equals_training_all_at_once() -> None:
         assert res.best_epoch == results[0].best_epoch
         assert res.epochs_run == results[0].epochs_run
         np.testing.assert_allclose(res.val_faithfulness, results[0].val_faithfulness, rtol=1e-9)
+    none = GroupedAutoencoder(0, 5, (6,), 2).double()  # no class: nothing to train
+    res = train_grouped(none, z, target[:0], mask[:0], mask[:0], None, LossConfig(), epochs=2,
+                        progress=False)  # fmt: skip
+    assert (res.train_loss, res.best_epoch, res.epochs_run) == ([], [], 0)
     with pytest.raises(ValueError, match="class_batch_size"):
         train_grouped(start, z, target, mask, mask, None, LossConfig(), epochs=1,
                       class_batch_size=0, progress=False)  # fmt: skip
