@@ -6,7 +6,9 @@ max-unpooling to the winners for max pooling), so the computation traces into a
 standard ONNX graph. Supported chain links: Linear, Conv2d, ReLU, ReLU6 / Hardtanh (the signal
 passes where the input is above the lower clamp, as in the hook version), ZeroPad2d /
 ConstantPad2d with value 0 (the signal is cropped back), MaxPool2d (kernel = stride,
-no padding or dilation), Flatten, Dropout (eval), Identity, BatchNorm (eval, directly after a
+no padding or dilation), global average pooling (AdaptiveAvgPool2d to 1 × 1: the linear rule
+with its positive weights 1/HW, so each position gets its share of the channel's sum), Flatten,
+Dropout (eval), Identity, BatchNorm (eval, directly after a
 Linear / Conv2d: folded into it, as the hook version does), and :class:`GatheredLinear` (a
 per-sample choice among K linear layers, e.g. one SRAE encoder layer per explained class).
 """
@@ -49,8 +51,8 @@ class GatheredLinear(nn.Module):
 
 
 _LINKS = (
-    nn.Linear, nn.Conv2d, nn.ReLU, nn.Hardtanh, nn.ConstantPad2d, nn.MaxPool2d, nn.Flatten,
-    nn.Dropout, nn.Identity,
+    nn.Linear, nn.Conv2d, nn.ReLU, nn.Hardtanh, nn.ConstantPad2d, nn.MaxPool2d,
+    nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout, nn.Identity,
 )  # fmt: skip
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -120,6 +122,11 @@ def chain_of(model: nn.Module, example: torch.Tensor) -> list[tuple[str, nn.Modu
             )
         if isinstance(module, nn.MaxPool2d) and not _simple_pool(module):
             raise ValueError(f"model: {name} needs kernel_size == stride, no padding/dilation")
+        if isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size not in (1, (1, 1)):
+            raise ValueError(
+                f"model: {name} pools to {module.output_size}; only global average pooling "
+                "(output size 1) is supported"
+            )
         chain.append((name, module))
     return chain
 
@@ -231,6 +238,9 @@ def excitation_backprop_chain(
             p = _conv_down(link, x, p, contrastive and i == top, eps)
         elif isinstance(link, nn.MaxPool2d):
             p = _pool_down(link, x, p)
+        elif isinstance(link, nn.AdaptiveAvgPool2d):  # x·(1/HW)·P / mean(x) = x·P / sum(x)
+            share = _safe_div(p.flatten(2), x.sum((-2, -1))[:, None], eps)
+            p = x[:, None] * share[..., None, None]
         elif isinstance(link, nn.ReLU):  # as its gradient: nothing passes an inactive unit
             p = p * (x > 0).to(p.dtype)[:, None]
         elif isinstance(link, nn.Hardtanh):  # active units pass, saturated ones included

@@ -419,6 +419,29 @@ def test_forward_only_twin_covers_relu6_and_zero_padding() -> None:
         chain_of(nn.Sequential(nn.ConstantPad2d(1, 0.5), nn.Conv2d(3, 1, 1)), x[:1])
 
 
+def test_forward_only_twin_covers_global_average_pooling() -> None:
+    """Global average pooling, as most CNNs end, read at the pixels and at a feature map."""
+    from pyconcepts.reference.excitation import chain_of, excitation_backprop_chain
+
+    torch.manual_seed(3)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 5, 3), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 3),
+    ).eval()  # fmt: skip
+    x = torch.rand(2, 3, 9, 7)
+    chain = [m for _, m in chain_of(model, x[:1])]
+    targets = torch.tensor([[0, 2], [1, 1]])
+    kw = {"rtol": 1e-4, "atol": 1e-7}
+    got = excitation_backprop_chain(chain, x, targets)
+    torch.testing.assert_close(got, excitation_backprop(model, x, targets), **kw)
+    got = excitation_backprop_chain(chain, x, targets, stop=3, size=(9, 7))
+    want = excitation_backprop(model, x, targets, layer="3", size=(9, 7))
+    torch.testing.assert_close(got, want, **kw)
+    assert float(want.sum()) > 0
+    with pytest.raises(ValueError, match="only global average pooling"):
+        chain_of(nn.Sequential(nn.Conv2d(3, 2, 1), nn.AdaptiveAvgPool2d(2)), x[:1])
+
+
 def _cat_beside_coffee(photos: dict) -> np.ndarray:
     """A 256x256 photo: chelsea's face on the left half, the espresso cup on the right (the
     model's 224 crop keeps 112 columns of each)."""

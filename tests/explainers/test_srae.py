@@ -420,3 +420,22 @@ def test_fit_in_class_parts_learns_what_one_part_learns(fitted, vgg, world) -> N
         parts.autoencoder_.named_parameters(), fitted.autoencoder_.named_parameters()
     ):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_onnx_export_of_a_model_ending_in_global_average_pooling(tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 16, 3),
+        torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 4),
+    ).eval()  # fmt: skip
+    images, labels = torch.rand(48, 3, 12, 12), torch.arange(48) % 4
+    srae = SRAE(model, layer="5", **TINY).fit((images, labels), progress=False)
+    path = srae.export_onnx(tmp_path / "gap.onnx")
+    raw = ort.InferenceSession(str(path)).run(None, {"images": images[:5].numpy()})
+    outputs = dict(zip(srae.onnx_outputs, raw))
+    want = srae.explain(images[:5])
+    np.testing.assert_allclose(outputs["class_maps"], want.class_maps.numpy(), atol=1e-5)
+    np.testing.assert_allclose(outputs["concept_scores"], want.concept_scores.numpy(), atol=1e-5)
