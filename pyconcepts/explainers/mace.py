@@ -680,18 +680,19 @@ class MACE(ConceptExplainer):
     def _set_state(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
         self.layer_, self.dense_layer_ = state["layer"], state["dense_layer"]
         self.classes_ = [int(c) for c in state["classes"]]
-        head = _Head(
-            len(self.classes_), self.n_concepts, state["d"], state["hw"], self.embedding_sizes,
-            state["z_dim"],
-        )  # fmt: skip
+        with torch.device("meta"):  # the loaded tensors become the weights: no second copy
+            head = _Head(
+                len(self.classes_), self.n_concepts, state["d"], state["hw"],
+                self.embedding_sizes, state["z_dim"],
+            )  # fmt: skip
         params = {n[5:]: t for n, t in tensors.items() if n.startswith("head.")}
         if "rel_reference" not in params:  # saved before relevance_reference: the paper's r_jk
-            params["rel_reference"] = torch.zeros_like(head.rel_reference)
+            params["rel_reference"] = torch.zeros(head.rel_reference.shape)
             self.relevance_reference = "zero"
         if "map_reference" not in params:  # saved before map_reference: the paper's maps
-            params["map_reference"] = torch.zeros_like(head.map_reference)
+            params["map_reference"] = torch.zeros(head.map_reference.shape)
             self.map_reference = "zero"
-        head.load_state_dict(params)
+        head.load_state_dict(params, assign=True)
         self.head_ = head.to(self._model_device())
         self.tail_ = find_tail(self.model, self.dense_layer_)
         self.pruned_ = dict(state["pruned"])

@@ -919,10 +919,14 @@ class SRAE(ConceptExplainer):
             self.heatmap_smoothing = 0.0
         if "class_map_with_logit" not in state:  # saved before logit_map_weight: x-features only
             self.logit_map_weight = 0.0
-        ae = GroupedAutoencoder(
-            len(self.classes_), int(state["n_in"]), self.hidden, self.n_features, self.x_activation
+        with torch.device("meta"):  # the loaded tensors become the weights: no second copy
+            ae = GroupedAutoencoder(
+                len(self.classes_), int(state["n_in"]), self.hidden, self.n_features,
+                self.x_activation,
+            )  # fmt: skip
+        ae.load_state_dict(
+            {k[3:]: v for k, v in tensors.items() if k.startswith("ae.")}, assign=True
         )
-        ae.load_state_dict({k[3:]: v for k, v in tensors.items() if k.startswith("ae.")})
         device = self._model_device()
         self.autoencoder_ = ae.to(device).eval()
         self.z_mean_, self.z_std_ = tensors["z_mean"].to(device), tensors["z_std"].to(device)
