@@ -39,16 +39,13 @@ MAX_HEADER_BYTES = 100_000_000
 DIGEST_KEY = "sha256"
 PathLike = Union[str, "os.PathLike[str]"]
 
-# safetensors dtype tag -> item size in bytes, for the dtypes pyconcepts files may hold.
-ITEM_SIZES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2,
-    "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-}  # fmt: skip
+# safetensors dtype tag -> torch dtype, for the dtypes pyconcepts files may hold.
 DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
     "U8": torch.uint8, "BOOL": torch.bool,
 }  # fmt: skip
+ITEM_SIZES = {tag: dtype.itemsize for tag, dtype in DTYPES.items()}  # bytes per element
 TAGS = {dtype: tag for tag, dtype in DTYPES.items()}
 
 

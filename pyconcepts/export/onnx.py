@@ -93,7 +93,7 @@ def export_module(
     target = Path(path)
     module = module.eval()
     example = example_input.float().cpu()
-    _check_weight_bytes(module, example)
+    traced = _checked_forward(module, example)  # its output shapes are declared below
     tmp = temp_file(target, ".onnx")
     try:
         kwargs: dict[str, Any] = {}
@@ -115,7 +115,6 @@ def export_module(
                 dynamo=exporter == "dynamo",
                 **kwargs,
             )
-            traced = module(example)
         graph = onnx.load(tmp)
         traced = traced if isinstance(traced, (tuple, list)) else (traced,)
         _fix_output_dims(graph, [tuple(t.shape) for t in traced])
@@ -139,16 +138,22 @@ def weight_bytes(module: nn.Module, example: Optional[torch.Tensor] = None) -> i
     """Bytes of ``module``'s parameters and buffers, each storage counted once: all of them,
     or with ``example`` only those its forward pass on ``example`` reads (an export keeps only
     those: MACE's dense-layer decoder, for one, is trained but never explains)."""
+    return _weights_read(module, example)[0]
+
+
+def _weights_read(module: nn.Module, example: Optional[torch.Tensor]) -> tuple[int, Any]:
+    """:func:`weight_bytes` and the outputs of the forward pass on ``example`` (None without)."""
     tensors = {id(t): t for t in [*module.parameters(), *module.buffers()]}
+    outputs = None
     if example is not None:
         reads = _Reads(tensors)
         with reads, torch.no_grad():
-            module(example)
+            outputs = module(example)
         tensors = {i: tensors[i] for i in reads.seen}
     storages = {
         t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors.values()
     }
-    return sum(storages.values())
+    return sum(storages.values()), outputs
 
 
 class _Reads(torch.overrides.TorchFunctionMode):
@@ -173,8 +178,10 @@ class _Reads(torch.overrides.TorchFunctionMode):
             self.seen.add(id(value))
 
 
-def _check_weight_bytes(module: nn.Module, example: torch.Tensor) -> None:
-    size = weight_bytes(module, example)
+def _checked_forward(module: nn.Module, example: torch.Tensor) -> Any:
+    """The module's outputs on ``example``, after checking the weights that pass reads against
+    the size limits of :func:`export_module`."""
+    size, outputs = _weights_read(module, example)
     gib = size / 2**30
     if size > PROTOBUF_LIMIT_BYTES:
         raise ValueError(
@@ -188,6 +195,7 @@ def _check_weight_bytes(module: nn.Module, example: torch.Tensor) -> None:
             f"({MAX_ONNX_BYTES // 2**20} MiB): load it with max_bytes={size + 2**26}",
             stacklevel=3,
         )
+    return outputs
 
 
 def _fix_output_dims(graph: Any, shapes: Sequence[tuple[int, ...]]) -> None:
