@@ -7,6 +7,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from pyconcepts.attribution.excitation import excitation_backprop
@@ -440,6 +442,51 @@ def test_forward_only_twin_covers_global_average_pooling() -> None:
     assert float(want.sum()) > 0
     with pytest.raises(ValueError, match="only global average pooling"):
         chain_of(nn.Sequential(nn.Conv2d(3, 2, 1), nn.AdaptiveAvgPool2d(2)), x[:1])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    b=st.integers(1, 3), c=st.integers(1, 4), h=st.integers(1, 5), w=st.integers(1, 5),
+    k=st.integers(1, 4), double=st.booleans(), transposed=st.booleans(),
+    zero_channel=st.booleans(), seed=st.integers(0, 2**16),
+)  # fmt: skip
+def test_global_average_pooling_rule_against_dense_oracle(
+    b: int, c: int, h: int, w: int, k: int, double: bool, transposed: bool, zero_channel: bool,
+    seed: int,
+) -> None:  # fmt: skip
+    """The forward-only twin's global-pooling link, the hook version and the dense MWP rule
+    with the pooling matrix (weights 1/HW) agree: any sizes (1 × 1 maps too), float32 and
+    float64, non-contiguous inputs, a channel that is zero everywhere (it receives nothing)."""
+    from pyconcepts.reference.excitation import chain_of, excitation_backprop_chain
+
+    gen = torch.Generator().manual_seed(seed)
+    dtype = torch.float64 if double else torch.float32
+    model = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, k)).to(dtype)
+    with torch.no_grad():
+        model[2].weight.copy_(torch.randn(k, c, generator=gen))
+    x = torch.rand(b, c, w, h, generator=gen, dtype=dtype).transpose(2, 3) if transposed \
+        else torch.rand(b, c, h, w, generator=gen, dtype=dtype)  # fmt: skip
+    if zero_channel:
+        x[:, 0] = 0
+    targets = torch.randint(0, k, (b, 2), generator=gen)
+    chain = [m for _, m in chain_of(model, x[:1])]
+    with torch.no_grad():
+        got = excitation_backprop_chain(chain, x, targets)
+    tol = {"rtol": 1e-10, "atol": 1e-12} if double else {"rtol": 1e-4, "atol": 1e-6}
+    torch.testing.assert_close(got, excitation_backprop(model, x, targets), **tol)
+    weight = model[2].weight.detach().double().numpy()
+    pool = _dense(nn.AdaptiveAvgPool2d(1), (c, h, w))
+    for i in range(b):
+        a = x[i].double().reshape(-1).numpy()
+        for j in range(2):
+            seed_p = np.eye(k)[int(targets[i, j])]
+            pooled = pool @ a
+            p_pool = _mwp_dense(weight, pooled, seed_p) - _mwp_dense(-weight, pooled, seed_p)
+            p_a = _mwp_dense(pool, a, p_pool).reshape(c, h, w)
+            if zero_channel:
+                assert not p_a[0].any()
+            want = np.maximum(p_a.sum(0), 0.0)
+            np.testing.assert_allclose(got[i, j].double().numpy(), want, **tol)
 
 
 def _cat_beside_coffee(photos: dict) -> np.ndarray:
