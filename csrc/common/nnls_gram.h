@@ -13,6 +13,9 @@
 //    is numerically dependent and is rejected until x changes (rank-deficient and n > m inputs
 //    give one of the minimisers, with the minimal objective; a column whose orthogonal part is
 //    within rounding of the tolerance is decided by rounding: docs/reliability.md, finding 3);
+//  * such a dependent column with a positive gradient is swapped in for the passive column it
+//    can replace (swap_in: the trade Lawson–Hanson makes in exact arithmetic), when the move is
+//    of the size of b and lowers the residual even at the rank bound; at most n swaps a call;
 //  * like Lawson–Hanson, a column whose fresh coefficient is not positive is rejected;
 //  * every column addition counts as one iteration; more than max_iter gives kMaxIter.
 #pragma once
@@ -38,6 +41,9 @@ constexpr double kGradTol = 1024.0 * kEps;
 // outside the cone of the passive columns, and left a non-minimal objective: found by
 // fuzz/fuzz_greedy_nnls_basis, regression in tests/ops/test_kernel_regressions.py.)
 constexpr double kRankTol = 1e-14;
+
+// swap_in: the largest move, in units of |b|, that a swap may make in any column's term x_k a_k.
+constexpr double kSwapScale = 4.0;
 
 enum Status : int { kOk = 0, kMaxIter = 1, kNonFinite = 2 };
 
@@ -128,6 +134,69 @@ PYC_HD int chol_rebuild(const double* G, int64_t ldg, double* L, int64_t ld, int
   return q;
 }
 
+// Column j has a positive gradient w_j but is numerically in the span of the passive columns
+// (chol_append failed; row p of L holds v = L^{-1} G[P,j]). In exact arithmetic Lawson–Hanson
+// would add j and, through a near-singular system, end by trading passive weight for j. This
+// takes that trade directly: along x_j = t, x_P -= t c with c = G[P,P]^{-1} G[P,j] (so A x moves
+// only by t times j's part orthogonal to P, squared norm d), the residual falls by
+// 2 t w_j - t^2 d, and t stops where the first passive coefficient with c_k > 0 reaches 0. The
+// Gram form cannot resolve d at this size (it is within rounding of G_jj), so the swap is taken
+// only when even t^2 d with d at its rank bound (kRankTol G_jj, or the computed d if larger)
+// leaves the residual falling by t w_j or more: without it such a column used to stay out and
+// leave a residual above the minimum (fuzzing finding 5, docs/reliability.md). The passive
+// columns that reach 0 leave, j is appended to `order` (*p_io becomes its length), x is
+// feasible and the caller rebuilds the factor from the returned row (or gets -1: no swap,
+// nothing changed). `c` is scratch for p doubles.
+PYC_HD int swap_in(const double* L, int64_t ld, int* order, int* p_io, double gjj, double wj,
+                   const double* gd, double bb, int j, double* x, int* state, double* c) {
+  const int p = *p_io;
+  if (p == 0) return -1;
+  const double* v = L + static_cast<int64_t>(p) * ld;
+  double dd = 0.0;
+  for (int k = p - 1; k >= 0; --k) {  // c = L^{-T} v
+    double u = v[k];
+    for (int i = k + 1; i < p; ++i) u -= L[i * ld + k] * c[i];
+    c[k] = u / L[k * ld + k];
+    dd += v[k] * v[k];
+  }
+  double t = -1.0;
+  int kout = -1;
+  for (int k = 0; k < p; ++k) {
+    if (c[k] > 0.0) {
+      const double tk = x[order[k]] / c[k];
+      if (kout < 0 || tk < t) {
+        t = tk;
+        kout = k;
+      }
+    }
+  }
+  const double d = fmax(gjj - dd, kRankTol * gjj);
+  if (kout < 0 || !(t > 0.0) || !isfinite(t) || !(t * d <= wj)) return -1;
+  // Only moves of the size of b: a trade that makes A x a difference of far larger terms is
+  // beyond what the Gram form resolves (|x_k a_k| <= kSwapScale |b| for j and every change).
+  if (!(t * gd[j] <= kSwapScale * bb)) return -1;
+  for (int k = 0; k < p; ++k)
+    if (!(t * fabs(c[k]) * gd[order[k]] <= kSwapScale * bb)) return -1;
+  int q = 0, q0 = -1;
+  for (int k = 0; k < p; ++k) {
+    const int col = order[k];
+    const double xk = k == kout ? 0.0 : x[col] - t * c[k];
+    if (xk > 0.0) {
+      x[col] = xk;
+      order[q++] = col;
+    } else {
+      x[col] = 0.0;
+      state[col] = 0;
+      if (q0 < 0) q0 = k;
+    }
+  }
+  x[j] = t;
+  state[j] = 1;
+  order[q] = j;
+  *p_io = q + 1;
+  return q0;
+}
+
 // The Lawson–Hanson iterations from a valid state on n variables: the first *p_io entries of
 // work.order are the passive set P (state 1) with x_P > 0 the least-squares solution on P and
 // work.L the factor of G[P,P]; every other variable has x = 0 and state 0. Cold starts (solve)
@@ -151,6 +220,7 @@ PYC_HD int iterate(const double* G, int64_t ldg, const double* h, double bb, int
   int p = *p_io;
   int ny = 0;  // work.y holds L^{-1} h_P for the first ny passive columns
   int iter = 0;
+  int swaps = 0;
   int status = kOk;
   for (int j = 0; j < n; ++j) gd[j] = sqrt(fabs(G[static_cast<int64_t>(j) * ldg + j] * bb));
   bool fresh = false;  // wv and mag are those of the current x
@@ -200,14 +270,27 @@ PYC_HD int iterate(const double* G, int64_t ldg, const double* h, double bb, int
       status = kMaxIter;
       break;
     }
-    if (!chol_append(G, ldg, L, n, order, p, jbest)) {
-      state[jbest] = 2;
-      continue;
-    }
-    order[p++] = jbest;
-    state[jbest] = 1;
     bool first = true;
     bool changed = false;
+    if (chol_append(G, ldg, L, n, order, p, jbest)) {
+      order[p++] = jbest;
+      state[jbest] = 1;
+    } else {
+      const int q0 = swaps < n ? swap_in(L, n, order, &p,
+                                         G[static_cast<int64_t>(jbest) * ldg + jbest], wbest,
+                                         gd, bb, jbest, x, state, work.s)
+                               : -1;
+      if (q0 < 0) {
+        state[jbest] = 2;
+        continue;
+      }
+      ++swaps;  // at most n per call, not counted as column additions: rounding cannot cycle
+      --iter;
+      p = chol_rebuild(G, ldg, L, n, order, q0, p, x, state);
+      if (ny > q0) ny = q0;
+      first = false;  // x moved to a feasible point of the new passive set: step from there
+      changed = true;
+    }
     while (p > 0) {
       chol_solve(L, n, h, order, ny, p, work.y, work.s);
       ny = p;

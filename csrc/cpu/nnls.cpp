@@ -86,13 +86,13 @@ double gram_narrow(const T* A, const T* b, std::int64_t m, double* G, double* h)
 // running sum over the rows. No transposition and no workspace.
 typedef double v8d __attribute__((vector_size(64)));
 
+// Loads through an out-parameter: returning a 64-byte vector by value has an ABI that depends on
+// AVX-512 being enabled (GCC's -Wpsabi note).
 template <typename T>
-inline v8d load8(const T* a) {
+inline void load8(const T* a, v8d& v) {
   double t[8];
   for (int k = 0; k < 8; ++k) t[k] = static_cast<double>(a[k]);
-  v8d v;
   std::memcpy(&v, t, sizeof(v8d));
-  return v;
 }
 
 inline void store8(const v8d& v, double* t) { std::memcpy(t, &v, sizeof(v8d)); }
@@ -108,8 +108,9 @@ double gram_fixed(const T* A, const T* b, std::int64_t m, double* G, double* h) 
   double bb = 0.0;
   for (std::int64_t r = 0; r < m; ++r) {
     const T* a = A + r * N;
-    const v8d v0 = load8(a);
-    const v8d v1 = load8(a + O);
+    v8d v0, v1;
+    load8(a, v0);
+    load8(a + O, v1);
     for (int j = 0; j < 8; ++j) {
       const double s = static_cast<double>(a[j]);
       lo[j][0] += s * v0;

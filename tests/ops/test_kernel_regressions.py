@@ -65,6 +65,21 @@ def test_nnls_enters_a_nearly_dependent_column_outside_the_cone(device: str) -> 
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_nnls_swaps_a_column_for_its_near_twin(device: str) -> None:
+    """Finding 5's family (docs/reliability.md): column 1 is column 0 scaled by 1 - 1e-5, so it
+    fails the rank test against it, and the residual is lower with it alone. The solver kept
+    x = [0.012612954, 0] (residual^2 4.7645114099, gradient of column 1 2.0e-7 above the fuzz
+    harness's bound); it now trades column 0 for column 1 as scipy.optimize.nnls does."""
+    from pyconcepts.ops import nnls
+
+    A = torch.tensor([[5.3380533112, 5.338], [0.05300070900000001, 0.053]], dtype=torch.float64)
+    b = torch.tensor([0.089, -2.182], dtype=torch.float64)
+    x = nnls(A.to(device), b.to(device), backend=device).cpu()
+    assert x[0] == 0 and float(x[1]) == pytest.approx(0.012613093711830484, rel=1e-12)
+    assert float((A @ x - b).square().sum()) == pytest.approx(4.764511400048598, rel=1e-14)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_greedy_basis_residual_never_grows(device: str) -> None:
     """Input from fuzz/regressions/fuzz_greedy_nnls_basis/: target 0's squared residual went
     0 -> 9.4e-6 at the fifth term, although NNLS on those five candidates fits it exactly
