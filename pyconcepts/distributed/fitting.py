@@ -53,7 +53,7 @@ def sharded_basis(n_shards: int = 2, backend: Optional[str] = None) -> BasisFunc
     def basis(targets: torch.Tensor, candidates: torch.Tensor, max_terms: int) -> BasisFit:
         from pyconcepts.ops import greedy_nnls_basis
 
-        targets, candidates = check_basis_args(targets, candidates, max_terms)
+        targets, candidates, max_terms = check_basis_args(targets, candidates, max_terms)
         if resolve_backend(targets, backend) != "cpu" or not len(targets):
             return greedy_nnls_basis(targets, candidates, max_terms, backend=backend)
         ray = require()

@@ -24,9 +24,9 @@ __all__ = ["BasisFit", "greedy_nnls_basis", "nnls"]
 def _max_iter(max_iter: Optional[int], n: int) -> int:
     if max_iter is None:
         return 3 * n  # scipy.optimize.nnls's default
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
+    if _checks.integer("max_iter", max_iter) < 0:
         raise ValueError(f"max_iter: expected a non-negative int or None, got {max_iter!r}")
-    return max_iter
+    return int(max_iter)
 
 
 def _raise_on_info(info: torch.Tensor, batch_shape: torch.Size, max_iter: int) -> None:
@@ -137,7 +137,7 @@ def greedy_nnls_basis(
     Gram form (``C Cᵀ`` and ``targets Cᵀ`` computed once) so a trial costs O(T²), not O(D).
     CUDA builds at most 16 terms.
     """
-    targets, candidates = check_basis_args(targets, candidates, max_terms)
+    targets, candidates, max_terms = check_basis_args(targets, candidates, max_terms)
     which = resolve_backend(targets, backend)
     if which == "reference":
         from pyconcepts.reference.nnls import greedy_nnls_basis as greedy_reference

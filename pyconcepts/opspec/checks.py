@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Optional
 
@@ -12,6 +13,13 @@ def tensor(name: str, value: object) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
     return value
+
+
+def integer(name: str, value: object) -> int:
+    """``value`` as an int: Python or numpy integers, not bools."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    return int(value)
 
 
 def ndim(name: str, t: torch.Tensor, expected: int, layout: str) -> None:

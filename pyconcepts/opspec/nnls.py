@@ -26,8 +26,9 @@ class BasisFit(NamedTuple):
 
 def check_basis_args(
     targets: torch.Tensor, candidates: torch.Tensor, max_terms: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validates :func:`greedy_nnls_basis`'s arguments (shared with the twin)."""
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Validates :func:`greedy_nnls_basis`'s arguments (shared with the twin); returns them,
+    ``max_terms`` as a Python int."""
     targets = _checks.tensor("targets", targets)
     candidates = _checks.tensor("candidates", candidates)
     _checks.ndim("targets", targets, 2, "[K, D]")
@@ -39,8 +40,7 @@ def check_basis_args(
             f"candidates: expected {targets.shape[1]} columns (as targets [K, D]), "
             f"got shape {tuple(candidates.shape)}"
         )
-    if isinstance(max_terms, bool) or not isinstance(max_terms, int):
-        raise TypeError(f"max_terms: expected an int, got {type(max_terms).__name__}")
+    max_terms = _checks.integer("max_terms", max_terms)
     if not 0 <= max_terms <= candidates.shape[0]:
         raise ValueError(
             f"max_terms: expected 0 <= max_terms <= {candidates.shape[0]} (the number of "
@@ -48,7 +48,7 @@ def check_basis_args(
         )
     _checks.finite("targets", targets)
     _checks.finite("candidates", candidates)
-    return targets, candidates
+    return targets, candidates, max_terms
 
 
 def gram_form(

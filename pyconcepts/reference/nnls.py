@@ -146,7 +146,7 @@ def greedy_nnls_basis(
     kernel, a trial resumes Lawson–Hanson from the previous step's solution (the candidate at 0)
     and keeps that solution when it would end with a larger residual, so residuals never grow
     (docs/reliability.md, fuzzing finding 3)."""
-    targets, candidates = check_basis_args(targets, candidates, max_terms)
+    targets, candidates, max_terms = check_basis_args(targets, candidates, max_terms)
     G, H, tt = gram_form(targets, candidates)
     K, N, T = targets.shape[0], candidates.shape[0], max_terms
     indices = torch.zeros(K, T, dtype=torch.int64, device=targets.device)

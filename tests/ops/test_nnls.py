@@ -298,10 +298,26 @@ def test_greedy_basis_bad_inputs() -> None:
         greedy_nnls_basis(t, c, 6)
     with pytest.raises(TypeError, match="max_terms: expected an int"):
         greedy_nnls_basis(t, c, 2.0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="max_terms: expected an int, got bool"):
+        greedy_nnls_basis(t, c, True)
     with pytest.raises(ValueError, match="NaN"):
         greedy_nnls_basis(t, c.masked_fill(c > 1, float("inf")), 2)
     with pytest.raises(TypeError, match="dtype"):
         greedy_nnls_basis(t, c.double(), 2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_numpy_integers_are_counts_too(backend: str) -> None:
+    """max_terms and max_iter as numpy integers (what len() of an array or argmax gives)."""
+    t, c = torch.randn(2, 4, dtype=torch.float64), torch.randn(5, 4, dtype=torch.float64)
+    want = greedy_nnls_basis(t, c, 3, backend=backend)
+    got = greedy_nnls_basis(t, c, np.int64(3), backend=backend)  # type: ignore[arg-type]
+    assert torch.equal(got.indices, want.indices) and torch.equal(got.coefs, want.coefs)
+    A, b = c.T, t[0]
+    x = nnls(A, b, max_iter=np.int32(20), backend=backend)  # type: ignore[arg-type]
+    assert torch.equal(x, nnls(A, b, max_iter=20, backend=backend))
+    with pytest.raises(TypeError, match="max_iter: expected an int, got float"):
+        nnls(A, b, max_iter=2.5, backend=backend)  # type: ignore[arg-type]
 
 
 @pytest.mark.cuda
