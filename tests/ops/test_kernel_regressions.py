@@ -68,8 +68,8 @@ def test_nnls_enters_a_nearly_dependent_column_outside_the_cone(device: str) -> 
 def test_nnls_swaps_a_column_for_its_near_twin(device: str) -> None:
     """Finding 5's family (docs/reliability.md): column 1 is column 0 scaled by 1 - 1e-5, so it
     fails the rank test against it, and the residual is lower with it alone. The solver kept
-    x = [0.012612954, 0] (residual^2 4.7645114099, gradient of column 1 2.0e-7 above the fuzz
-    harness's bound); it now trades column 0 for column 1 as scipy.optimize.nnls does."""
+    x = [0.012612954, 0] (residual^2 4.7645114099; column 1's gradient over its scale 2.0e-7,
+    20 times the fuzz harness's bound); it now trades column 0 for column 1 as scipy does."""
     from pyconcepts.ops import nnls
 
     A = torch.tensor([[5.3380533112, 5.338], [0.05300070900000001, 0.053]], dtype=torch.float64)
