@@ -18,7 +18,12 @@ from pathlib import Path
 
 import torch
 
-from pyconcepts.explainers.srae import GroupedAutoencoder, LossConfig, class_samples, train_grouped
+from pyconcepts.explainers.srae_training import (
+    GroupedAutoencoder,
+    LossConfig,
+    class_samples,
+    train_grouped,
+)
 
 
 def _setup(k: int, n: int, d: int, device: str):

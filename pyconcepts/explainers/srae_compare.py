@@ -21,7 +21,8 @@ from torch import nn
 
 from pyconcepts.attribution.excitation import excitation_backprop
 from pyconcepts.data.concept_world import COLOURS, SHAPES, ConceptWorld
-from pyconcepts.explainers.srae import SRAE, class_samples, normalise_maps
+from pyconcepts.explainers.srae import SRAE, normalise_maps
+from pyconcepts.explainers.srae_training import class_samples
 from pyconcepts.metrics.srae import concept_concentration, f_cls, f_reg, locality, orthogonality
 
 METHODS = ("SRAE", "NN", "SAE", "Lasso", "CAE", "Z", "ExcitationBP")

@@ -12,8 +12,8 @@ import torch
 
 from pyconcepts.data import ConceptWorld
 from pyconcepts.errors import NotFittedError
-from pyconcepts.explainers.srae import (
-    SRAE,
+from pyconcepts.explainers.srae import SRAE
+from pyconcepts.explainers.srae_training import (
     GroupedAutoencoder,
     LossConfig,
     TrainResult,
