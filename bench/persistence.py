@@ -58,7 +58,9 @@ def peak_extra_mib(fn: Callable[[], Any]) -> tuple[Any, float, float]:
     start = time.perf_counter()
     out = fn()
     seconds = time.perf_counter() - start
-    return out, seconds, (_status_kib("VmHWM") - before) / 1024
+    # the kernel's RSS counters are per-CPU caches accurate to a few pages, so a call that
+    # allocates nothing can read a fraction of a MiB below 0: that is 0
+    return out, seconds, max(0.0, (_status_kib("VmHWM") - before) / 1024)
 
 
 def make_tensors(mib: int, count: int, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -16,7 +16,10 @@ Files written before the digest existed carry none and are checked structurally 
 Both directions stream the tensors (a standard safetensors file, read and written here one
 tensor at a time): safetensors' own ``save`` / ``load`` hold a bytes copy of every tensor
 beside the tensors, and saving 4.1 GiB of tensors (SRAE's weights at 1,000 classes) peaked at
-12.6 GiB, loading it at 8.4 GiB (2026-12-07).
+12.6 GiB, loading it at 8.4 GiB (2026-12-07). The digest is computed on a second thread from
+the same chunks as they are read or written (:class:`_ThreadedSha256`; hashlib releases the GIL
+on large buffers), so hashing overlaps the file I/O instead of following it; a save writes the
+header with a placeholder digest and fills it in once the tensors are written.
 """
 
 from __future__ import annotations
@@ -25,9 +28,12 @@ import hashlib
 import json
 import math
 import os
+import queue
 import secrets
+import threading
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Union
+from types import TracebackType
+from typing import Any, BinaryIO, Callable, Optional, Union
 
 import torch
 
@@ -37,6 +43,7 @@ FORMAT = "pyconcepts"
 FORMAT_VERSION = 1
 MAX_HEADER_BYTES = 100_000_000
 DIGEST_KEY = "sha256"
+CHUNK_BYTES = 16 << 20  # tensor bytes per read / write / hash step
 PathLike = Union[str, "os.PathLike[str]"]
 
 # safetensors dtype tag -> torch dtype, for the dtypes pyconcepts files may hold.
@@ -108,7 +115,6 @@ def save_file(
                 f"tensors[{name!r}]: dtype {t.dtype} cannot be saved "
                 f"(one of {sorted(map(str, TAGS))})"
             )
-    metadata[DIGEST_KEY] = _digest(dense, metadata)
     atomic_write(path, lambda f: _write_safetensors(f, dense, metadata))
 
 
@@ -116,8 +122,11 @@ def _write_safetensors(
     f: BinaryIO, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
 ) -> None:
     """The safetensors layout: header length (8 bytes, little-endian), the JSON header padded
-    with spaces to 8 bytes, then each tensor's bytes in the header's order."""
-    header: dict[str, Any] = {"__metadata__": metadata}
+    with spaces to 8 bytes, then each tensor's bytes in the header's order (sorted names).
+    The header's digest is a placeholder of the same length until the tensors are written and
+    hashed, then overwritten in place."""
+    placeholder = "0" * hashlib.sha256().digest_size * 2
+    header: dict[str, Any] = {"__metadata__": {**metadata, DIGEST_KEY: placeholder}}
     offset = 0
     for name in sorted(tensors):
         t = tensors[name]
@@ -130,10 +139,21 @@ def _write_safetensors(
         offset = end
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
+    # keys and values are JSON strings, so this pair occurs once: a document's quotes are escaped
+    slot = text.index(f"{json.dumps(DIGEST_KEY)}:{json.dumps(placeholder)}".encode())
+    slot += len(json.dumps(DIGEST_KEY)) + 2
     f.write(len(text).to_bytes(8, "little"))
     f.write(text)
-    for name in sorted(tensors):
-        f.write(_bytes_of(tensors[name]))
+    with _ThreadedSha256(metadata) as digest:
+        for name in sorted(tensors):
+            t = tensors[name]
+            digest.update(_tensor_prefix(name, t))
+            data = _bytes_of(t)
+            for i in range(0, len(data), CHUNK_BYTES):
+                f.write(data[i : i + CHUNK_BYTES])
+                digest.update(data[i : i + CHUNK_BYTES])
+        f.seek(8 + slot)
+        f.write(digest.hexdigest().encode())
 
 
 def _bytes_of(t: torch.Tensor) -> memoryview:
@@ -153,15 +173,17 @@ def load_file(path: PathLike, kind: str) -> tuple[dict[str, torch.Tensor], dict[
             header = _parse_header(p, _read_exactly(p, f, header_len, size))
             metadata = _check_header(p, header, size - 8 - header_len)
             _check_metadata(p, metadata, kind)
-            tensors = {
-                name: _read_tensor(p, f, 8 + header_len, entry, size)
-                for name, entry in header.items()
-            }
+            with _ThreadedSha256(metadata) as digest:
+                tensors = {
+                    name: _read_tensor(p, f, 8 + header_len, (name, header[name]), size, digest)
+                    for name in sorted(header)
+                }
+                actual = digest.hexdigest()
             if os.fstat(f.fileno()).st_size != size:
                 raise LoadError(f"{p}: the file changed while it was read")
     except OSError as exc:
         raise LoadError(f"{p}: cannot be read: {exc}") from exc
-    if DIGEST_KEY in metadata and _digest(tensors, metadata) != metadata[DIGEST_KEY]:
+    if DIGEST_KEY in metadata and actual != metadata[DIGEST_KEY]:
         raise LoadError(f"{p}: checksum mismatch (the file was modified or corrupted)")
     documents: dict[str, Any] = {}
     for key, value in metadata.items():
@@ -173,17 +195,57 @@ def load_file(path: PathLike, kind: str) -> tuple[dict[str, torch.Tensor], dict[
     return tensors, documents
 
 
-def _digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
-    """SHA-256 over the metadata (but the digest itself) and every tensor's name, dtype, shape
-    and bytes, in sorted order: independent of how safetensors lays the file out."""
-    h = hashlib.sha256()
-    for key in sorted(k for k in metadata if k != DIGEST_KEY):
-        h.update(json.dumps([key, metadata[key]]).encode())
-    for name in sorted(tensors):
-        t = tensors[name].contiguous()
-        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
-    return h.hexdigest()
+class _ThreadedSha256:
+    """The file's digest: SHA-256 over the metadata (but the digest itself), then, in sorted
+    name order, every tensor's :func:`_tensor_prefix` and bytes (independent of how the file
+    lays the tensors out). ``update`` hands a chunk to a hashing thread and returns at once,
+    so the caller reads or writes the next chunk meanwhile; a chunk must stay unchanged until
+    :meth:`hexdigest`. Leaving the ``with`` block stops the thread, also on an error."""
+
+    def __init__(self, metadata: dict[str, str]) -> None:
+        self._hash = hashlib.sha256()
+        for key in sorted(k for k in metadata if k != DIGEST_KEY):
+            self._hash.update(json.dumps([key, metadata[key]]).encode())
+        self._chunks: queue.Queue[Optional[memoryview | bytes]] = queue.Queue(maxsize=4)
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name="pyconcepts-sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while (chunk := self._chunks.get()) is not None:
+                self._hash.update(chunk)
+        except BaseException as exc:  # kept for hexdigest; draining keeps update from blocking
+            self._error = exc
+            while self._chunks.get() is not None:
+                pass
+
+    def update(self, chunk: memoryview | bytes) -> None:
+        self._chunks.put(chunk)
+
+    def hexdigest(self) -> str:
+        self._stop()
+        if self._error is not None:
+            raise self._error
+        return self._hash.hexdigest()
+
+    def _stop(self) -> None:
+        if self._thread.is_alive():
+            self._chunks.put(None)
+            self._thread.join()
+
+    def __enter__(self) -> _ThreadedSha256:
+        return self
+
+    def __exit__(
+        self, kind: Optional[type], exc: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> None:
+        self._stop()
+
+
+def _tensor_prefix(name: str, t: torch.Tensor) -> bytes:
+    """What the digest hashes before a tensor's bytes: its name, dtype and shape."""
+    return json.dumps([name, str(t.dtype), list(t.shape)]).encode()
 
 
 def _check_metadata(p: Path, metadata: dict[str, str], kind: str) -> None:
@@ -219,14 +281,26 @@ def _read_exactly(p: Path, f: BinaryIO, n: int, size: int) -> bytes:
 
 
 def _read_tensor(
-    p: Path, f: BinaryIO, start: int, entry: dict[str, Any], size: int
+    p: Path,
+    f: BinaryIO,
+    start: int,
+    named: tuple[str, dict[str, Any]],
+    size: int,
+    digest: _ThreadedSha256,
 ) -> torch.Tensor:
-    """One tensor of a checked header entry, read straight into its storage."""
+    """One tensor of a checked header entry, read straight into its storage chunk by chunk,
+    each chunk handed to ``digest`` as soon as it is read."""
+    name, entry = named
     t = torch.empty(entry["shape"], dtype=DTYPES[entry["dtype"]])
+    digest.update(_tensor_prefix(name, t))
     begin, end = entry["data_offsets"]
     f.seek(start + begin)
-    if t.numel() and f.readinto(_bytes_of(t)) != end - begin:  # type: ignore[attr-defined]
-        raise LoadError(f"{p}: the file changed while it was read ({size} bytes before)")
+    data = _bytes_of(t)
+    for i in range(0, end - begin, CHUNK_BYTES):
+        chunk = data[i : i + CHUNK_BYTES]
+        if f.readinto(chunk) != len(chunk):  # type: ignore[attr-defined]
+            raise LoadError(f"{p}: the file changed while it was read ({size} bytes before)")
+        digest.update(chunk)
     return t
 
 

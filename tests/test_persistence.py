@@ -1,5 +1,7 @@
+import hashlib
 import json
 import os
+from unittest import mock
 
 import pytest
 import torch
@@ -95,31 +97,38 @@ _DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.in
            torch.int16, torch.int8, torch.uint8, torch.bool]  # fmt: skip
 
 
+_SPECS = st.lists(
+    st.tuples(
+        st.sampled_from(_DTYPES),
+        st.lists(st.integers(0, 4), min_size=0, max_size=3),
+        st.booleans(),
+    ),
+    min_size=0,
+    max_size=4,
+)
+
+
+def _tensors_of(specs) -> dict[str, torch.Tensor]:
+    """Tensors of every dtype, empty and 0-d, transposed (non-contiguous) where 2-d."""
+    gen = torch.Generator().manual_seed(len(specs))
+    tensors = {}
+    for i, (dtype, shape, transposed) in enumerate(specs):
+        t = (torch.rand(tuple(shape), generator=gen) * 100).to(dtype)
+        tensors[f"t{i}"] = t.t() if transposed and t.dim() == 2 else t
+    return tensors
+
+
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(
-    st.lists(
-        st.tuples(
-            st.sampled_from(_DTYPES),
-            st.lists(st.integers(0, 4), min_size=0, max_size=3),
-            st.booleans(),
-        ),
-        min_size=0,
-        max_size=4,
-    )
-)
+@given(_SPECS)
 def test_files_are_standard_safetensors_both_ways(tmp_path, specs) -> None:
     """Our streamed writer and reader against safetensors' own (an independent oracle): every
     dtype we save, empty and 0-d tensors, non-contiguous inputs."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    gen = torch.Generator().manual_seed(len(specs))
-    tensors = {}
-    for i, (dtype, shape, transposed) in enumerate(specs):
-        t = (torch.rand(tuple(shape), generator=gen) * 100).to(dtype)
-        tensors[f"t{i}"] = t.t() if transposed and t.dim() == 2 else t
+    tensors = _tensors_of(specs)
     ours = tmp_path / "ours.safetensors"
     persistence.save_file(ours, tensors, "thing", {"n": 1})
     with safe_open(str(ours), framework="pt") as f:
@@ -141,3 +150,66 @@ def test_a_dtype_the_format_cannot_hold_is_refused_before_writing(tmp_path) -> N
     with pytest.raises(TypeError, match=r"tensors\['z'\]: dtype torch.complex64"):
         persistence.save_file(tmp_path / "x", {"z": torch.zeros(2, dtype=torch.complex64)}, "t", {})
     assert list(tmp_path.iterdir()) == []
+
+
+def _one_pass_digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """The documented digest, read plainly: SHA-256 over the metadata but the digest, then each
+    tensor's name, dtype, shape and bytes in sorted name order, hashed in one pass."""
+    h = hashlib.sha256()
+    for key in sorted(k for k in metadata if k != "sha256"):
+        h.update(json.dumps([key, metadata[key]]).encode())
+    for name in sorted(tensors):
+        t = tensors[name]
+        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+        h.update(t.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(_SPECS, st.sampled_from([1, 3, 8, 1 << 20]))
+def test_the_streamed_digest_is_the_one_pass_digest_at_any_chunk_size(
+    tmp_path, specs, chunk
+) -> None:
+    """Save and load hash chunk by chunk on a second thread: the file's digest equals a one-pass
+    hash of the same content, the file's bytes do not depend on the chunk size, and a file
+    written with other chunks loads."""
+    tensors = _tensors_of(specs)
+    reference = tmp_path / "reference.safetensors"
+    persistence.save_file(reference, tensors, "thing", {"n": 1})
+    path = tmp_path / "chunked.safetensors"
+    with mock.patch.object(persistence, "CHUNK_BYTES", chunk):
+        persistence.save_file(path, tensors, "thing", {"n": 1})
+        loaded, _ = persistence.load_file(reference, "thing")
+    assert path.read_bytes() == reference.read_bytes()
+    n = int.from_bytes(path.read_bytes()[:8], "little")
+    metadata = json.loads(path.read_bytes()[8 : 8 + n])["__metadata__"]
+    assert metadata["sha256"] == _one_pass_digest(tensors, metadata)
+    assert set(loaded) == set(tensors)
+    assert all(torch.equal(loaded[k], t) for k, t in tensors.items())
+
+
+def test_a_change_in_any_chunk_fails_the_digest(tmp_path) -> None:
+    """One flipped byte in the first, a middle or the last of many chunks is caught."""
+    path = tmp_path / "x.safetensors"
+    persistence.save_file(path, {"a": torch.arange(64.0), "b": torch.ones(7)}, "thing", {})
+    raw = path.read_bytes()
+    n = 8 + int.from_bytes(raw[:8], "little")
+    with mock.patch.object(persistence, "CHUNK_BYTES", 16):
+        persistence.load_file(path, "thing")
+        for at in (n, n + 130, len(raw) - 1):
+            path.write_bytes(raw[:at] + bytes([raw[at] ^ 1]) + raw[at + 1 :])
+            with pytest.raises(LoadError, match="checksum mismatch"):
+                persistence.load_file(path, "thing")
+
+
+def test_a_failing_hash_is_raised_not_a_hang() -> None:
+    """An error on the hashing thread comes back from ``hexdigest``; updates after it still
+    return (the thread drains them) instead of blocking on the full queue."""
+    digest = persistence._ThreadedSha256({})
+    digest.update(object())  # type: ignore[arg-type]
+    for _ in range(20):  # more than the queue holds
+        digest.update(b"x")
+    with pytest.raises(TypeError):
+        digest.hexdigest()

@@ -24,9 +24,10 @@ __all__ = ["BasisFit", "greedy_nnls_basis", "nnls"]
 def _max_iter(max_iter: Optional[int], n: int) -> int:
     if max_iter is None:
         return 3 * n  # scipy.optimize.nnls's default
-    if _checks.integer("max_iter", max_iter) < 0:
+    value = _checks.integer("max_iter", max_iter)
+    if value < 0:
         raise ValueError(f"max_iter: expected a non-negative int or None, got {max_iter!r}")
-    return int(max_iter)
+    return value
 
 
 def _raise_on_info(info: torch.Tensor, batch_shape: torch.Size, max_iter: int) -> None:
